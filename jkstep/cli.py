@@ -1,0 +1,139 @@
+"""Command line: ``jkstep run`` (and later stages of the pipeline).
+
+Only this module parses arguments, prints progress bars and exits the process. Bad input
+exits with status 2 and one line ``jkstep: error: ...`` on stderr, never a traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+
+#: The main job's molecule: alanine dipeptide (22 atoms), the field's standard test case.
+DEFAULT_SMILES = "CC(=O)NC(C)C(=O)NC"
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message):  # one line, status 2, as for every other bad input
+        _fail(message)
+
+
+def _fail(message: str):
+    print(f"jkstep: error: {message}", file=sys.stderr)
+    sys.exit(2)
+
+
+def _add_molecule_args(p):
+    src = p.add_mutually_exclusive_group()
+    src.add_argument("--smiles", help=f"molecule as SMILES (default: alanine dipeptide {DEFAULT_SMILES})")
+    src.add_argument("--file", help="molecule from any file ASE reads (xyz, pdb, sdf, traj, ...)")
+    p.add_argument("--charge", type=int, default=None, help="total charge (file input; SMILES carries its own)")
+    p.add_argument("--spin", type=int, default=None, help="unpaired electrons (file input)")
+    p.add_argument("--conformer-seed", type=int, default=0, help="RDKit embedding seed for --smiles")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = _Parser(prog="jkstep", description="Learned k-step molecular dynamics with GFN-xTB.")
+    sub = parser.add_subparsers(dest="command", parser_class=_Parser)
+
+    run = sub.add_parser("run", help="one MD run; prints a summary (and writes it as JSON with --summary)")
+    _add_molecule_args(run)
+    run.add_argument("--integrator", default="verlet", choices=["verlet", "langevin"],
+                     help="verlet: NVE velocity Verlet; langevin: BAOAB at --temperature (default verlet)")
+    run.add_argument("--dt", type=float, default=0.25, help="time step in fs (default 0.25)")
+    run.add_argument("--ps", type=float, default=0.5, help="simulated time in ps (default 0.5)")
+    run.add_argument("--temperature", type=float, default=300.0,
+                     help="K: initial Maxwell-Boltzmann velocities and Langevin target (default 300)")
+    run.add_argument("--friction", type=float, default=0.01, help="Langevin friction in 1/fs (default 0.01)")
+    run.add_argument("--equilibrate-ps", type=float, default=0.0,
+                     help="Langevin thermalisation before production, ps (default 0)")
+    run.add_argument("--method", default="GFN2-xTB", choices=["GFN2-xTB", "GFN1-xTB", "IPEA1-xTB"])
+    run.add_argument("--accuracy", type=float, default=None, help="tblite SCF accuracy (default 0.01)")
+    run.add_argument("--fallback-method", default=None, choices=["GFN1-xTB"],
+                     help="method tried when an SCF fails twice (default: none, the run stops)")
+    run.add_argument("--save-every", type=int, default=4, help="record a frame every N steps (default 4)")
+    run.add_argument("--seed", type=int, default=0, help="seed of the velocities and the thermostat")
+    run.add_argument("--out", help="write the frames to this ASE trajectory file")
+    run.add_argument("--summary", help="write the summary as JSON to this path")
+    run.set_defaults(handler=cmd_run)
+    return parser
+
+
+def load_molecule(args):
+    from jkstep.molecule import Molecule
+
+    if args.file:
+        return Molecule.read(args.file, charge=args.charge, spin=args.spin)
+    return Molecule.from_smiles(args.smiles or DEFAULT_SMILES, seed=args.conformer_seed)
+
+
+def cmd_run(args) -> int:
+    from tqdm import tqdm
+
+    from jkstep.md import RunConfig, run_md, write_trajectory
+    from jkstep.potentials.xtb import DEFAULT_ACCURACY, xtb_potential
+
+    config = RunConfig(integrator=args.integrator, dt=args.dt, ps=args.ps, temperature=args.temperature,
+                       friction=args.friction, equilibrate_ps=args.equilibrate_ps,
+                       save_every=args.save_every, seed=args.seed)
+    molecule = load_molecule(args)
+    pot = xtb_potential(molecule, method=args.method, fallback_method=args.fallback_method,
+                        accuracy=DEFAULT_ACCURACY if args.accuracy is None else args.accuracy)
+    with tqdm(total=config.n_steps, unit="step", desc=f"{args.integrator} {molecule.formula}",
+              file=sys.stderr, disable=None) as bar:
+        summary, frames = run_md(molecule, pot, config, progress=bar.update, calls=lambda: pot.calls)
+    summary["scf_failures"] = pot.scf_failures
+    summary["method"] = args.method
+    if args.out:
+        write_trajectory(args.out, molecule, frames)
+        summary["trajectory"] = args.out
+    _print_summary(summary)
+    if args.summary:
+        _write_json(args.summary, summary)
+    return 1 if summary["blew_up"] else 0
+
+
+def _print_summary(s: dict):
+    def fmt(x, spec):
+        return "n/a" if x is None else format(x, spec)
+
+    print(f"{s['molecule']}: {s['integrator']} ({s['ensemble']}), dt {s['dt_fs']} fs, "
+          f"{s['steps']} steps = {s['simulated_fs'] / 1000:.3f} ps")
+    print(f"  xTB calls {s['xtb_calls']}  SCF failures {s.get('scf_failures', 0)}  blew up: {s['blew_up']}")
+    print(f"  energy drift {fmt(s['drift_kj_mol_ps'], '.4f')} kJ/mol/ps, "
+          f"fluctuation {fmt(s['energy_std_kj_mol'], '.4f')} kJ/mol, "
+          f"mean T {fmt(s['mean_temperature_k'], '.1f')} K")
+    print(f"  wall {s['wall_s']:.1f} s" + (f", trajectory {s['trajectory']}" if "trajectory" in s else ""))
+
+
+def _write_json(path, data):
+    directory = os.path.dirname(os.path.abspath(path))
+    os.makedirs(directory, exist_ok=True)
+    tmp = f"{path}.tmp"
+    with open(tmp, "w") as fh:
+        json.dump(data, fh, indent=2)
+        fh.write("\n")
+    os.replace(tmp, path)
+
+
+def main(argv=None) -> int:
+    from jkstep.errors import InputError
+
+    parser = build_parser()
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if not argv or (argv[0].startswith("-") and argv[0] not in ("-h", "--help")):
+        argv = ["run", *argv]  # bare `jkstep` runs the main job
+    args = parser.parse_args(argv)
+    try:
+        return args.handler(args)
+    except InputError as exc:
+        _fail(str(exc))
+    except KeyboardInterrupt:
+        print("jkstep: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

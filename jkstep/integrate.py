@@ -1,0 +1,144 @@
+"""Reference integrators in jax-md style: ``init_fn, apply_fn`` pairs over a dataclass state.
+
+Both take any energy-and-forces function of positions: the xTB potential, the MMFF
+potential, or any JAX energy function (its forces then come from ``jax.grad``). Every step
+makes exactly one force call and counts it in ``state.force_calls``. The steps are pure
+functions of the state, so they run under ``jax.jit``, inside ``lax.scan`` and under
+``jax.vmap`` over replicas.
+
+Units: positions Å, velocities Å/fs, forces eV/Å, energies eV, masses amu, time fs, K.
+"""
+
+from __future__ import annotations
+
+from typing import Callable
+
+import jax
+import jax.numpy as jnp
+from flax import struct
+
+from jkstep import units
+
+
+@struct.dataclass
+class MDState:
+    """State of an MD trajectory (leading batch axes under ``vmap``).
+
+    Attributes:
+        positions: (N, 3) Å.   velocities: (N, 3) Å/fs.   forces: (N, 3) eV/Å.
+        energy: potential energy in eV.
+        force_calls: force (xTB) calls made so far by the integrator, init included.
+        step: base steps taken.
+        failed: True once a force call failed (NaN energy or forces, e.g. an SCF failure).
+        key: PRNG key of a stochastic integrator (None for velocity Verlet).
+    """
+
+    positions: jax.Array
+    velocities: jax.Array
+    forces: jax.Array
+    energy: jax.Array
+    force_calls: jax.Array
+    step: jax.Array
+    failed: jax.Array
+    key: jax.Array | None = None
+
+
+EnergyAndForces = Callable[[jax.Array], tuple[jax.Array, jax.Array]]
+
+
+def as_energy_and_forces(fn: Callable) -> EnergyAndForces:
+    """Wrap ``fn`` so that it returns (energy eV, forces eV/Å): functions that already do are
+    returned as they are; a function returning a scalar energy gets its forces from
+    ``jax.value_and_grad`` (a pure JAX function, e.g. a jax-md energy)."""
+
+    def energy_and_forces(positions):
+        out = jax.eval_shape(fn, positions)
+        if isinstance(out, (tuple, list)):
+            energy, forces = fn(positions)[:2]
+            return energy, forces
+        energy, grad = jax.value_and_grad(fn)(positions)
+        return energy, -grad
+
+    if getattr(fn, "_jkstep_energy_and_forces", False):
+        return fn
+    energy_and_forces._jkstep_energy_and_forces = True
+    return energy_and_forces
+
+
+def kinetic_energy(velocities, masses):
+    """Kinetic energy in eV of velocities (..., N, 3) Å/fs and masses (N,) amu."""
+    return 0.5 * units.KINETIC * jnp.sum(masses[:, None] * velocities**2, axis=(-2, -1))
+
+
+def temperature(velocities, masses, dof: int | None = None):
+    """Kinetic temperature in K; ``dof`` defaults to 3N - 3 (centre-of-mass motion removed)."""
+    dof = 3 * masses.shape[-1] - 3 if dof is None else dof
+    return 2.0 * kinetic_energy(velocities, masses) / (dof * units.KB)
+
+
+def _new_state(energy_and_forces, positions, velocities, key=None) -> MDState:
+    positions = jnp.asarray(positions, jnp.float64)
+    energy, forces = energy_and_forces(positions)
+    return MDState(positions=positions, velocities=jnp.asarray(velocities, jnp.float64),
+                   forces=forces, energy=energy, force_calls=jnp.ones((), jnp.int32),
+                   step=jnp.zeros((), jnp.int32), failed=~_finite(energy, forces), key=key)
+
+
+def _finite(energy, forces):
+    return jnp.isfinite(energy) & jnp.all(jnp.isfinite(forces))
+
+
+def _with_forces(state: MDState, energy_and_forces, positions, **changes) -> MDState:
+    energy, forces = energy_and_forces(positions)
+    return state.replace(positions=positions, forces=forces, energy=energy,
+                         force_calls=state.force_calls + 1, step=state.step + 1,
+                         failed=state.failed | ~_finite(energy, forces), **changes)
+
+
+def verlet(energy_and_forces: Callable, masses, dt: float = 0.25):
+    """NVE velocity Verlet: ``init_fn(positions, velocities) -> MDState``, ``apply_fn(state)``.
+
+    ``dt`` in fs, ``masses`` (N,) in amu. One force call per step (and one in init_fn).
+    """
+    ef = as_energy_and_forces(energy_and_forces)
+    inv_m = units.ACCEL / jnp.asarray(masses, jnp.float64)[:, None]  # (eV/Å) → Å/fs²
+
+    def init_fn(positions, velocities) -> MDState:
+        return _new_state(ef, positions, velocities)
+
+    def apply_fn(state: MDState) -> MDState:
+        v_half = state.velocities + 0.5 * dt * state.forces * inv_m
+        new = _with_forces(state, ef, state.positions + dt * v_half)
+        return new.replace(velocities=v_half + 0.5 * dt * new.forces * inv_m)
+
+    return init_fn, apply_fn
+
+
+def langevin(energy_and_forces: Callable, masses, dt: float = 0.25, temperature: float = 300.0,
+             friction: float = 0.01):
+    """Langevin dynamics with the BAOAB splitting (Leimkuhler & Matthews).
+
+    ``init_fn(positions, velocities, key) -> MDState``, ``apply_fn(state)``; ``dt`` in fs,
+    ``temperature`` in K, ``friction`` γ in 1/fs (0.01 /fs = 10 /ps), masses in amu. One force
+    call per step. The PRNG key lives in the state, so runs are reproducible from a seed.
+    """
+    ef = as_energy_and_forces(energy_and_forces)
+    masses = jnp.asarray(masses, jnp.float64)[:, None]
+    inv_m = units.ACCEL / masses
+    c1 = jnp.exp(-friction * dt)
+    # std of the thermal velocity (Å/fs) per atom: sqrt(kT/m)
+    sigma = jnp.sqrt((1.0 - c1**2) * units.KB * temperature * units.ACCEL / masses)
+
+    def init_fn(positions, velocities, key) -> MDState:
+        return _new_state(ef, positions, velocities, key=jnp.asarray(key))
+
+    def apply_fn(state: MDState) -> MDState:
+        key, noise_key = jax.random.split(state.key)
+        v = state.velocities + 0.5 * dt * state.forces * inv_m                      # B
+        x = state.positions + 0.5 * dt * v                                          # A
+        v = c1 * v + sigma * jax.random.normal(noise_key, v.shape, v.dtype)         # O
+        x = x + 0.5 * dt * v                                                        # A
+        new = _with_forces(state, ef, x, key=key)
+        return new.replace(velocities=v + 0.5 * dt * new.forces * inv_m)           # B
+
+    return init_fn, apply_fn

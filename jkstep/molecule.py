@@ -1,0 +1,170 @@
+"""Molecules: atomic numbers, positions (Å), masses (amu), charge and spin.
+
+Build one from a SMILES string (RDKit embedding + a short MMFF94 relaxation, reproducible
+with a seed), from an ASE ``Atoms`` or from any file ASE can read. Thermal velocities come
+from ASE's Maxwell–Boltzmann distribution with the centre-of-mass motion removed, in Å/fs.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+
+import numpy as np
+from ase import Atoms
+from ase.data import atomic_masses, chemical_symbols
+
+from jkstep import units
+from jkstep.errors import InputError
+
+
+@dataclasses.dataclass(frozen=True, eq=False)
+class Molecule:
+    """An isolated molecule.
+
+    Attributes:
+        numbers: (N,) atomic numbers.
+        positions: (N, 3) Cartesian positions in Å (float64).
+        masses: (N,) atomic masses in amu (ASE's standard masses by default).
+        charge: total charge in e.
+        spin: number of unpaired electrons (0 for a closed-shell singlet).
+        name: a label: the SMILES string or file it came from.
+        mol_block: RDKit/MDL mol block with the bond topology and formal charges, in the same
+            atom order (set by ``from_smiles``; None where the topology is unknown).
+    """
+
+    numbers: np.ndarray
+    positions: np.ndarray
+    masses: np.ndarray | None = None
+    charge: int = 0
+    spin: int = 0
+    name: str = ""
+    mol_block: str | None = None
+
+    def __post_init__(self):
+        numbers = np.asarray(self.numbers)
+        if numbers.ndim != 1 or numbers.size == 0 or not np.issubdtype(numbers.dtype, np.integer):
+            raise InputError(f"numbers must be a non-empty 1-D integer array, got shape {numbers.shape} "
+                             f"and dtype {numbers.dtype}")
+        bad = numbers[(numbers < 1) | (numbers >= len(chemical_symbols))]
+        if bad.size:
+            raise InputError(f"unknown atomic number(s) {sorted(set(bad.tolist()))}")
+        positions = check_positions(self.positions, len(numbers))
+        masses = atomic_masses[numbers] if self.masses is None else np.asarray(self.masses, np.float64)
+        if masses.shape != numbers.shape or not np.all(masses > 0):
+            raise InputError(f"masses must be {len(numbers)} positive values in amu, got {masses!r}")
+        if int(self.spin) < 0 or (int(numbers.sum()) - int(self.charge) + int(self.spin)) % 2:
+            raise InputError(f"spin {self.spin} (unpaired electrons) is impossible for "
+                             f"{int(numbers.sum()) - int(self.charge)} electrons at charge {self.charge}")
+        object.__setattr__(self, "numbers", numbers.astype(np.int64))
+        object.__setattr__(self, "positions", positions)
+        object.__setattr__(self, "masses", masses.astype(np.float64))
+        object.__setattr__(self, "charge", int(self.charge))
+        object.__setattr__(self, "spin", int(self.spin))
+
+    def __len__(self) -> int:
+        return len(self.numbers)
+
+    @property
+    def symbols(self) -> list[str]:
+        return [chemical_symbols[z] for z in self.numbers]
+
+    @property
+    def formula(self) -> str:
+        return self.to_atoms().get_chemical_formula()
+
+    def with_positions(self, positions) -> "Molecule":
+        """The same molecule at other positions (Å)."""
+        return dataclasses.replace(self, positions=positions)
+
+    # -- constructors ---------------------------------------------------------------------
+
+    @classmethod
+    def from_smiles(cls, smiles: str, seed: int = 0, relax: bool = True) -> "Molecule":
+        """Embed a SMILES string in 3-D with hydrogens (RDKit ETKDG, seeded) and relax it
+        briefly with MMFF94. The same seed gives the same geometry."""
+        from rdkit import Chem, rdBase
+        from rdkit.Chem import AllChem
+
+        with rdBase.BlockLogs():  # our error below says it in one line
+            mol = Chem.MolFromSmiles(smiles) if isinstance(smiles, str) and smiles.strip() else None
+        if mol is None:
+            raise InputError(f"cannot parse SMILES {smiles!r}")
+        mol = Chem.AddHs(mol)
+        params = AllChem.ETKDGv3()
+        params.randomSeed = int(seed)
+        if AllChem.EmbedMolecule(mol, params) != 0:
+            params.useRandomCoords = True
+            if AllChem.EmbedMolecule(mol, params) != 0:
+                raise InputError(f"RDKit could not embed SMILES {smiles!r} in 3-D")
+        if relax and AllChem.MMFFHasAllMoleculeParams(mol):
+            AllChem.MMFFOptimizeMolecule(mol, maxIters=500)
+        numbers = np.array([a.GetAtomicNum() for a in mol.GetAtoms()])
+        positions = mol.GetConformer().GetPositions()
+        charge = Chem.GetFormalCharge(mol)
+        spin = sum(a.GetNumRadicalElectrons() for a in mol.GetAtoms())
+        return cls(numbers, positions, charge=charge, spin=spin, name=smiles,
+                   mol_block=Chem.MolToMolBlock(mol))
+
+    @classmethod
+    def from_atoms(cls, atoms: Atoms, charge: int | None = None, spin: int | None = None,
+                   name: str = "") -> "Molecule":
+        """From an ASE ``Atoms``; charge and spin default to ``atoms.info['charge'|'spin']``
+        or 0 (``spin`` = number of unpaired electrons)."""
+        if not isinstance(atoms, Atoms):
+            raise InputError(f"expected an ase.Atoms, got {type(atoms).__name__}")
+        charge = atoms.info.get("charge", 0) if charge is None else charge
+        spin = atoms.info.get("spin", 0) if spin is None else spin
+        return cls(atoms.numbers, atoms.positions, atoms.get_masses(), charge=charge, spin=spin,
+                   name=name or atoms.get_chemical_formula())
+
+    @classmethod
+    def read(cls, path, index=-1, charge: int | None = None, spin: int | None = None) -> "Molecule":
+        """From any file ASE can read (xyz, pdb, sdf, traj, ...); ``index`` picks the frame."""
+        from ase.io import read
+
+        path = os.fspath(path)
+        if not os.path.isfile(path):
+            raise InputError(f"no such file: {path}")
+        try:
+            atoms = read(path, index=index)
+        except Exception as exc:  # ASE raises many kinds of errors for unreadable files
+            raise InputError(f"ASE cannot read {path}: {exc}") from None
+        return cls.from_atoms(atoms, charge=charge, spin=spin, name=path)
+
+    # -- conversions ----------------------------------------------------------------------
+
+    def to_atoms(self, positions=None, velocities=None) -> Atoms:
+        """An ASE ``Atoms``; ``velocities`` in Å/fs are converted to ASE's time unit."""
+        atoms = Atoms(numbers=self.numbers, positions=self.positions if positions is None else
+                      np.asarray(positions), masses=self.masses)
+        atoms.info.update(charge=self.charge, spin=self.spin)
+        if velocities is not None:
+            atoms.set_velocities(units.velocities_to_ase(np.asarray(velocities)))
+        return atoms
+
+    def thermal_velocities(self, temperature: float, seed: int = 0) -> np.ndarray:
+        """Maxwell–Boltzmann velocities (Å/fs) at ``temperature`` K, centre-of-mass motion removed."""
+        from ase.md.velocitydistribution import MaxwellBoltzmannDistribution, Stationary
+
+        if not np.isfinite(temperature) or temperature < 0:
+            raise InputError(f"temperature must be a finite value ≥ 0 K, got {temperature}")
+        atoms = self.to_atoms()
+        MaxwellBoltzmannDistribution(atoms, temperature_K=temperature, rng=np.random.default_rng(seed))
+        Stationary(atoms)
+        return units.velocities_from_ase(atoms.get_velocities())
+
+
+def check_positions(positions, n_atoms: int | None = None) -> np.ndarray:
+    """Positions as an (N, 3) float64 array; raises InputError if wrongly shaped or not finite."""
+    try:
+        arr = np.asarray(positions, dtype=np.float64)
+    except (TypeError, ValueError):
+        raise InputError(f"positions must be numbers in Å, got {type(positions).__name__}") from None
+    if arr.ndim != 2 or arr.shape[1] != 3:
+        raise InputError(f"positions must have shape (N, 3) in Å, got {arr.shape}")
+    if n_atoms is not None and arr.shape[0] != n_atoms:
+        raise InputError(f"positions have {arr.shape[0]} atoms but the molecule has {n_atoms}")
+    if not np.all(np.isfinite(arr)):
+        raise InputError("positions contain NaN or infinite values")
+    return arr
