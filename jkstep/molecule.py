@@ -145,13 +145,13 @@ class Molecule:
 
     def thermal_velocities(self, temperature: float, seed: int = 0) -> np.ndarray:
         """Maxwell–Boltzmann velocities (Å/fs) at ``temperature`` K, centre-of-mass motion removed."""
-        from ase.md.velocitydistribution import MaxwellBoltzmannDistribution, Stationary
+        from ase.md.velocitydistribution import Stationary, thermalize_momenta
 
         if not np.isfinite(temperature) or temperature < 0:
             raise InputError(f"temperature must be a finite value ≥ 0 K, got {temperature}")
         atoms = self.to_atoms()
-        MaxwellBoltzmannDistribution(atoms, temperature_K=temperature, rng=np.random.default_rng(seed))
-        Stationary(atoms)
+        thermalize_momenta(atoms, temperature, rng=np.random.default_rng(seed))
+        Stationary(atoms, preserve_temperature=False)  # leaves (3N-3)/2 kT on average
         return units.velocities_from_ase(atoms.get_velocities())
 
 

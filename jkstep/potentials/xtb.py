@@ -208,9 +208,12 @@ class XTBPotential:
         for slot in self._slots:
             slot.result = None
 
+    _slots: list = []  # class defaults keep close() safe on a half-built object
+    _pool = None
+
     def close(self):
         """Release the tblite calculators and the thread pool (also done at exit)."""
-        self._slots.clear()
+        self._slots = []
         if self._pool is not None:
             self._pool.shutdown(wait=False)
             self._pool = None

@@ -1,0 +1,1 @@
+"""Reference trajectories: the on-disk store, xTB generation, same-energy replicas and k-step windows."""

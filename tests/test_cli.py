@@ -1,0 +1,67 @@
+"""`jkstep run`: summary keys of API.md, the trajectory file, and one-line errors."""
+
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+from ase.io import read
+
+from jkstep import cli, units
+
+SUMMARY_KEYS = {"molecule", "integrator", "ensemble", "dt_fs", "k", "simulated_fs", "xtb_calls", "accepted",
+                "rejected", "fallbacks", "blew_up", "drift_kj_mol_ps", "energy_std_kj_mol",
+                "mean_temperature_k", "wall_s"}
+
+
+def test_run_verlet_writes_summary_and_trajectory(tmp_path, capsys):
+    out, summary = tmp_path / "t.traj", tmp_path / "run.json"
+    rc = cli.main(["run", "--smiles", "CCO", "--integrator", "verlet", "--dt", "0.25", "--ps", "0.02",
+                   "--save-every", "8", "--out", str(out), "--summary", str(summary)])
+    assert rc == 0
+    s = json.loads(summary.read_text())
+    assert SUMMARY_KEYS <= set(s)
+    assert s["molecule"] == "CCO" and s["integrator"] == "verlet" and s["ensemble"] == "nve"
+    assert s["simulated_fs"] == 20.0 and s["xtb_calls"] == 81 == s["integrator_force_calls"]
+    assert s["blew_up"] is False and s["drift_kj_mol_ps"] is not None
+    assert abs(s["drift_kj_mol_ps"]) < 1.0 and s["energy_std_kj_mol"] < 0.05
+    assert 50 < s["mean_temperature_k"] < 400
+    frames = read(out, index=":")
+    assert len(frames) == 11  # start + 80 steps / 8
+    v = units.velocities_from_ase(frames[-1].get_velocities())
+    assert 0.001 < np.abs(v).max() < 0.1  # Å/fs: thermal, not ASE units
+    assert frames[-1].get_potential_energy() < -300
+    assert "xTB calls 81" in capsys.readouterr().out
+
+
+def test_run_langevin_has_no_drift(tmp_path):
+    summary = tmp_path / "run.json"
+    assert cli.main(["run", "--smiles", "CCO", "--integrator", "langevin", "--ps", "0.01",
+                     "--summary", str(summary)]) == 0
+    s = json.loads(summary.read_text())
+    assert s["ensemble"] == "nvt" and s["drift_kj_mol_ps"] is None and s["xtb_calls"] == 41
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["run", "--smiles", "C1CC"], "cannot parse SMILES 'C1CC'"),
+    (["run", "--file", "/no/such.xyz"], "no such file: /no/such.xyz"),
+    (["run", "--smiles", "CCO", "--dt", "0"], "dt must be > 0"),
+    (["run", "--integrator", "leapfrog"], "invalid choice: 'leapfrog'"),
+    (["run", "--smiles", "CCO", "--file", "x.xyz"], "not allowed with argument"),
+    (["run", "--smiles", "[Fr]F"], "no parameters for atomic number"),
+])
+def test_bad_input_is_one_line_and_status_2(argv, message, capsys):
+    with pytest.raises(SystemExit) as exc:
+        cli.main(argv)
+    assert exc.value.code == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("jkstep: error: ") and message in err[0]
+
+
+def test_console_script_runs_as_installed(tmp_path):
+    exe = os.path.join(os.path.dirname(sys.executable), "jkstep")
+    proc = subprocess.run([exe, "run", "--smiles", "C1CC"], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2
+    assert proc.stderr.strip() == "jkstep: error: cannot parse SMILES 'C1CC'"
