@@ -1,0 +1,220 @@
+"""The hybrid k-step integrator: a learned jump of k base steps plus one xTB call.
+
+One macro-step from (x_t, v_t, F_t):
+
+1. **Jump.** A jump function predicts (x', v', F̂') at t + τ, τ = k·dt. The velocity is
+   split into its "pre-kick" part u' = v' − w·F̂'/m and the final kick w·F/m, w = τ/2 by
+   default. The learned part is measured against the ballistic baseline
+   (x + v·τ + ½aτ², u = v + a·(τ − w)) and scaled by ``delta_scale`` s on retries:
+   x' ← b_x + s·(x' − b_x), likewise u'.
+2. **Guards before the call** (free): largest atom displacement ≤ ``max_displacement`` Å;
+   every atom pair farther apart than ``clash_ratio`` × the sum of covalent radii.
+3. **Corrector: one xTB call** at x' gives the real (E', F'); the final kick is made with
+   it: v ← u' + w·F'/m. F' also feeds the next jump. With the ballistic jump ("zero
+   network", F̂' = F_t) this is exactly velocity Verlet at τ, the equal-cost baseline, so a
+   model is judged by what its learned correction adds to that.
+4. **Guards after the call**: the SCF converged; the total energy rose by at most
+   ``max_energy_rise`` eV and the kinetic energy by at most ``max_kinetic_rise`` eV.
+5. A rejected jump is retried with ``delta_scale`` halved, up to ``max_attempts``; then the
+   macro-step falls back to k plain velocity-Verlet steps (k xTB calls).
+
+Optional, off by default and reported separately: ``energy_rescale`` (FlashMD style) rescales
+the velocities after an accepted jump so that the total energy equals the one at the start of
+the run; ``ensemble="nvt"`` adds an exact Ornstein–Uhlenbeck velocity step (Langevin "O")
+over kΔt after each macro-step, which costs no xTB call.
+
+Everything is jittable, runs in ``lax.scan`` and under ``vmap``: the attempt loop and the
+fallback pass an ``active`` mask to the potential, so batch members that are done (or need
+no fallback) cost no xTB call. Every call is counted in ``state.force_calls``.
+
+Units: Å, fs, eV, amu, K.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Callable
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from ase.data import covalent_radii
+from flax import struct
+
+from jkstep import units
+from jkstep.integrate import as_energy_and_forces, kinetic_energy
+
+#: jump(positions, velocities, forces) -> (positions', velocities', forces_hat') after k steps.
+JumpFn = Callable[[jax.Array, jax.Array, jax.Array], tuple[jax.Array, jax.Array, jax.Array]]
+
+
+@struct.dataclass
+class KStepState:
+    """State of the hybrid integrator (leading batch axes under ``vmap``).
+
+    positions (N,3) Å, velocities (N,3) Å/fs, forces (N,3) eV/Å, energy (potential) eV;
+    force_calls: xTB calls made (init included); step: base steps (k per macro-step);
+    accepted / rejected / fallbacks: accepted jumps, rejected attempts, fallback macro-steps;
+    failed: a force call failed for good; reference_energy: total energy at init (eV);
+    key: PRNG key (used by ``ensemble="nvt"``).
+    """
+
+    positions: jax.Array
+    velocities: jax.Array
+    forces: jax.Array
+    energy: jax.Array
+    force_calls: jax.Array
+    step: jax.Array
+    accepted: jax.Array
+    rejected: jax.Array
+    fallbacks: jax.Array
+    failed: jax.Array
+    reference_energy: jax.Array
+    key: jax.Array
+
+
+@dataclasses.dataclass(frozen=True)
+class Guards:
+    """Acceptance thresholds of a jump. Lengths in Å, energies in eV."""
+
+    max_displacement: float = 0.2
+    clash_ratio: float = 0.6
+    max_energy_rise: float = 0.1
+    max_kinetic_rise: float = 0.5
+    max_attempts: int = 3
+
+
+def ballistic_jump(masses, k: int, dt: float) -> JumpFn:
+    """The zero network: constant-force ballistic motion over k·dt (x + v·τ + ½aτ², v + aτ),
+    with F̂' = F_t. With the corrector it is the ``corrector_only`` control."""
+    inv_m = units.ACCEL / jnp.asarray(masses, jnp.float64)[:, None]
+    tau = k * dt
+
+    def jump(x, v, f):
+        a = f * inv_m
+        return x + v * tau + 0.5 * a * tau**2, v + a * tau, f
+
+    return jump
+
+
+def _evaluator(potential):
+    """(positions, active) -> (energy, forces, ok), skipping inactive members where the
+    potential supports it (the xTB potential does); otherwise evaluating and masking."""
+    if hasattr(potential, "evaluate"):
+        return potential.evaluate
+    ef = as_energy_and_forces(potential)
+
+    def evaluate(x, active):
+        e, f = ef(x)
+        ok = jnp.isfinite(e) & jnp.all(jnp.isfinite(f))
+        return jnp.where(active, e, 0.0), jnp.where(active, f, 0.0), ok | ~active
+
+    return evaluate
+
+
+def kstep_integrator(jump: JumpFn, potential, numbers, masses, k: int, dt: float,
+                     guards: Guards = Guards(), kick_weight: float | None = None, energy_rescale: bool = False,
+                     ensemble: str = "nve", temperature: float = 300.0, friction: float = 0.01):
+    """``init_fn, apply_fn`` of the hybrid integrator around any jump function.
+
+    ``init_fn(positions, velocities, key=None) -> KStepState`` (one xTB call);
+    ``apply_fn(state) -> KStepState`` advances one macro-step of k base steps.
+    ``dt`` in fs; ``kick_weight`` w in fs (default k·dt/2); ``temperature`` K and
+    ``friction`` 1/fs are used with ``ensemble="nvt"``.
+    """
+    if ensemble not in ("nve", "nvt"):
+        raise ValueError(f"ensemble must be 'nve' or 'nvt', got {ensemble!r}")
+    evaluate = _evaluator(potential)
+    masses = jnp.asarray(masses, jnp.float64)
+    inv_m = units.ACCEL / masses[:, None]
+    tau = k * dt
+    w = 0.5 * tau if kick_weight is None else float(kick_weight)
+    radii = jnp.asarray(covalent_radii[np.asarray(numbers)])
+    min_dist = guards.clash_ratio * (radii[:, None] + radii[None, :])
+    off_diag = ~jnp.eye(len(radii), dtype=bool)
+    c1 = jnp.exp(-friction * k * dt)
+    sigma = jnp.sqrt((1.0 - c1**2) * units.KB * temperature * units.ACCEL / masses)[:, None]
+
+    def init_fn(positions, velocities, key=None) -> KStepState:
+        x = jnp.asarray(positions, jnp.float64)
+        v = jnp.asarray(velocities, jnp.float64)
+        e, f, ok = evaluate(x, jnp.ones((), bool))
+        return KStepState(x, v, f, e, jnp.ones((), jnp.int32), jnp.zeros((), jnp.int32),
+                          jnp.zeros((), jnp.int32), jnp.zeros((), jnp.int32), jnp.zeros((), jnp.int32),
+                          ~ok, e + kinetic_energy(v, masses),
+                          jax.random.PRNGKey(0) if key is None else jnp.asarray(key))
+
+    def clash_free(x):
+        d = jnp.linalg.norm(x[:, None] - x[None, :] + jnp.eye(len(radii))[..., None], axis=-1)
+        return jnp.all(jnp.where(off_diag, d >= min_dist, True))
+
+    def attempt(state: KStepState, prediction, scale, active):
+        """Scaled jump + one xTB call (for active members) → candidate and its verdict."""
+        x0, v0 = state.positions, state.velocities
+        bx, bu, px, pu = prediction
+        x = bx + scale * (px - bx)
+        u = bu + scale * (pu - bu)
+        geometry_ok = (jnp.max(jnp.linalg.norm(x - x0, axis=-1)) <= guards.max_displacement) & clash_free(x)
+        call = active & geometry_ok
+        e, f, ok = evaluate(x, call)
+        v = u + w * f * inv_m
+        ke0, ke = kinetic_energy(v0, masses), kinetic_energy(v, masses)
+        if energy_rescale:
+            target = state.reference_energy - e
+            v = jnp.where(target > 0, v * jnp.sqrt(jnp.maximum(target, 0.0) / jnp.maximum(ke, 1e-30)), v)
+            ke = kinetic_energy(v, masses)
+        good = (call & ok & jnp.isfinite(e)
+                & (e + ke - state.energy - ke0 <= guards.max_energy_rise)
+                & (ke - ke0 <= guards.max_kinetic_rise))
+        return (x, v, f, e), good, call
+
+    def fallback(state: KStepState, active):
+        """k velocity-Verlet steps at dt for active members (inactive ones cost nothing)."""
+
+        def step(_, c):
+            x, v, f, e, ok = c
+            v_half = v + 0.5 * dt * f * inv_m
+            x = x + dt * v_half
+            e, f, ok_step = evaluate(x, active)
+            return x, v_half + 0.5 * dt * f * inv_m, f, e, ok & ok_step
+
+        return jax.lax.fori_loop(0, k, step, (state.positions, state.velocities, state.forces,
+                                              state.energy, jnp.ones((), bool)))
+
+    def apply_fn(state: KStepState) -> KStepState:
+        x0, v0, a0 = state.positions, state.velocities, state.forces * inv_m
+        px, pv, pf = jump(x0, v0, state.forces)
+        prediction = (x0 + v0 * tau + 0.5 * a0 * tau**2, v0 + a0 * (tau - w), px, pv - w * pf * inv_m)
+
+        def cond(c):
+            n, done, *_ = c
+            return (n < guards.max_attempts) & ~done
+
+        def body(c):
+            n, done, calls, cand = c
+            scale = 0.5 ** n.astype(jnp.float64)
+            new, good, called = attempt(state, prediction, scale, ~done)
+            cand = jax.tree.map(lambda a, b: jnp.where(good, a, b), new, cand)
+            return n + 1, done | good, calls + called.astype(jnp.int32), cand
+
+        start = (state.positions, state.velocities, state.forces, state.energy)
+        n, accepted, calls, (x, v, f, e) = jax.lax.while_loop(
+            cond, body, (jnp.zeros((), jnp.int32), jnp.zeros((), bool), jnp.zeros((), jnp.int32), start))
+        rejected = n - accepted.astype(jnp.int32)
+        need = ~accepted
+        fx, fv, ff, fe, fok = jax.lax.cond(need, fallback, lambda s, a: (*start, jnp.ones((), bool)),
+                                           state, need)
+        pick = lambda a, b: jnp.where(need, a, b)  # noqa: E731
+        x, v, f, e = pick(fx, x), pick(fv, v), pick(ff, f), pick(fe, e)
+        key = state.key
+        if ensemble == "nvt":
+            key, sub = jax.random.split(key)
+            v = c1 * v + sigma * jax.random.normal(sub, v.shape, v.dtype)
+        return state.replace(
+            positions=x, velocities=v, forces=f, energy=e,
+            force_calls=state.force_calls + calls + need.astype(jnp.int32) * k,
+            step=state.step + k, accepted=state.accepted + accepted.astype(jnp.int32),
+            rejected=state.rejected + rejected, fallbacks=state.fallbacks + need.astype(jnp.int32),
+            failed=state.failed | (need & ~fok), key=key)
+
+    return init_fn, apply_fn

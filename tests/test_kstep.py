@@ -1,0 +1,180 @@
+"""The hybrid integrator: corrector physics, guards, retries, fallback and exact call counts."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from tblite.exceptions import TBLiteRuntimeError
+from tblite.interface import Calculator
+
+import jkstep
+from jkstep import analysis
+from jkstep.kstep import Guards, ballistic_jump, kstep_integrator
+from jkstep.rollout import runner
+
+K, DT = 8, 0.25
+
+
+def test_corrector_only_is_velocity_verlet_at_k_dt(ethanol):
+    """Ballistic jump + corrector = Verlet at k·dt, one xTB call per macro-step."""
+    v0 = ethanol.thermal_velocities(300.0, seed=0)
+    pot = jkstep.xtb_potential(ethanol)
+    init, apply = kstep_integrator(ballistic_jump(ethanol.masses, K, DT), pot, ethanol.numbers,
+                                   ethanol.masses, K, DT)
+    state, frames = runner(apply, 40, 1)(init(ethanol.positions, v0))
+    assert pot.calls == 41 == int(state.force_calls)
+    assert (int(state.accepted), int(state.rejected), int(state.fallbacks)) == (40, 0, 0)
+    assert int(state.step) == 40 * K
+
+    ref_pot = jkstep.xtb_potential(ethanol)
+    vinit, vapply = jkstep.verlet(ref_pot, ethanol.masses, dt=K * DT)
+    ref, _ = runner(vapply, 40, 1)(vinit(ethanol.positions, v0))
+    np.testing.assert_allclose(state.positions, ref.positions, atol=1e-9)
+    np.testing.assert_allclose(state.velocities, ref.velocities, atol=1e-10)
+
+
+def noisy_jump(masses, scale, seed=0):
+    """A 'model' whose learned correction is random: displaces atoms by ~scale Å."""
+    base = ballistic_jump(masses, K, DT)
+    noise = scale * jax.random.normal(jax.random.PRNGKey(seed), (len(masses), 3))
+
+    def jump(x, v, f):
+        bx, bv, bf = base(x, v, f)
+        return bx + noise, bv, bf
+
+    return jump
+
+
+def test_rejected_jumps_retry_then_fall_back_to_verlet(ethanol):
+    """A jump beyond the displacement bound is rejected before any call, retried at half
+    and quarter scale, then the macro-step is k plain Verlet steps (k calls)."""
+    v0 = ethanol.thermal_velocities(300.0, seed=1)
+    pot = jkstep.xtb_potential(ethanol)
+    init, apply = kstep_integrator(noisy_jump(ethanol.masses, 2.0), pot, ethanol.numbers, ethanol.masses,
+                                   K, DT, guards=Guards(max_displacement=0.2, max_attempts=3))
+    state, _ = runner(apply, 3, 1)(init(ethanol.positions, v0))
+    assert (int(state.accepted), int(state.rejected), int(state.fallbacks)) == (0, 9, 3)
+    assert pot.calls == 1 + 3 * K == int(state.force_calls)
+
+    ref_pot = jkstep.xtb_potential(ethanol)
+    vinit, vapply = jkstep.verlet(ref_pot, ethanol.masses, dt=DT)
+    ref, _ = runner(vapply, 1, 3 * K)(vinit(ethanol.positions, v0))
+    np.testing.assert_allclose(state.positions, ref.positions, atol=1e-8)
+
+
+def test_a_smaller_delta_scale_can_be_accepted(ethanol):
+    """Noise of ~0.1 Å fails the 0.2 Å bound on some atom at full scale, passes at a smaller one."""
+    pot = jkstep.xtb_potential(ethanol)
+    guards = Guards(max_displacement=0.2, max_energy_rise=10.0, max_kinetic_rise=10.0, clash_ratio=0.0)
+    init, apply = kstep_integrator(noisy_jump(ethanol.masses, 0.12, seed=3), pot, ethanol.numbers,
+                                   ethanol.masses, K, DT, guards=guards)
+    state = apply(init(ethanol.positions, np.zeros((9, 3))))
+    assert int(state.accepted) == 1 and int(state.fallbacks) == 0 and int(state.rejected) >= 1
+    assert pot.calls == int(state.force_calls) == 2  # rejected by geometry: no call wasted
+
+
+def test_heating_jump_is_rejected_after_its_call(ethanol):
+    """A jump that doubles the velocities passes the geometry guards, costs its xTB call,
+    and is rejected by the kinetic-energy guard."""
+    base = ballistic_jump(ethanol.masses, K, DT)
+
+    def heating(x, v, f):
+        bx, bv, bf = base(x, v, f)
+        return bx, 3.0 * bv, bf
+
+    pot = jkstep.xtb_potential(ethanol)
+    init, apply = kstep_integrator(heating, pot, ethanol.numbers, ethanol.masses, K, DT,
+                                   guards=Guards(max_kinetic_rise=0.05, max_energy_rise=0.05, max_attempts=2))
+    state = apply(init(ethanol.positions, ethanol.thermal_velocities(600.0, seed=2)))
+    assert int(state.rejected) == 2 and int(state.fallbacks) == 1
+    assert pot.calls == int(state.force_calls) == 1 + 2 + K
+
+
+def test_clash_is_rejected_without_a_call(ethanol):
+    base = ballistic_jump(ethanol.masses, K, DT)
+
+    def clash(x, v, f):
+        bx, bv, bf = base(x, v, f)
+        return bx.at[3].set(bx[4] + 0.05), bv, bf  # two hydrogens 0.09 Å apart
+
+    pot = jkstep.xtb_potential(ethanol)
+    init, apply = kstep_integrator(clash, pot, ethanol.numbers, ethanol.masses, K, DT,
+                                   guards=Guards(max_displacement=100.0, max_attempts=1))
+    state = apply(init(ethanol.positions, np.zeros((9, 3))))
+    assert int(state.fallbacks) == 1 and pot.calls == 1 + K
+
+
+def test_scf_failure_rejects_the_jump(ethanol, monkeypatch):
+    pot = jkstep.xtb_potential(ethanol)
+    init, apply = kstep_integrator(ballistic_jump(ethanol.masses, K, DT), pot, ethanol.numbers,
+                                   ethanol.masses, K, DT, guards=Guards(max_attempts=1))
+    state = init(ethanol.positions, np.zeros((9, 3)))
+    original, left = Calculator.singlepoint, [2]
+
+    def flaky(calc, res=None, copy=False):  # the jump's call and its fresh-guess retry fail
+        if left[0] > 0:
+            left[0] -= 1
+            raise TBLiteRuntimeError("SCF not converged (injected)")
+        return original(calc, res, copy)
+
+    monkeypatch.setattr(Calculator, "singlepoint", flaky)
+    state = apply(state)
+    assert int(state.fallbacks) == 1 and not bool(state.failed)
+    assert pot.scf_failures == 1 and pot.failed == 1
+    assert int(state.force_calls) == 1 + 1 + K  # the failed request counts once in the state
+    assert pot.calls == 1 + 2 + K              # ... and as two tblite runs on the host
+
+
+def test_vmap_batch_makes_exactly_the_calls_of_single_runs(ethanol):
+    """Members accept, retry and fall back at different macro-steps; masked calls cost nothing."""
+    v0 = np.stack([ethanol.thermal_velocities(600.0, seed=s) for s in range(4)])
+    guards = Guards(max_displacement=0.12)
+
+    def build():
+        pot = jkstep.xtb_potential(ethanol)
+        return pot, kstep_integrator(ballistic_jump(ethanol.masses, K, DT), pot, ethanol.numbers,
+                                     ethanol.masses, K, DT, guards=guards)
+
+    pot_b, (init, apply) = build()
+    states = jax.vmap(init)(np.broadcast_to(ethanol.positions, v0.shape), v0)
+    states, _ = runner(apply, 12, 1, batched=True)(states)
+    pot_s, (init_s, apply_s) = build()
+    singles = [runner(apply_s, 12, 1)(init_s(ethanol.positions, v))[0] for v in v0]
+    assert pot_b.calls == pot_s.calls == int(states.force_calls.sum())
+    assert len(set(np.asarray(states.fallbacks).tolist())) > 1 or int(states.fallbacks.sum()) > 0
+    for r, single in enumerate(singles):
+        np.testing.assert_allclose(states.positions[r], single.positions, atol=1e-6)
+        assert int(states.force_calls[r]) == int(single.force_calls)
+        assert int(states.fallbacks[r]) == int(single.fallbacks)
+
+
+def harmonic(x):
+    return 0.5 * 5.0 * jnp.sum((x - jnp.round(x)) ** 2)  # stiff wells at lattice points, eV/Å²
+
+
+def test_energy_rescale_restores_the_total_energy():
+    masses = np.full(6, 12.0)
+    x0 = np.arange(18, dtype=float).reshape(6, 3) * 3.0 + 0.05
+    init, apply = kstep_integrator(ballistic_jump(masses, K, DT), harmonic, np.full(6, 6), masses, K, DT,
+                                   energy_rescale=True)
+    state = init(x0, 0.01 * np.ones((6, 3)))
+    e0 = float(state.reference_energy)
+    state, frames = runner(apply, 30, 1)(state)
+    e = np.asarray(frames.energy) + analysis.kinetic_energy(frames.velocities, masses)
+    np.testing.assert_allclose(e, e0, atol=1e-10)
+
+
+def test_nvt_thermalises():
+    masses = np.full(30, 12.0)
+    x0 = np.arange(90, dtype=float).reshape(30, 3) * 3.0
+    init, apply = kstep_integrator(ballistic_jump(masses, K, DT), harmonic, np.full(30, 6), masses, K, DT,
+                                   ensemble="nvt", temperature=300.0, friction=0.02)
+    state, _ = runner(apply, 1, 400)(init(x0, np.zeros((30, 3)), jax.random.PRNGKey(0)))
+    _, frames = runner(apply, 400, 2)(state)
+    t = analysis.temperature(np.asarray(frames.velocities), masses, dof=90).mean()
+    assert 270.0 < t < 330.0
+
+
+def test_bad_ensemble():
+    with pytest.raises(ValueError, match="ensemble"):
+        kstep_integrator(ballistic_jump(np.ones(2), K, DT), harmonic, [1, 1], np.ones(2), K, DT, ensemble="npt")
