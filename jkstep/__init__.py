@@ -10,7 +10,19 @@ jax.config.update("jax_enable_x64", True)
 
 from jkstep.errors import InputError  # noqa: E402
 from jkstep.integrate import MDState, langevin, verlet  # noqa: E402
+from jkstep.kstep import kstep  # noqa: E402
 from jkstep.molecule import Molecule  # noqa: E402
+from jkstep.potentials.mmff import mmff_potential  # noqa: E402
 from jkstep.potentials.xtb import xtb_potential  # noqa: E402
 
-__all__ = ["InputError", "MDState", "Molecule", "langevin", "verlet", "xtb_potential"]
+__all__ = ["InputError", "MDState", "Molecule", "kstep", "langevin", "load_pretrained", "mmff_potential",
+           "verlet", "xtb_potential"]
+
+
+def __getattr__(name):
+    # the model stack (flax, orbax) loads only when a model is asked for
+    if name == "load_pretrained":
+        from jkstep.model.pretrained import load_pretrained
+
+        return load_pretrained
+    raise AttributeError(f"module 'jkstep' has no attribute {name!r}")

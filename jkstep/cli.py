@@ -40,9 +40,14 @@ def build_parser() -> argparse.ArgumentParser:
 
     run = sub.add_parser("run", help="one MD run; prints a summary (and writes it as JSON with --summary)")
     _add_molecule_args(run)
-    run.add_argument("--integrator", default="verlet", choices=["verlet", "langevin"],
-                     help="verlet: NVE velocity Verlet; langevin: BAOAB at --temperature (default verlet)")
-    run.add_argument("--dt", type=float, default=0.25, help="time step in fs (default 0.25)")
+    run.add_argument("--integrator", default="verlet", choices=["verlet", "langevin", "kstep"],
+                     help="verlet: NVE velocity Verlet; langevin: BAOAB at --temperature; kstep: learned "
+                          "k-step jump + one xTB call (needs --model) (default verlet)")
+    run.add_argument("--model", help="kstep: a shipped model name or the path of an Orbax checkpoint directory")
+    run.add_argument("--ensemble", default="nve", choices=["nve", "nvt"],
+                     help="kstep: nve, or nvt with a velocity thermostat step per jump (default nve)")
+    run.add_argument("--dt", type=float, default=None,
+                     help="time step in fs (default 0.25; kstep uses its model's base step)")
     run.add_argument("--ps", type=float, default=0.5, help="simulated time in ps (default 0.5)")
     run.add_argument("--temperature", type=float, default=300.0,
                      help="K: initial Maxwell-Boltzmann velocities and Langevin target (default 300)")
@@ -58,6 +63,16 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--out", help="write the frames to this ASE trajectory file")
     run.add_argument("--summary", help="write the summary as JSON to this path")
     run.set_defaults(handler=cmd_run)
+
+    gen = sub.add_parser("generate", help="xTB reference trajectories for training from a YAML config "
+                                          "(chunked, resumable: rerun the same command to continue)")
+    gen.add_argument("--config", default="configs/qm.yaml", help="YAML config (default configs/qm.yaml)")
+    gen.add_argument("--workers", type=int, default=None,
+                     help="parallel worker processes, one molecule each (default: config, else all cores)")
+    gen.add_argument("--only", nargs="+", metavar="NAME", default=None,
+                     help="generate only these molecules (names from the molecules file)")
+    gen.add_argument("--summary", help="write the per-molecule summaries as JSON to this path")
+    gen.set_defaults(handler=cmd_generate)
     return parser
 
 
@@ -72,18 +87,33 @@ def load_molecule(args):
 def cmd_run(args) -> int:
     from tqdm import tqdm
 
+    from jkstep.errors import InputError
     from jkstep.md import RunConfig, run_md, write_trajectory
     from jkstep.potentials.xtb import DEFAULT_ACCURACY, xtb_potential
 
-    config = RunConfig(integrator=args.integrator, dt=args.dt, ps=args.ps, temperature=args.temperature,
-                       friction=args.friction, equilibrate_ps=args.equilibrate_ps,
-                       save_every=args.save_every, seed=args.seed)
     molecule = load_molecule(args)
+    jump, k, dt = None, 1, 0.25 if args.dt is None else args.dt
+    if args.integrator == "kstep":
+        from jkstep.kstep import model_jump
+        from jkstep.model.pretrained import load_pretrained
+
+        if not args.model:
+            raise InputError("--integrator kstep needs --model NAME|PATH")
+        bundle = load_pretrained(args.model)
+        if args.dt is not None and abs(args.dt - bundle.dt) > 1e-12:
+            raise InputError(f"--dt {args.dt} differs from the model's base step {bundle.dt} fs; leave --dt out")
+        jump, k, dt = model_jump(bundle, molecule.numbers, molecule.masses), bundle.k, bundle.dt
+    elif args.model:
+        raise InputError("--model is only used with --integrator kstep")
+    config = RunConfig(integrator=args.integrator, dt=dt, ensemble=args.ensemble, ps=args.ps,
+                       temperature=args.temperature, friction=args.friction,
+                       equilibrate_ps=args.equilibrate_ps, save_every=args.save_every, seed=args.seed)
     pot = xtb_potential(molecule, method=args.method, fallback_method=args.fallback_method,
                         accuracy=DEFAULT_ACCURACY if args.accuracy is None else args.accuracy)
     with tqdm(total=config.n_steps, unit="step", desc=f"{args.integrator} {molecule.formula}",
               file=sys.stderr, disable=None) as bar:
-        summary, frames = run_md(molecule, pot, config, progress=bar.update, calls=lambda: pot.calls)
+        summary, frames = run_md(molecule, pot, config, jump=jump, k=k, progress=bar.update,
+                                 calls=lambda: pot.calls)
     summary["scf_failures"] = pot.scf_failures
     summary["method"] = args.method
     if args.out:
@@ -95,6 +125,39 @@ def cmd_run(args) -> int:
     return 1 if summary["blew_up"] else 0
 
 
+def cmd_generate(args) -> int:
+    from tqdm import tqdm
+
+    from jkstep.data.generate import generate, load_config
+    from jkstep.errors import InputError
+
+    if args.workers is not None and args.workers < 1:
+        raise InputError(f"--workers must be ≥ 1, got {args.workers}")
+    config = load_config(args.config, workers=args.workers, only=args.only)
+    bars = []  # made once the steps still to run are known
+
+    def set_total(n):
+        bars.append(tqdm(total=n, unit="step", desc="xTB reference", file=sys.stderr, disable=None,
+                         smoothing=0.05))
+
+    try:
+        results = generate(config, progress=lambda n: bars[0].update(n), on_total=set_total)
+    finally:
+        for bar in bars:
+            bar.close()
+    for r in results:
+        runs = r.get("runs", {})
+        frames = sum(run.get("n_frames", 0) for run in runs.values())
+        line = f"{r['name']}: {r['status']}, {len(runs)} run(s), {frames} frames"
+        failures = [f"{name}: {run['failure']}" for name, run in runs.items() if run.get("failure")]
+        if r.get("error"):
+            failures.append(r["error"].strip().splitlines()[-1])
+        print(line + "".join(f"\n  {f}" for f in failures))
+    if args.summary:
+        _write_json(args.summary, {"output": config.output, "molecules": results})
+    return 0 if all(r["status"] == "complete" for r in results) else 1
+
+
 def _print_summary(s: dict):
     def fmt(x, spec):
         return "n/a" if x is None else format(x, spec)
@@ -102,6 +165,9 @@ def _print_summary(s: dict):
     print(f"{s['molecule']}: {s['integrator']} ({s['ensemble']}), dt {s['dt_fs']} fs, "
           f"{s['steps']} steps = {s['simulated_fs'] / 1000:.3f} ps")
     print(f"  xTB calls {s['xtb_calls']}  SCF failures {s.get('scf_failures', 0)}  blew up: {s['blew_up']}")
+    if s["k"]:
+        print(f"  k {s['k']}: jumps accepted {s['accepted']}, rejected attempts {s['rejected']}, "
+              f"fallbacks to Verlet {s['fallbacks']}")
     print(f"  energy drift {fmt(s['drift_kj_mol_ps'], '.4f')} kJ/mol/ps, "
           f"fluctuation {fmt(s['energy_std_kj_mol'], '.4f')} kJ/mol, "
           f"mean T {fmt(s['mean_temperature_k'], '.1f')} K")

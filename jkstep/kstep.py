@@ -75,9 +75,13 @@ class KStepState:
 
 @dataclasses.dataclass(frozen=True)
 class Guards:
-    """Acceptance thresholds of a jump. Lengths in Å, energies in eV."""
+    """Acceptance thresholds of a jump. Lengths in Å, energies in eV.
 
-    max_displacement: float = 0.2
+    ``max_displacement`` None means 0.025·k Å (0.2 Å at k = 8: the largest atom
+    displacement measured over an xTB jump is about 0.07, 0.16, 0.24 Å at k = 8, 16, 32).
+    """
+
+    max_displacement: float | None = None
     clash_ratio: float = 0.6
     max_energy_rise: float = 0.1
     max_kinetic_rise: float = 0.5
@@ -128,6 +132,7 @@ def kstep_integrator(jump: JumpFn, potential, numbers, masses, k: int, dt: float
     masses = jnp.asarray(masses, jnp.float64)
     inv_m = units.ACCEL / masses[:, None]
     tau = k * dt
+    max_displacement = 0.025 * k if guards.max_displacement is None else guards.max_displacement
     w = 0.5 * tau if kick_weight is None else float(kick_weight)
     radii = jnp.asarray(covalent_radii[np.asarray(numbers)])
     min_dist = guards.clash_ratio * (radii[:, None] + radii[None, :])
@@ -154,7 +159,7 @@ def kstep_integrator(jump: JumpFn, potential, numbers, masses, k: int, dt: float
         bx, bu, px, pu = prediction
         x = bx + scale * (px - bx)
         u = bu + scale * (pu - bu)
-        geometry_ok = (jnp.max(jnp.linalg.norm(x - x0, axis=-1)) <= guards.max_displacement) & clash_free(x)
+        geometry_ok = (jnp.max(jnp.linalg.norm(x - x0, axis=-1)) <= max_displacement) & clash_free(x)
         call = active & geometry_ok
         e, f, ok = evaluate(x, call)
         v = u + w * f * inv_m
@@ -218,3 +223,27 @@ def kstep_integrator(jump: JumpFn, potential, numbers, masses, k: int, dt: float
             failed=state.failed | (need & ~fok), key=key)
 
     return init_fn, apply_fn
+
+
+def model_jump(bundle, numbers, masses) -> JumpFn:
+    """The jump of a loaded model (``load_pretrained``) for one molecule."""
+    bundle.check_elements(numbers)
+    numbers = jnp.asarray(numbers)
+    masses = jnp.asarray(masses, jnp.float64)
+
+    def jump(x, v, f):
+        return bundle.apply(None, numbers, None, masses, x, v, f)
+
+    return jump
+
+
+def kstep(bundle, potential, molecule, **options):
+    """Hybrid integrator of ``molecule`` with a loaded model and a potential (jax-md style).
+
+    ``init_fn, apply_fn = kstep(bundle, pot, mol)``; ``state = init_fn(positions, velocities)``;
+    ``state = apply_fn(state)`` advances one macro-step of ``bundle.k`` base steps of
+    ``bundle.dt`` fs. ``options`` go to ``kstep_integrator`` (guards, kick_weight,
+    energy_rescale, ensemble, temperature, friction).
+    """
+    jump = model_jump(bundle, molecule.numbers, molecule.masses)
+    return kstep_integrator(jump, potential, molecule.numbers, molecule.masses, bundle.k, bundle.dt, **options)

@@ -19,18 +19,25 @@ import numpy as np
 
 from jkstep import analysis, integrate, units
 from jkstep.errors import InputError
+from jkstep.kstep import kstep_integrator
 from jkstep.molecule import Molecule
 from jkstep.rollout import Frames, concat, frames_of, runner
 
-INTEGRATORS = ("verlet", "langevin")
+INTEGRATORS = ("verlet", "langevin", "kstep")
 
 
 @dataclasses.dataclass
 class RunConfig:
-    """Settings of one run. dt in fs, lengths in ps, temperature in K, friction in 1/fs."""
+    """Settings of one run. dt in fs, lengths in ps, temperature in K, friction in 1/fs.
+
+    ``ensemble`` applies to kstep (nve, or nvt with an exact velocity thermostat step per
+    macro-step); verlet is NVE and langevin NVT. ``save_every`` is in base steps (rounded
+    up to whole macro-steps for kstep).
+    """
 
     integrator: str = "verlet"
     dt: float = 0.25
+    ensemble: str = "nve"
     ps: float = 0.5
     temperature: float = 300.0
     friction: float = 0.01
@@ -42,6 +49,8 @@ class RunConfig:
     def __post_init__(self):
         if self.integrator not in INTEGRATORS:
             raise InputError(f"unknown integrator {self.integrator!r}; choose one of {', '.join(INTEGRATORS)}")
+        if self.ensemble not in ("nve", "nvt"):
+            raise InputError(f"unknown ensemble {self.ensemble!r}; choose nve or nvt")
         for name in ("dt", "ps", "save_every", "chunk_frames"):
             if not getattr(self, name) > 0:
                 raise InputError(f"{name} must be > 0, got {getattr(self, name)}")
@@ -62,16 +71,17 @@ def blew_up(frames: Frames, masses, temperature_limit: float) -> bool:
     return bool(np.asarray(frames.failed).any() or not finite or (t > temperature_limit).any())
 
 
-def run_md(molecule: Molecule, potential: Callable, config: RunConfig,
+def run_md(molecule: Molecule, potential: Callable, config: RunConfig, jump=None, k: int = 1,
            progress: Callable[[int], None] | None = None, calls: Callable[[], int] | None = None):
     """Run MD of ``molecule`` with ``potential`` (an energy-and-forces function).
 
     Starts from Maxwell–Boltzmann velocities at ``config.temperature`` (seeded), optionally
     thermalised with Langevin for ``equilibrate_ps``, then ``config.ps`` of production with
-    the chosen integrator. ``xtb_calls`` in the summary counts the production run (its
-    initial force call included), read from ``calls()``, the potential's own host-side
-    counter (e.g. ``lambda: pot.calls``); ``integrator_force_calls`` is the integrator's count of
-    the same calls. ``progress(n)`` is told of each n base steps done.
+    the chosen integrator. For ``kstep`` give the ``jump`` function (``jkstep.kstep.model_jump``)
+    and its ``k``; ``config.dt`` is then the model's base step. ``xtb_calls`` in the summary
+    counts the production run (its initial force call included), read from ``calls()``, the
+    potential's own host-side counter (e.g. ``lambda: pot.calls``); ``integrator_force_calls``
+    is the integrator's count of the same calls. ``progress(n)`` is told of each n base steps.
 
     Returns (summary dict, Frames of the production run with frame 0 = the start).
     """
@@ -92,47 +102,58 @@ def run_md(molecule: Molecule, potential: Callable, config: RunConfig,
             raise RuntimeError("a force call failed during Langevin equilibration")
 
     calls_before = calls()
+    steps_per_apply = 1
     if config.integrator == "verlet":
         init, apply = integrate.verlet(potential, masses, config.dt)
         state = init(positions, velocities)
-    else:
+    elif config.integrator == "langevin":
         init, apply = integrate.langevin(potential, masses, config.dt, config.temperature, config.friction)
         state = init(positions, velocities, key)
+    else:
+        if jump is None:
+            raise InputError("the kstep integrator needs a model (--model NAME|PATH)")
+        init, apply = kstep_integrator(jump, potential, molecule.numbers, masses, k, config.dt,
+                                       ensemble=config.ensemble, temperature=config.temperature,
+                                       friction=config.friction)
+        state = init(positions, velocities, key)
+        steps_per_apply = k
     frames = [jax.tree.map(lambda x: jnp.asarray(x)[None], frames_of(state))]
 
-    n_frames = max(1, config.n_steps // config.save_every)
+    every = max(1, -(-config.save_every // steps_per_apply))  # applies per frame
+    n_frames = max(1, config.n_steps // (every * steps_per_apply))
     chunk = min(config.chunk_frames, n_frames)
-    run_chunk = runner(apply, chunk, config.save_every)
+    run_chunk = runner(apply, chunk, every)
     done = 0
     while done < n_frames:
         if n_frames - done < chunk:
-            run_chunk = runner(apply, n_frames - done, config.save_every)
+            run_chunk = runner(apply, n_frames - done, every)
         state, fr = run_chunk(state)
         frames.append(fr)
         done += fr.energy.shape[0]
         if progress:
-            progress(fr.energy.shape[0] * config.save_every)
+            progress(fr.energy.shape[0] * every * steps_per_apply)
         if bool(state.failed):
             break
     frames = jax.device_get(concat(frames))
     wall = time.perf_counter() - t0
 
-    nve = config.integrator == "verlet"
+    nve = config.integrator == "verlet" or (config.integrator == "kstep" and config.ensemble == "nve")
     times = np.asarray(frames.step) * config.dt
     e_total = np.asarray(frames.energy) + analysis.kinetic_energy(frames.velocities, masses)
     temps = analysis.temperature(frames.velocities, masses, dof=None if nve else 3 * len(masses))
     exploded = blew_up(frames, masses, max(1000.0, 10.0 * config.temperature))
+    kstep = config.integrator == "kstep"
     summary = {
         "molecule": molecule.name,
         "integrator": config.integrator,
         "ensemble": "nve" if nve else "nvt",
         "dt_fs": config.dt,
-        "k": None,
+        "k": k if kstep else None,
         "simulated_fs": float(times[-1]),
         "xtb_calls": None if calls_before is None else calls() - calls_before,
-        "accepted": 0,
-        "rejected": 0,
-        "fallbacks": 0,
+        "accepted": int(state.accepted) if kstep else 0,
+        "rejected": int(state.rejected) if kstep else 0,
+        "fallbacks": int(state.fallbacks) if kstep else 0,
         "blew_up": exploded,
         "drift_kj_mol_ps": _finite_or_none(analysis.energy_drift(times, e_total)) if nve else None,
         "energy_std_kj_mol": _finite_or_none(analysis.energy_std(e_total)),

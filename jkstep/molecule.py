@@ -97,8 +97,9 @@ class Molecule:
             params.useRandomCoords = True
             if AllChem.EmbedMolecule(mol, params) != 0:
                 raise InputError(f"RDKit could not embed SMILES {smiles!r} in 3-D")
+        _separate_fragments(mol)
         if relax and AllChem.MMFFHasAllMoleculeParams(mol):
-            AllChem.MMFFOptimizeMolecule(mol, maxIters=500)
+            AllChem.MMFFOptimizeMolecule(mol, maxIters=500, ignoreInterfragInteractions=False)
         numbers = np.array([a.GetAtomicNum() for a in mol.GetAtoms()])
         positions = mol.GetConformer().GetPositions()
         charge = Chem.GetFormalCharge(mol)
@@ -153,6 +154,28 @@ class Molecule:
         thermalize_momenta(atoms, temperature, rng=np.random.default_rng(seed))
         Stationary(atoms, preserve_temperature=False)  # leaves (3N-3)/2 kT on average
         return units.velocities_from_ase(atoms.get_velocities())
+
+
+def _separate_fragments(mol, gap: float = 3.0) -> None:
+    """RDKit embeds disconnected fragments (solute + waters, salts) on top of each other:
+    line them up along x with ``gap`` Å between their bounding boxes, in place."""
+    from rdkit import Chem
+
+    frags = Chem.GetMolFrags(mol)
+    if len(frags) < 2:
+        return
+    conf = mol.GetConformer()
+    pos = conf.GetPositions()
+    edge = None
+    for atoms in frags:
+        atoms = list(atoms)
+        block = pos[atoms] - pos[atoms].mean(0)
+        if edge is not None:
+            block[:, 0] += edge - block[:, 0].min()
+        edge = block[:, 0].max() + gap
+        pos[atoms] = block
+    for i, p in enumerate(pos):
+        conf.SetAtomPosition(i, p.tolist())
 
 
 def check_positions(positions, n_atoms: int | None = None) -> np.ndarray:

@@ -27,6 +27,7 @@ import numpy as np
 from ase import units as _ase
 
 from jkstep.errors import InputError
+from jkstep.molecule import Molecule
 
 #: One kcal/mol in eV.
 KCAL_MOL = _ase.kcal / _ase.mol
@@ -44,10 +45,11 @@ TERMS = ("bond", "angle", "stretch_bend", "oop", "torsion", "vdw", "electrostati
 @partial(jax.tree_util.register_dataclass,
          data_fields=["bond_idx", "bond_kb", "bond_r0",
                       "angle_idx", "angle_ka", "angle_theta0", "angle_linear",
-                      "stbn_idx", "stbn_k", "stbn_r0", "stbn_theta0",
+                      "stbn_k", "stbn_r0",
                       "oop_idx", "oop_koop", "torsion_idx", "torsion_v",
-                      "pair_idx", "vdw_rstar", "vdw_eps", "ele_qq"],
-         meta_fields=["n_atoms", "distance_dielectric", "cutoff", "name"])
+                      "pair_idx", "vdw_rstar", "vdw_eps", "ele_qq",
+                      "distance_dielectric", "cutoff"],
+         meta_fields=["n_atoms", "name"])
 @dataclasses.dataclass(frozen=True, eq=False)
 class MMFFPotential:
     """MMFF94 energy (eV) and forces (eV/Å) of one molecule as a JAX pytree.
@@ -55,7 +57,8 @@ class MMFFPotential:
     Index arrays are int; force constants use MMFF's units (kb md/Å, ka md·Å/rad²,
     stretch-bend md/rad, koop md·Å/rad², torsion V kcal/mol, ε kcal/mol), lengths are Å and
     reference angles degrees. ``ele_qq`` holds 332.0716·qi·qj (×0.75 for 1-4 pairs) in
-    kcal·Å/mol. Build one with ``mmff_potential``.
+    kcal·Å/mol. The dielectric model and cutoff are arrays too, so potentials that differ
+    only in parameters share one compiled function. Build one with ``mmff_potential``.
     """
 
     bond_idx: jax.Array       # (nb, 2)
@@ -65,10 +68,8 @@ class MMFFPotential:
     angle_ka: jax.Array
     angle_theta0: jax.Array
     angle_linear: jax.Array   # bool: centre atom is linear → ka·(1 + cos θ)
-    stbn_idx: jax.Array       # (ns, 3)
-    stbn_k: jax.Array         # (ns, 2) kbaIJK, kbaKJI
-    stbn_r0: jax.Array        # (ns, 2) r0(ij), r0(kj)
-    stbn_theta0: jax.Array
+    stbn_k: jax.Array         # (na, 2) stretch-bend kbaIJK, kbaKJI (0 where no term)
+    stbn_r0: jax.Array        # (na, 2) r0(ij), r0(kj)
     oop_idx: jax.Array        # (no, 4) i, j (centre), k, l (out-of-plane atom)
     oop_koop: jax.Array
     torsion_idx: jax.Array    # (nt, 4)
@@ -77,22 +78,33 @@ class MMFFPotential:
     vdw_rstar: jax.Array
     vdw_eps: jax.Array
     ele_qq: jax.Array
+    distance_dielectric: jax.Array  # bool scalar: Coulomb with ε = r instead of ε = 1
+    cutoff: jax.Array               # nonbonded cutoff in Å (inf for none)
     n_atoms: int
-    distance_dielectric: bool
-    cutoff: float | None
     name: str = ""
 
     def __call__(self, positions):
         """(energy in eV, forces (N, 3) in eV/Å) at ``positions`` (N, 3) in Å."""
-        return _energy_and_forces(self, positions)
+        return _energy_and_forces(self, self._check(positions))
 
     def energy(self, positions):
         """Total energy in eV at ``positions`` (N, 3) in Å."""
-        return _energy(self, positions)
+        return _energy(self, self._check(positions))
 
     def terms(self, positions) -> dict:
         """Energy of each MMFF term (keys ``TERMS``) in eV at ``positions`` (N, 3) in Å."""
-        return _terms(self, positions)
+        return _terms(self, self._check(positions))
+
+    def __repr__(self):
+        return (f"MMFFPotential({self.name!r}, atoms={self.n_atoms}, bonds={len(self.bond_kb)}, "
+                f"angles={len(self.angle_ka)}, oop={len(self.oop_koop)}, "
+                f"torsions={len(self.torsion_v)}, pairs={len(self.ele_qq)})")
+
+    def _check(self, positions):
+        if jnp.shape(positions) != (self.n_atoms, 3):
+            raise InputError(f"positions must have shape ({self.n_atoms}, 3) in Å for "
+                             f"{self.name!r}, got {jnp.shape(positions)}")
+        return positions
 
 
 # -- energy ----------------------------------------------------------------------------------
@@ -116,9 +128,8 @@ def _angle_deg(a, b):
 
 
 def _gather(p: MMFFPotential, x):
-    """Positions of the atoms of every term, (n_terms, atoms per term, 3), from one gather
-    (one scatter-add in the gradient keeps compile times short)."""
-    groups = (p.bond_idx, p.angle_idx, p.stbn_idx, p.oop_idx, p.torsion_idx, p.pair_idx)
+    """Positions of the atoms of every term, (n_terms, atoms per term, 3), from one gather."""
+    groups = (p.bond_idx, p.angle_idx, p.oop_idx, p.torsion_idx, p.pair_idx)
     xs = x[jnp.concatenate([g.reshape(-1) for g in groups])]
     out, start = [], 0
     for g in groups:
@@ -130,7 +141,7 @@ def _gather(p: MMFFPotential, x):
 def _terms_kcal(p: MMFFPotential, x) -> dict:
     """Energy of each term in kcal/mol at positions x (N, 3) in Å."""
     x = jnp.asarray(x, dtype=jnp.float64)
-    xb, xa, xs, xo, xt, xp = _gather(p, x)
+    xb, xa, xo, xt, xp = _gather(p, x)
     out = {}
 
     dr = jnp.linalg.norm(xb[:, 0] - xb[:, 1], axis=-1) - p.bond_r0
@@ -138,15 +149,12 @@ def _terms_kcal(p: MMFFPotential, x) -> dict:
                           * (1.0 + _CS * dr + 7.0 / 12.0 * _CS**2 * dr**2))
 
     a, b = xa[:, 0] - xa[:, 1], xa[:, 2] - xa[:, 1]
+    ra, rb = jnp.linalg.norm(a, axis=-1), jnp.linalg.norm(b, axis=-1)
     dt = _angle_deg(a, b) - p.angle_theta0
     bend = 0.5 * _MDYNE * _DEG**2 * p.angle_ka * dt**2 * (1.0 + _CB * dt)
-    cos = jnp.sum(a * b, axis=-1) / (jnp.linalg.norm(a, axis=-1) * jnp.linalg.norm(b, axis=-1))
-    linear = _MDYNE * p.angle_ka * (1.0 + cos)
+    linear = _MDYNE * p.angle_ka * (1.0 + jnp.sum(a * b, axis=-1) / (ra * rb))
     out["angle"] = jnp.sum(jnp.where(p.angle_linear, linear, bend))
-
-    a, b = xs[:, 0] - xs[:, 1], xs[:, 2] - xs[:, 1]
-    dt = _angle_deg(a, b) - p.stbn_theta0
-    dr = jnp.stack([jnp.linalg.norm(a, axis=-1), jnp.linalg.norm(b, axis=-1)], -1) - p.stbn_r0
+    dr = jnp.stack([ra, rb], axis=-1) - p.stbn_r0
     out["stretch_bend"] = jnp.sum(_MDYNE * _DEG * dt * jnp.sum(p.stbn_k * dr, axis=-1))
 
     # Wilson angle χ between bond j-l and the plane i-j-k: sin χ = n̂·r̂_jl, n = r_ji × r_jk.
@@ -171,10 +179,9 @@ def _terms_kcal(p: MMFFPotential, x) -> dict:
     vdw = (p.vdw_eps * (1.07 * rs / (r + 0.07 * rs))**7
            * (1.12 * rs**7 / (r**7 + 0.12 * rs**7) - 2.0))
     shifted = r + 0.05
-    ele = p.ele_qq / (shifted**2 if p.distance_dielectric else shifted)
-    if p.cutoff is not None:
-        inside = r <= p.cutoff
-        vdw, ele = jnp.where(inside, vdw, 0.0), jnp.where(inside, ele, 0.0)
+    ele = p.ele_qq / jnp.where(p.distance_dielectric, shifted**2, shifted)
+    inside = r <= p.cutoff
+    vdw, ele = jnp.where(inside, vdw, 0.0), jnp.where(inside, ele, 0.0)
     out["vdw"] = jnp.sum(vdw)
     out["electrostatic"] = jnp.sum(ele)
     return out
@@ -254,7 +261,7 @@ def _mmff_props(mol, variant, label):
     return props
 
 
-def mmff_potential(molecule, variant: str = "MMFF94", nonbonded_cutoff: float | None = None,
+def mmff_potential(molecule: Molecule, variant: str = "MMFF94", nonbonded_cutoff: float | None = None,
                    dielectric: str = "constant") -> MMFFPotential:
     """The MMFF94 (or MMFF94s) force field of ``molecule`` as an ``MMFFPotential``.
 
@@ -268,6 +275,8 @@ def mmff_potential(molecule, variant: str = "MMFF94", nonbonded_cutoff: float | 
 
     Raises InputError if the topology cannot be found or RDKit cannot type the molecule.
     """
+    if not isinstance(molecule, Molecule):
+        raise InputError(f"expected a jkstep.Molecule, got {type(molecule).__name__}")
     if variant not in ("MMFF94", "MMFF94s"):
         raise InputError(f"variant must be 'MMFF94' or 'MMFF94s', got {variant!r}")
     if dielectric not in ("constant", "distance"):
@@ -290,19 +299,18 @@ def mmff_potential(molecule, variant: str = "MMFF94", nonbonded_cutoff: float | 
         if par:
             bonds.append((i, j, par[1], par[2]))
 
-    angles, stbn = [], []
+    angles = []
     for j, nb in enumerate(nbrs):
         for a, i in enumerate(nb):
             for k in nb[a + 1:]:
                 par = props.GetMMFFAngleBendParams(mol, i, j, k)  # (type, ka, theta0)
                 if not par:
                     continue
-                angles.append((i, j, k, par[1], par[2], types[j] in _LINEAR_TYPES))
-                sb = props.GetMMFFStretchBendParams(mol, i, j, k)  # None for linear centres
-                if sb:
-                    r0ij = props.GetMMFFBondStretchParams(mol, i, j)[2]
-                    r0kj = props.GetMMFFBondStretchParams(mol, j, k)[2]
-                    stbn.append((i, j, k, sb[1], sb[2], r0ij, r0kj, par[2]))
+                # Stretch-bend (type, kbaIJK, kbaKJI); None for linear centres or no parameters.
+                sb = props.GetMMFFStretchBendParams(mol, i, j, k) or (0, 0.0, 0.0)
+                r0 = [props.GetMMFFBondStretchParams(mol, *ab) for ab in ((i, j), (j, k))]
+                r0 = [bp[2] if bp else 0.0 for bp in r0]
+                angles.append((i, j, k, par[1], par[2], types[j] in _LINEAR_TYPES, *sb[1:], *r0))
 
     oops = []
     for j, nb in enumerate(nbrs):
@@ -351,18 +359,18 @@ def mmff_potential(molecule, variant: str = "MMFF94", nonbonded_cutoff: float | 
     q = np.array([props.GetMMFFPartialCharge(i) for i in range(n)])
     qq = _COULOMB * q[pi] * q[pj] * np.where(topo[pi, pj] == 3, 0.75, 1.0)
 
-    b, a, s, o, t = (np.asarray(v, np.float64).reshape(len(v), w) for v, w in
-                     ((bonds, 4), (angles, 6), (stbn, 8), (oops, 5), (torsions, 7)))
+    b, a, o, t = (np.asarray(v, np.float64).reshape(len(v), w) for v, w in
+                  ((bonds, 4), (angles, 10), (oops, 5), (torsions, 7)))
     idx = lambda cols: jnp.asarray(cols.astype(np.int64))  # noqa: E731
     return MMFFPotential(
         bond_idx=idx(b[:, :2]), bond_kb=jnp.asarray(b[:, 2]), bond_r0=jnp.asarray(b[:, 3]),
         angle_idx=idx(a[:, :3]), angle_ka=jnp.asarray(a[:, 3]),
         angle_theta0=jnp.asarray(a[:, 4]), angle_linear=jnp.asarray(a[:, 5] > 0),
-        stbn_idx=idx(s[:, :3]), stbn_k=jnp.asarray(s[:, 3:5]), stbn_r0=jnp.asarray(s[:, 5:7]),
-        stbn_theta0=jnp.asarray(s[:, 7]),
+        stbn_k=jnp.asarray(a[:, 6:8]), stbn_r0=jnp.asarray(a[:, 8:10]),
         oop_idx=idx(o[:, :4]), oop_koop=jnp.asarray(o[:, 4]),
         torsion_idx=idx(t[:, :4]), torsion_v=jnp.asarray(t[:, 4:7]),
         pair_idx=jnp.asarray(np.stack([pi, pj], axis=1).astype(np.int64).reshape(-1, 2)),
         vdw_rstar=jnp.asarray(rstar), vdw_eps=jnp.asarray(eps), ele_qq=jnp.asarray(qq),
-        n_atoms=n, distance_dielectric=dielectric == "distance",
-        cutoff=None if nonbonded_cutoff is None else float(nonbonded_cutoff), name=label)
+        distance_dielectric=jnp.asarray(dielectric == "distance"),
+        cutoff=jnp.asarray(np.inf if nonbonded_cutoff is None else float(nonbonded_cutoff)),
+        n_atoms=n, name=label)
