@@ -64,6 +64,23 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--summary", help="write the summary as JSON to this path")
     run.set_defaults(handler=cmd_run)
 
+    ev = sub.add_parser("evaluate", help="the hybrid against the equal-cost baselines on any molecule, "
+                                         "from the same thermalised states, with a noise floor")
+    _add_molecule_args(ev)
+    ev.add_argument("--model", help="a shipped model name or a checkpoint directory (without it: only the "
+                                    "baselines and the zero-network corrector are run, at --k)")
+    ev.add_argument("--k", type=int, default=8, help="base steps per jump when no --model is given (default 8)")
+    ev.add_argument("--ps", type=float, default=5.0, help="NVE length of every replica, ps (default 5)")
+    ev.add_argument("--replicas", type=int, default=4, help="same-energy replicas (default 4, at least 2)")
+    ev.add_argument("--temperature", type=float, default=300.0, help="thermalisation temperature, K (default 300)")
+    ev.add_argument("--equilibrate-ps", type=float, default=1.0, help="Langevin thermalisation, ps (default 1)")
+    ev.add_argument("--method", default="GFN2-xTB", choices=["GFN2-xTB", "GFN1-xTB", "IPEA1-xTB"])
+    ev.add_argument("--accuracy", type=float, default=None, help="tblite SCF accuracy (default 0.01)")
+    ev.add_argument("--seed", type=int, default=0)
+    ev.add_argument("--summary", help="write the evaluation as JSON to this path")
+    ev.add_argument("--plots", help="directory for the energy, spectrum and distribution plots")
+    ev.set_defaults(handler=cmd_evaluate)
+
     gen = sub.add_parser("generate", help="xTB reference trajectories for training from a YAML config "
                                           "(chunked, resumable: rerun the same command to continue)")
     gen.add_argument("--config", default="configs/qm.yaml", help="YAML config (default configs/qm.yaml)")
@@ -123,6 +140,60 @@ def cmd_run(args) -> int:
     if args.summary:
         _write_json(args.summary, summary)
     return 1 if summary["blew_up"] else 0
+
+
+def cmd_evaluate(args) -> int:
+    from tqdm import tqdm
+
+    from jkstep.evaluate.compare import EvalConfig, evaluate
+    from jkstep.potentials.xtb import DEFAULT_ACCURACY, xtb_potential
+
+    molecule = load_molecule(args)
+    bundle = None
+    if args.model:
+        from jkstep.model.pretrained import load_pretrained
+
+        bundle = load_pretrained(args.model)
+    config = EvalConfig(k=args.k, ps=args.ps, n_replicas=args.replicas, temperature=args.temperature,
+                        equilibrate_ps=args.equilibrate_ps, seed=args.seed)
+    accuracy = DEFAULT_ACCURACY if args.accuracy is None else args.accuracy
+    xtb_potential(molecule, method=args.method, accuracy=accuracy)  # bad input fails here, before any run
+    bars = {}
+
+    def progress(name, n, total):
+        if name not in bars:
+            for bar in bars.values():
+                bar.close()
+            bars[name] = tqdm(total=total, unit="frame", desc=name, file=sys.stderr, disable=None)
+        bars[name].update(n)
+
+    try:
+        result = evaluate(molecule, lambda: xtb_potential(molecule, method=args.method, accuracy=accuracy),
+                          config, bundle=bundle, plots=args.plots, progress=progress)
+    finally:
+        for bar in bars.values():
+            bar.close()
+    _print_evaluation(result)
+    if args.summary:
+        _write_json(args.summary, result)
+    return 0
+
+
+def _print_evaluation(r: dict):
+    def fmt(x, spec=".4g"):
+        return "null" if x is None else str(x) if isinstance(x, bool) else format(x, spec)
+
+    print(f"{r['molecule']}: k = {r['k']}, {r['n_replicas']} replicas x {r['simulated_fs'] / 1000:.2f} ps")
+    keys = ("xtb_calls", "blew_up", "drift_kj_mol_ps", "energy_std_kj_mol", "mean_temperature_k", "bond_js",
+            "angle_js", "dihedral_js", "spectrum_overlap", "xh_band_shift_cm1", "flip_rate_ratio", "wall_s")
+    names = [n for n, c in r["contenders"].items() if c is not None]
+    print(f"{'':20s}" + "".join(f"{n:>16s}" for n in names) + f"{'noise floor':>16s}")
+    for key in keys:
+        row = [fmt(r["contenders"][n].get(key)) for n in names]
+        floor = fmt(r["noise_floor"].get(key)) if key in r["noise_floor"] else ""
+        print(f"{key:20s}" + "".join(f"{v:>16s}" for v in row) + f"{floor:>16s}")
+    if r["one_jump"]:
+        print("one jump: " + ", ".join(f"{k} {fmt(v)}" for k, v in r["one_jump"].items()))
 
 
 def cmd_generate(args) -> int:

@@ -1,0 +1,255 @@
+"""Every contender from the same starting states, in one run: what ``jkstep evaluate`` does.
+
+1. Thermalise the molecule (Langevin BAOAB at ``temperature``), then make ``n_replicas`` start
+   states on the same energy shell: the thermalised positions with new velocity directions at
+   the same kinetic energy (``jkstep.data.replicas.same_energy_velocities``).
+2. Run every contender NVE from those states, the replicas batched under ``vmap``:
+   ``reference`` (Verlet at dt = 0.25 fs), ``verlet_kdt`` (Verlet at k·dt: the same number of
+   xTB calls as the hybrid), ``corrector_only`` (the hybrid with the zero network: ballistic
+   jump + corrector; with jkstep's Verlet-consistent final kick it is Verlet at k·dt by
+   construction, so it checks the plumbing) and ``kstep`` (the model). Frames of all of
+   them are k·dt apart, so spectra and distributions see the same sampling.
+3. Distribution and spectrum metrics compare a contender on the first half of the replicas
+   against the reference on the second half; the noise floor is the reference's first half
+   against its second half: the same statistics, so a contender at the floor is as good as a
+   second reference run.
+
+Units: Å, fs, eV, K; drift kJ/mol/ps, fluctuation kJ/mol, wavenumbers cm⁻¹. A metric that
+cannot be measured is None (JSON null).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import time
+from typing import Callable
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from jkstep import analysis, integrate
+from jkstep.data.replicas import same_energy_velocities
+from jkstep.errors import InputError
+from jkstep.evaluate import metrics
+from jkstep.kstep import ballistic_jump, kstep_integrator, model_jump
+from jkstep.molecule import Molecule
+from jkstep.rollout import concat, frames_of, runner
+
+DISTRIBUTION_KEYS = ("bond_js", "angle_js", "dihedral_js", "spectrum_overlap", "xh_band_shift_cm1")
+
+
+@dataclasses.dataclass
+class EvalConfig:
+    """Settings of an evaluation. Times in fs / ps, temperature K, friction 1/fs."""
+
+    k: int = 8
+    dt: float = 0.25
+    ps: float = 5.0
+    n_replicas: int = 4
+    temperature: float = 300.0
+    equilibrate_ps: float = 1.0
+    friction: float = 0.01
+    seed: int = 0
+    chunk_frames: int = 250
+
+    def __post_init__(self):
+        if self.k < 1 or self.dt <= 0 or self.ps <= 0:
+            raise InputError(f"k ≥ 1, dt > 0 and ps > 0 are needed, got k={self.k}, dt={self.dt}, ps={self.ps}")
+        if self.n_replicas < 2:
+            raise InputError(f"at least 2 replicas are needed for a noise floor, got {self.n_replicas}")
+        if self.temperature <= 0 or self.equilibrate_ps < 0:
+            raise InputError("temperature must be > 0 K and equilibrate_ps ≥ 0")
+
+    @property
+    def n_frames(self) -> int:
+        """Frames per replica, k·dt apart (the start excluded)."""
+        return max(2, int(round(self.ps * 1000.0 / (self.k * self.dt))))
+
+
+def thermalised_starts(molecule: Molecule, potential, config: EvalConfig):
+    """(positions (R,N,3), velocities (R,N,3)): one Langevin-thermalised geometry with
+    ``n_replicas`` same-energy velocity sets."""
+    init, apply = integrate.langevin(potential, molecule.masses, 0.5, config.temperature, config.friction)
+    state = init(molecule.positions, molecule.thermal_velocities(config.temperature, config.seed),
+                 jax.random.PRNGKey(config.seed))
+    n_eq = int(round(config.equilibrate_ps * 2000.0))
+    if n_eq:
+        state, _ = runner(apply, 1, n_eq)(state)
+    if bool(state.failed):
+        raise RuntimeError("a force call failed during thermalisation")
+    x0, v0 = np.asarray(state.positions), np.asarray(state.velocities)
+    vs = np.stack([same_energy_velocities(molecule, x0, v0, seed=config.seed * 1000 + r + 1)
+                   for r in range(config.n_replicas)])
+    return np.broadcast_to(x0, vs.shape).copy(), vs
+
+
+def run_contender(init, apply, applies_per_frame: int, starts, config: EvalConfig, calls: Callable[[], int],
+                  progress: Callable[[int], None] | None = None) -> dict:
+    """Run a contender from all start states at once (vmap); frames every ``applies_per_frame``."""
+    t0, calls0 = time.perf_counter(), calls()
+    state = jax.vmap(init)(*starts)
+    first = jax.tree.map(lambda x: jnp.asarray(x)[:, None], frames_of(state))
+    chunks, done = [first], 0
+    while done < config.n_frames:
+        n = min(config.chunk_frames, config.n_frames - done)
+        state, fr = runner(apply, n, applies_per_frame, batched=True)(state)
+        chunks.append(fr)
+        done += n
+        if progress:
+            progress(n)
+    frames = jax.device_get(concat(chunks))
+    return {"frames": frames, "state": jax.device_get(state), "xtb_calls": calls() - calls0,
+            "wall_s": time.perf_counter() - t0}
+
+
+def _split(x):
+    """First and second half of the replicas (axis 0)."""
+    h = x.shape[0] // 2
+    return x[:h], x[h:2 * h]
+
+
+def distribution_metrics(contender, reference, masses, terms, frame_fs: float) -> dict:
+    """Contender's first half of the replicas against the reference's second half."""
+    (pa, _), (va, _) = _split(contender.positions), _split(contender.velocities)
+    (_, pb), (_, vb) = _split(reference.positions), _split(reference.velocities)
+    bonds, angles, dihedrals = terms
+    spec_a = metrics.average_spectra([metrics.vibrational_spectrum(v, masses, frame_fs) for v in va])
+    spec_b = metrics.average_spectra([metrics.vibrational_spectrum(v, masses, frame_fs) for v in vb])
+    return {"bond_js": metrics.distribution_js(pa, pb, bonds, "bond"),
+            "angle_js": metrics.distribution_js(pa, pb, angles, "angle"),
+            "dihedral_js": metrics.distribution_js(pa, pb, dihedrals, "dihedral"),
+            "spectrum_overlap": metrics.spectrum_overlap(spec_a, spec_b),
+            "xh_band_shift_cm1": metrics.xh_band_shift(spec_a, spec_b)}, spec_a
+
+
+def flip_metrics(contender, reference, rotatable, frame_fs: float) -> dict:
+    """Torsion transitions per ps of the contender's first half over the reference's second half."""
+    if len(rotatable) == 0:
+        return {"flip_rate_ratio": None, "flip_rate_ci": None}
+    counts = []
+    for positions in (_split(contender.positions)[0], _split(reference.positions)[1]):
+        n, t = 0, 0.0
+        for replica in positions:
+            tr = metrics.torsion_transitions(metrics.dihedrals(replica, rotatable), frame_fs)
+            n += tr["n_transitions"]
+            t += tr["time_ps"] * len(rotatable)
+        counts += [n, t]
+    ratio = metrics.flip_rate_ratio(*counts)
+    ci = None if ratio["ratio"] is None else [ratio["low"], ratio["high"]]
+    return {"flip_rate_ratio": ratio["ratio"], "flip_rate_ci": ci, "flips": [ratio["n_a"], ratio["n_b"]]}
+
+
+def energy_metrics(frames, masses, frame_fs: float) -> dict:
+    """Drift and fluctuation of the total energy (mean over replicas) and mean temperature."""
+    e = np.asarray(frames.energy) + analysis.kinetic_energy(frames.velocities, masses)
+    t = np.arange(e.shape[1]) * frame_fs
+    drift = [analysis.energy_drift(t, er) for er in e]
+    std = [analysis.energy_std(er) for er in e]
+    temp = analysis.temperature(frames.velocities, masses)
+    return {"drift_kj_mol_ps": _num(np.mean(drift)), "energy_std_kj_mol": _num(np.mean(std)),
+            "mean_temperature_k": _num(np.mean(temp))}
+
+
+def one_jump(bundle, molecule, reference, terms) -> dict:
+    """The model's single jumps from reference frames (x, v, F at t) against the reference at t + k."""
+    fr = reference
+    n, f = fr.positions.shape[:2]
+    flat = lambda a: np.asarray(a[:, :-1]).reshape(n * (f - 1), *a.shape[2:])  # noqa: E731
+    target = lambda a: np.asarray(a[:, 1:]).reshape(n * (f - 1), *a.shape[2:])  # noqa: E731
+    jump = jax.jit(jax.vmap(model_jump(bundle, molecule.numbers, molecule.masses)))
+    px, _, pf = jump(flat(fr.positions), flat(fr.velocities), flat(fr.forces))
+    bonds, angles, dihedrals = terms
+    return metrics.one_jump_errors(np.asarray(px), target(fr.positions), np.asarray(pf), target(fr.forces),
+                                   bonds, angles, dihedrals)
+
+
+def evaluate(molecule: Molecule, potential_factory: Callable[[], object], config: EvalConfig, bundle=None,
+             plots: str | os.PathLike | None = None, progress: Callable[[str, int, int], None] | None = None) -> dict:
+    """Evaluate the hybrid against the baselines on ``molecule``; returns the summary dict.
+
+    ``potential_factory()`` makes a fresh xTB potential (one per contender, so its call counter
+    is that contender's). ``bundle`` is a loaded model (``load_pretrained``); without one the
+    ``kstep`` contender and ``one_jump`` are None and k comes from ``config.k``.
+    """
+    if bundle is not None:
+        bundle.check_elements(molecule.numbers)
+        config = dataclasses.replace(config, k=bundle.k, dt=bundle.dt)
+    k, dt, masses = config.k, config.dt, molecule.masses
+    frame_fs = k * dt
+    starts = thermalised_starts(molecule, potential_factory(), config)
+    terms = metrics.internal_coordinates(molecule.numbers, starts[0][0], molecule.mol_block)
+    rotatable = metrics.rotatable_dihedrals(molecule.numbers, starts[0][0], molecule.mol_block)
+
+    def verlet(pot, step):
+        return integrate.verlet(pot, masses, step)
+
+    def hybrid(pot, jump):
+        init, apply = kstep_integrator(jump, pot, molecule.numbers, masses, k, dt)
+        return (lambda x, v: init(x, v)), apply
+
+    contenders = {
+        "reference": (lambda pot: verlet(pot, dt), k),
+        "verlet_kdt": (lambda pot: verlet(pot, k * dt), 1),
+        "corrector_only": (lambda pot: hybrid(pot, ballistic_jump(masses, k, dt)), 1),
+    }
+    if bundle is not None:
+        contenders["kstep"] = (lambda pot: hybrid(pot, model_jump(bundle, molecule.numbers, masses)), 1)
+
+    runs = {}
+    for name, (build, per_frame) in contenders.items():
+        pot = potential_factory()
+        init, apply = build(pot)
+        tick = (lambda n, name=name: progress(name, n, config.n_frames)) if progress else None
+        runs[name] = run_contender(init, apply, per_frame, starts, config, lambda pot=pot: pot.calls, tick)
+
+    ref = runs["reference"]["frames"]
+    out = {"molecule": molecule.name, "k": k, "simulated_fs": config.n_frames * frame_fs,
+           "n_replicas": config.n_replicas, "dt_fs": dt, "temperature_k": config.temperature}
+    out["one_jump"] = None if bundle is None else one_jump(bundle, molecule, ref, terms)
+    out["noise_floor"] = distribution_metrics(ref, ref, masses, terms, frame_fs)[0]
+    spectra, results = {}, {}
+    for name in ("reference", "verlet_kdt", "corrector_only", "kstep"):
+        if name not in runs:
+            results[name] = None
+            continue
+        run = runs[name]
+        fr, state = run["frames"], run["state"]
+        exploded = bool(np.asarray(fr.failed).any()) or metrics.blew_up(fr.positions, terms[0], starts[0][0])
+        res = {"xtb_calls": int(run["xtb_calls"]), "blew_up": exploded, "wall_s": run["wall_s"]}
+        if exploded:
+            res.update({key: None for key in ("drift_kj_mol_ps", "energy_std_kj_mol", "mean_temperature_k",
+                                              *DISTRIBUTION_KEYS, "flip_rate_ratio")})
+        else:
+            res.update(energy_metrics(fr, masses, frame_fs))
+            dist, spectra[name] = distribution_metrics(fr, ref, masses, terms, frame_fs)
+            res.update(dist)
+            res.update(flip_metrics(fr, ref, rotatable, frame_fs))
+        if hasattr(state, "accepted"):
+            res.update(accepted=int(np.sum(state.accepted)), rejected=int(np.sum(state.rejected)),
+                       fallbacks=int(np.sum(state.fallbacks)))
+        res["integrator_force_calls"] = int(np.sum(state.force_calls))
+        results[name] = res
+    out["contenders"] = results
+    if plots:
+        _plots(plots, runs, spectra, masses, frame_fs, terms)
+    return out
+
+
+def _plots(directory, runs, spectra, masses, frame_fs, terms):
+    os.makedirs(directory, exist_ok=True)
+    energy = {}
+    for name, run in runs.items():
+        fr = run["frames"]
+        energy[name] = (np.arange(fr.energy.shape[1]) * frame_fs,
+                        np.asarray(fr.energy[0]) + analysis.kinetic_energy(fr.velocities[0], masses))
+    metrics.plot_energy(os.path.join(directory, "energy.png"), energy)
+    metrics.plot_spectra(os.path.join(directory, "spectra.png"), spectra)
+    bonds = {name: metrics.bond_lengths(run["frames"].positions.reshape(-1, *run["frames"].positions.shape[-2:]),
+                                        terms[0]) for name, run in runs.items()}
+    metrics.plot_distributions(os.path.join(directory, "bonds.png"), bonds, kind="bond")
+
+
+def _num(x):
+    return float(x) if x is not None and np.isfinite(x) else None

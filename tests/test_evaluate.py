@@ -1,0 +1,65 @@
+"""`jkstep evaluate`: every contender from the same states, API keys, exact call counts, nulls."""
+
+import json
+
+import pytest
+
+from jkstep import cli
+
+CONTENDER_KEYS = {"xtb_calls", "blew_up", "drift_kj_mol_ps", "energy_std_kj_mol", "mean_temperature_k", "bond_js",
+                  "angle_js", "dihedral_js", "spectrum_overlap", "xh_band_shift_cm1", "flip_rate_ratio", "wall_s"}
+FLOOR_KEYS = {"bond_js", "angle_js", "dihedral_js", "spectrum_overlap", "xh_band_shift_cm1"}
+ONE_JUMP_KEYS = {"position_rmse_a", "bond_rmse_a", "angle_rmse_deg", "dihedral_rmse_deg", "force_rmse_ev_a"}
+
+
+@pytest.fixture(scope="module")
+def evaluation(tmp_path_factory):
+    out = tmp_path_factory.mktemp("eval")
+    rc = cli.main(["evaluate", "--smiles", "CCO", "--ps", "0.1", "--replicas", "2", "--equilibrate-ps", "0.05",
+                   "--summary", str(out / "eval.json"), "--plots", str(out / "plots")])
+    assert rc == 0
+    return json.loads((out / "eval.json").read_text()), out
+
+
+def test_summary_has_the_api_keys(evaluation):
+    r, _ = evaluation
+    assert {"molecule", "k", "simulated_fs", "n_replicas", "one_jump", "noise_floor", "contenders"} <= set(r)
+    assert r["molecule"] == "CCO" and r["k"] == 8 and r["n_replicas"] == 2 and r["simulated_fs"] == 100.0
+    assert set(r["noise_floor"]) == FLOOR_KEYS
+    assert set(r["contenders"]) == {"reference", "verlet_kdt", "corrector_only", "kstep"}
+    for name in ("reference", "verlet_kdt", "corrector_only"):
+        assert CONTENDER_KEYS <= set(r["contenders"][name]), name
+    assert r["contenders"]["kstep"] is None and r["one_jump"] is None  # no model given
+
+
+def test_equal_cost_and_exact_call_counts(evaluation):
+    c = evaluation[0]["contenders"]
+    frames = 100.0 / 2.0  # 0.1 ps in frames k·dt = 2 fs apart
+    assert c["reference"]["xtb_calls"] == 2 * (1 + frames * 8)
+    assert c["verlet_kdt"]["xtb_calls"] == 2 * (1 + frames) == c["corrector_only"]["xtb_calls"]
+    assert c["corrector_only"]["accepted"] == 2 * frames and c["corrector_only"]["fallbacks"] == 0
+
+
+def test_corrector_only_is_verlet_at_k_dt_and_reference_is_the_floor(evaluation):
+    r, _ = evaluation
+    c = r["contenders"]
+    for key in ("drift_kj_mol_ps", "energy_std_kj_mol", "mean_temperature_k", "bond_js", "spectrum_overlap"):
+        assert c["corrector_only"][key] == pytest.approx(c["verlet_kdt"][key], rel=1e-6, abs=1e-9), key
+        if key in FLOOR_KEYS:
+            assert c["reference"][key] == r["noise_floor"][key]
+    # Verlet at 2 fs fluctuates far more than the 0.25 fs reference
+    assert c["verlet_kdt"]["energy_std_kj_mol"] > 10 * c["reference"]["energy_std_kj_mol"]
+    assert c["reference"]["flip_rate_ratio"] is None  # ethanol has no rotatable heavy-atom torsion
+
+
+def test_plots_are_written(evaluation):
+    _, out = evaluation
+    for name in ("energy.png", "spectra.png", "bonds.png"):
+        assert (out / "plots" / name).stat().st_size > 1000
+
+
+def test_bad_input(capsys):
+    with pytest.raises(SystemExit) as exc:
+        cli.main(["evaluate", "--smiles", "CCO", "--replicas", "1"])
+    assert exc.value.code == 2
+    assert "at least 2 replicas" in capsys.readouterr().err
