@@ -25,7 +25,7 @@ from jkstep.errors import InputError
 
 FORMAT = "jkstep-trajectory"
 FORMAT_VERSION = 1
-#: Per-frame arrays of a chunk: name → (trailing shape symbol, dtype).
+#: Per-frame arrays of a chunk: name → dtype (positions, velocities, forces are (F, N, 3); the rest (F,)).
 ARRAYS = {"positions": np.float64, "velocities": np.float64, "forces": np.float64,
           "energy": np.float64, "kinetic": np.float64, "step": np.int64}
 #: Meta keys a store needs from its creator.
@@ -100,6 +100,7 @@ class TrajectoryStore:
     def __init__(self, path):
         self.path = os.fspath(path)
         self._meta: dict | None = None
+        self._swept = False
 
     def __repr__(self):
         return f"TrajectoryStore({self.path!r}, n_frames={self.n_frames})"
@@ -154,6 +155,7 @@ class TrajectoryStore:
         if not int(meta["frame_spacing"]) >= 1 or not float(meta["dt_fs"]) > 0:
             raise InputError("meta frame_spacing must be ≥ 1 and dt_fs > 0")
         os.makedirs(self.path, exist_ok=True)
+        self._sweep()
         full = {k: v for k, v in _jsonable(meta).items() if k not in STORE_KEYS}
         full.update(format=FORMAT, format_version=FORMAT_VERSION, n_frames=0, n_chunks=0,
                     chunks=[], last_step=None, created=_now())
@@ -169,6 +171,19 @@ class TrajectoryStore:
         meta.update(_jsonable(changes))
         self._write_meta(meta)
         return meta
+
+    def _sweep(self) -> None:
+        """Remove temporary files a killed writer left behind (once per writer; one writer per
+        trajectory at a time)."""
+        if self._swept:
+            return
+        for name in os.listdir(self.path):
+            if name.startswith(".tmp-"):
+                try:
+                    os.remove(os.path.join(self.path, name))
+                except OSError:
+                    pass
+        self._swept = True
 
     def _write_meta(self, meta: dict) -> None:
         meta["updated"] = _now()
@@ -195,6 +210,7 @@ class TrajectoryStore:
         record it in meta.json together with ``meta_changes``. Steps must continue the stored
         ones (strictly increasing by frame_spacing). Returns the chunk index."""
         arrays = self._check_frames(frames)
+        self._sweep()
         index = self.n_chunks
         path = os.path.join(self.path, chunk_name(index))
         atomic_write_bytes(path, lambda fh: np.savez(fh, **arrays))

@@ -1,0 +1,172 @@
+"""k-step training windows from trajectory stores: (state at t, state at t + k) pairs.
+
+A window starts every ``stride`` base steps (consecutive 0.25 fs frames are highly correlated,
+so a stride of several steps loses little) and pairs the frame at step t with the frame at
+step t + k. Molecules are padded to a few size buckets so that a jitted model compiles once
+per bucket; each batch holds one bucket only. Only the frames a window needs are read.
+
+Batch keys (numpy, B windows, N = bucket size): ``numbers`` (B, N) int32 (0 = padding),
+``mask`` (B, N) bool, ``masses`` (B, N) float64 amu (1.0 on padding), ``positions`` Å,
+``velocities`` Å/fs, ``forces`` eV/Å (B, N, 3) at t, and ``target_positions``,
+``target_velocities``, ``target_forces`` (B, N, 3) at t + k; zeros on padding.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Iterator, Sequence
+
+import numpy as np
+
+from jkstep.data.store import TrajectoryStore
+from jkstep.errors import InputError
+
+DEFAULT_BUCKETS = (16, 32, 48)
+KEYS = ("numbers", "mask", "masses", "positions", "velocities", "forces",
+        "target_positions", "target_velocities", "target_forces")
+
+
+class WindowDataset:
+    """k-step windows of one or more trajectories (TrajectoryStore directories).
+
+    Args:
+        paths: trajectory directories (e.g. ``data/qm/glycine/production``).
+        k: base steps between a window's input and target frames.
+        stride: base steps between consecutive window starts.
+        buckets: padded molecule sizes (atoms); each molecule goes to the smallest that fits.
+
+    Attributes: ``k``, ``stride``, ``dt_fs`` (base step, fs), ``elements`` (sorted atomic
+    numbers seen), ``buckets``, ``names`` (one per trajectory), ``n_windows``.
+    """
+
+    def __init__(self, paths: Sequence, k: int, stride: int = 1, buckets: Sequence[int] = DEFAULT_BUCKETS):
+        if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or k < 1:
+            raise InputError(f"k must be an integer ≥ 1 (base steps), got {k!r}")
+        if isinstance(stride, bool) or not isinstance(stride, (int, np.integer)) or stride < 1:
+            raise InputError(f"stride must be an integer ≥ 1 (base steps), got {stride!r}")
+        buckets = tuple(sorted(int(b) for b in buckets))
+        if not buckets or buckets[0] < 1:
+            raise InputError(f"buckets must be positive atom counts, got {buckets!r}")
+        paths = [os.fspath(p) for p in paths]
+        if not paths:
+            raise InputError("a window dataset needs at least one trajectory")
+        self.k, self.stride, self.buckets = int(k), int(stride), buckets
+        self.dt_fs = None
+        self._trajs = []
+        for path in paths:
+            store = TrajectoryStore(path)
+            if not store.exists:
+                raise InputError(f"no trajectory at {path} (meta.json missing)")
+            self._trajs.append(self._windows_of(store))
+        self.names = [t["name"] for t in self._trajs]
+        self.elements = tuple(sorted({int(z) for t in self._trajs for z in t["numbers"]}))
+
+    @classmethod
+    def from_split(cls, root, splits, split: str, k: int, stride: int = 1, runs: Sequence[str] = ("production",),
+                   buckets: Sequence[int] = DEFAULT_BUCKETS) -> "WindowDataset":
+        """Windows of the molecules of ``split`` ("train", "val" or "test") of the splits JSON
+        file ``splits``, read from ``root/<name>/<run>`` for each run in ``runs``."""
+        from jkstep.data.generate import read_splits
+
+        names = read_splits(splits)
+        if split not in names:
+            raise InputError(f"unknown split {split!r}; choose train, val or test")
+        if not names[split]:
+            raise InputError(f"split {split!r} of {splits} is empty")
+        paths = [os.path.join(os.fspath(root), name, run) for name in names[split] for run in runs]
+        return cls(paths, k, stride, buckets)
+
+    def _windows_of(self, store: TrajectoryStore) -> dict:
+        meta = store.meta
+        dt, spacing = float(meta["dt_fs"]), int(meta["frame_spacing"])
+        if self.dt_fs is None:
+            self.dt_fs = dt
+        elif not np.isclose(dt, self.dt_fs, rtol=0, atol=1e-12):
+            raise InputError(f"{store.path} has dt {dt} fs, other trajectories {self.dt_fs} fs")
+        for what, value in (("k", self.k), ("stride", self.stride)):
+            if value % spacing:
+                raise InputError(f"{what} = {value} steps is not a multiple of the frame spacing "
+                                 f"({spacing} steps) of {store.path}")
+        numbers = np.asarray(meta["numbers"], np.int32)
+        n = len(numbers)
+        fits = [b for b in self.buckets if b >= n]
+        if not fits:
+            raise InputError(f"{store.path} has {n} atoms, more than the largest bucket "
+                             f"{self.buckets[-1]}; add a larger bucket")
+        lag, step = self.k // spacing, self.stride // spacing
+        starts = np.arange(0, max(0, store.n_frames - lag), step, dtype=np.int64)
+        data = store.load(frames=np.concatenate([starts, starts + lag]),
+                          arrays=("positions", "velocities", "forces", "step"))
+        w = len(starts)
+        if w and not np.all(data["step"][w:] - data["step"][:w] == self.k):
+            raise InputError(f"{store.path} has gaps in its steps; windows would not be k = {self.k} apart")
+        name = meta.get("name") or os.path.basename(os.path.dirname(store.path))
+        return {"name": f"{name}/{os.path.basename(store.path)}", "numbers": numbers,
+                "masses": np.asarray(meta["masses"], np.float64), "bucket": fits[0], "n_windows": w,
+                "inputs": {k: data[k][:w] for k in ("positions", "velocities", "forces")},
+                "targets": {k: data[k][w:] for k in ("positions", "velocities", "forces")}}
+
+    # -- sizes ---------------------------------------------------------------------------
+
+    @property
+    def n_windows(self) -> int:
+        return sum(t["n_windows"] for t in self._trajs)
+
+    def __len__(self) -> int:
+        return self.n_windows
+
+    def bucket_sizes(self) -> dict[int, int]:
+        """Windows per bucket (only buckets in use)."""
+        out: dict[int, int] = {}
+        for t in self._trajs:
+            if t["n_windows"]:
+                out[t["bucket"]] = out.get(t["bucket"], 0) + t["n_windows"]
+        return dict(sorted(out.items()))
+
+    def n_batches(self, batch_size: int, drop_last: bool = False) -> int:
+        """Batches one pass of ``batches(batch_size, drop_last=...)`` yields."""
+        sizes = self.bucket_sizes().values()
+        return sum(s // batch_size if drop_last else -(-s // batch_size) for s in sizes)
+
+    # -- batches -------------------------------------------------------------------------
+
+    def batches(self, batch_size: int, seed: int = 0, shuffle: bool = True,
+                drop_last: bool = False) -> Iterator[dict]:
+        """One pass over the windows in padded numpy batches of one bucket each (keys: KEYS).
+
+        With ``shuffle`` the windows within each bucket and the order of the batches are
+        permuted by ``seed``; without, batches come bucket by bucket in storage order. The last
+        batch of a bucket may be smaller unless ``drop_last``."""
+        if isinstance(batch_size, bool) or not isinstance(batch_size, (int, np.integer)) or batch_size < 1:
+            raise InputError(f"batch_size must be an integer ≥ 1, got {batch_size!r}")
+        rng = np.random.default_rng(seed)
+        plan = []
+        for bucket in self.bucket_sizes():
+            index = np.array([(i, j) for i, t in enumerate(self._trajs) if t["bucket"] == bucket
+                              for j in range(t["n_windows"])], np.int64).reshape(-1, 2)
+            if shuffle:
+                index = index[rng.permutation(len(index))]
+            for lo in range(0, len(index), batch_size):
+                part = index[lo:lo + batch_size]
+                if len(part) == batch_size or not drop_last:
+                    plan.append((bucket, part))
+        order = rng.permutation(len(plan)) if shuffle else range(len(plan))
+        for b in order:
+            yield self._assemble(*plan[b])
+
+    def _assemble(self, bucket: int, index: np.ndarray) -> dict:
+        size = len(index)
+        out = {"numbers": np.zeros((size, bucket), np.int32), "mask": np.zeros((size, bucket), bool),
+               "masses": np.ones((size, bucket), np.float64)}
+        for key in KEYS[3:]:
+            out[key] = np.zeros((size, bucket, 3), np.float64)
+        for row, (i, j) in enumerate(index):
+            t = self._trajs[i]
+            n = len(t["numbers"])
+            out["numbers"][row, :n] = t["numbers"]
+            out["mask"][row, :n] = True
+            out["masses"][row, :n] = t["masses"]
+            for key in ("positions", "velocities", "forces"):
+                out[key][row, :n] = t["inputs"][key][j]
+                out["target_" + key][row, :n] = t["targets"][key][j]
+        return out
