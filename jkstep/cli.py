@@ -46,6 +46,20 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--model", help="kstep: a shipped model name or the path of an Orbax checkpoint directory")
     run.add_argument("--ensemble", default="nve", choices=["nve", "nvt"],
                      help="kstep: nve, or nvt with a velocity thermostat step per jump (default nve)")
+    kg = run.add_argument_group("kstep acceptance (defaults: jkstep.kstep.Guards)")
+    kg.add_argument("--delta-scale", type=float, default=1.0,
+                    help="scale of the learned correction on the first attempt, halved per retry (default 1)")
+    kg.add_argument("--max-attempts", type=int, default=3, help="attempts per jump before the Verlet fallback")
+    kg.add_argument("--max-displacement", type=float, default=None, help="Å per atom per jump (default 0.025·k)")
+    kg.add_argument("--max-energy-rise", type=float, default=0.1, help="total-energy rise per jump, eV (0.1)")
+    kg.add_argument("--max-kinetic-rise", type=float, default=0.5, help="kinetic-energy rise per jump, eV (0.5)")
+    kg.add_argument("--clash-ratio", type=float, default=0.6,
+                    help="reject if any pair is closer than this x the sum of covalent radii (0.6)")
+    kg.add_argument("--max-force-error", type=float, default=None,
+                    help="escalate to real steps when the model's force estimate misses the xTB forces by "
+                         "more than this RMS, eV/Å (default off)")
+    kg.add_argument("--energy-rescale", action="store_true",
+                    help="FlashMD-style velocity rescale to the initial total energy (off by default)")
     run.add_argument("--dt", type=float, default=None,
                      help="time step in fs (default 0.25; kstep uses its model's base step)")
     run.add_argument("--ps", type=float, default=0.5, help="simulated time in ps (default 0.5)")
@@ -90,6 +104,14 @@ def build_parser() -> argparse.ArgumentParser:
                      help="generate only these molecules (names from the molecules file)")
     gen.add_argument("--summary", help="write the per-molecule summaries as JSON to this path")
     gen.set_defaults(handler=cmd_generate)
+
+    mm = sub.add_parser("generate-mm", help="classical MMFF94 trajectories for pretraining from a YAML config "
+                                            "(replicas vmap'd, chunked, resumable: rerun to continue)")
+    mm.add_argument("--config", default="configs/mm.yaml", help="YAML config (default configs/mm.yaml)")
+    mm.add_argument("--only", nargs="+", metavar="NAME", default=None,
+                    help="generate only these molecules (names from the molecules file)")
+    mm.add_argument("--summary", help="write the per-molecule summaries as JSON to this path")
+    mm.set_defaults(handler=cmd_generate_mm)
     return parser
 
 
@@ -122,9 +144,16 @@ def cmd_run(args) -> int:
         jump, k, dt = model_jump(bundle, molecule.numbers, molecule.masses), bundle.k, bundle.dt
     elif args.model:
         raise InputError("--model is only used with --integrator kstep")
+    from jkstep.kstep import Guards
+
+    guards = Guards(max_displacement=args.max_displacement, clash_ratio=args.clash_ratio,
+                    max_energy_rise=args.max_energy_rise, max_kinetic_rise=args.max_kinetic_rise,
+                    max_attempts=args.max_attempts, max_force_error=args.max_force_error)
     config = RunConfig(integrator=args.integrator, dt=dt, ensemble=args.ensemble, ps=args.ps,
                        temperature=args.temperature, friction=args.friction,
-                       equilibrate_ps=args.equilibrate_ps, save_every=args.save_every, seed=args.seed)
+                       equilibrate_ps=args.equilibrate_ps, save_every=args.save_every, seed=args.seed,
+                       kstep_options=dict(guards=guards, delta_scale=args.delta_scale,
+                                          energy_rescale=args.energy_rescale))
     pot = xtb_potential(molecule, method=args.method, fallback_method=args.fallback_method,
                         accuracy=DEFAULT_ACCURACY if args.accuracy is None else args.accuracy)
     with tqdm(total=config.n_steps, unit="step", desc=f"{args.integrator} {molecule.formula}",
@@ -224,6 +253,34 @@ def cmd_generate(args) -> int:
         if r.get("error"):
             failures.append(r["error"].strip().splitlines()[-1])
         print(line + "".join(f"\n  {f}" for f in failures))
+    if args.summary:
+        _write_json(args.summary, {"output": config.output, "molecules": results})
+    return 0 if all(r["status"] == "complete" for r in results) else 1
+
+
+def cmd_generate_mm(args) -> int:
+    from tqdm import tqdm
+
+    from jkstep.data.mm import generate_mm, load_config
+
+    config = load_config(args.config, only=args.only)
+    bars = []  # made once the steps still to run are known
+
+    def set_total(n):
+        bars.append(tqdm(total=n, unit="step", desc=f"MM reference ({config.replicas} replicas)",
+                         file=sys.stderr, disable=None, smoothing=0.05))
+
+    try:
+        results = generate_mm(config, progress=lambda n: bars[0].update(n), on_total=set_total)
+    finally:
+        for bar in bars:
+            bar.close()
+    for r in results:
+        runs = r.get("runs", {})
+        frames = sum(run.get("n_frames", 0) for run in runs.values())
+        failures = [f"{name}: {run['failure']}" for name, run in runs.items() if run.get("failure")]
+        print(f"{r['name']}: {r['status']}, {len(runs)} run(s), {frames} frames"
+              + "".join(f"\n  {f}" for f in failures))
     if args.summary:
         _write_json(args.summary, {"output": config.output, "molecules": results})
     return 0 if all(r["status"] == "complete" for r in results) else 1

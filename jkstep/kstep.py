@@ -20,8 +20,12 @@ One macro-step from (x_t, v_t, F_t):
 
 Optional, off by default and reported separately: ``energy_rescale`` (FlashMD style) rescales
 the velocities after an accepted jump so that the total energy equals the one at the start of
-the run; ``ensemble="nvt"`` adds an exact Ornstein–Uhlenbeck velocity step (Langevin "O")
-over kΔt after each macro-step, which costs no xTB call.
+the run; ``Guards.max_force_error`` (uncertainty-triggered escalation) compares the jump's own
+force estimate F̂' with the real F' of the corrector call — a signal that costs no extra call
+— and where their RMS difference exceeds the bound the macro-step skips its retries and takes
+k real Verlet steps. ``ensemble="nvt"`` makes the thermostat act at the macro level, BAOAB
+like: an exact Ornstein–Uhlenbeck velocity half-step (Langevin "O") over kΔt/2 before and
+after each jump-and-correction, seeded from the state's PRNG key; it costs no xTB call.
 
 Everything is jittable, runs in ``lax.scan`` and under ``vmap``: the attempt loop and the
 fallback pass an ``active`` mask to the potential, so batch members that are done (or need
@@ -42,6 +46,7 @@ from ase.data import covalent_radii
 from flax import struct
 
 from jkstep import units
+from jkstep.errors import InputError
 from jkstep.integrate import as_energy_and_forces, kinetic_energy
 
 #: jump(positions, velocities, forces) -> (positions', velocities', forces_hat') after k steps.
@@ -56,6 +61,7 @@ class KStepState:
     force_calls: xTB calls made (init included); step: base steps (k per macro-step);
     accepted / rejected / fallbacks: accepted jumps, rejected attempts, fallback macro-steps;
     failed: a force call failed for good; reference_energy: total energy at init (eV);
+    escalations: macro-steps sent to the fallback by the force-disagreement signal;
     key: PRNG key (used by ``ensemble="nvt"``).
     """
 
@@ -70,6 +76,7 @@ class KStepState:
     fallbacks: jax.Array
     failed: jax.Array
     reference_energy: jax.Array
+    escalations: jax.Array
     key: jax.Array
 
 
@@ -79,6 +86,8 @@ class Guards:
 
     ``max_displacement`` None means 0.025·k Å (0.2 Å at k = 8: the largest atom
     displacement measured over an xTB jump is about 0.07, 0.16, 0.24 Å at k = 8, 16, 32).
+    ``max_force_error`` (eV/Å, RMS over atoms of |F' − F̂'|; None = off) escalates to the
+    fallback without retries.
     """
 
     max_displacement: float | None = None
@@ -86,6 +95,7 @@ class Guards:
     max_energy_rise: float = 0.1
     max_kinetic_rise: float = 0.5
     max_attempts: int = 3
+    max_force_error: float | None = None
 
 
 def ballistic_jump(masses, k: int, dt: float) -> JumpFn:
@@ -117,17 +127,25 @@ def _evaluator(potential):
 
 
 def kstep_integrator(jump: JumpFn, potential, numbers, masses, k: int, dt: float,
-                     guards: Guards = Guards(), kick_weight: float | None = None, energy_rescale: bool = False,
+                     guards: Guards = Guards(), delta_scale: float = 1.0, kick_weight: float | None = None,
+                     energy_rescale: bool = False,
                      ensemble: str = "nve", temperature: float = 300.0, friction: float = 0.01):
     """``init_fn, apply_fn`` of the hybrid integrator around any jump function.
 
     ``init_fn(positions, velocities, key=None) -> KStepState`` (one xTB call);
     ``apply_fn(state) -> KStepState`` advances one macro-step of k base steps.
-    ``dt`` in fs; ``kick_weight`` w in fs (default k·dt/2); ``temperature`` K and
+    ``dt`` in fs; ``delta_scale``: scale of the learned correction on the first attempt (halved
+    on each retry); ``kick_weight`` w in fs (default k·dt/2); ``temperature`` K and
     ``friction`` 1/fs are used with ``ensemble="nvt"``.
     """
     if ensemble not in ("nve", "nvt"):
-        raise ValueError(f"ensemble must be 'nve' or 'nvt', got {ensemble!r}")
+        raise InputError(f"ensemble must be 'nve' or 'nvt', got {ensemble!r}")
+    if int(k) != k or k < 1 or not dt > 0:
+        raise InputError(f"k must be an integer ≥ 1 and dt > 0 fs, got k={k}, dt={dt}")
+    if not 0 < delta_scale <= 1:
+        raise InputError(f"delta_scale must be in (0, 1], got {delta_scale}")
+    if guards.max_attempts < 1:
+        raise InputError(f"max_attempts must be ≥ 1, got {guards.max_attempts}")
     evaluate = _evaluator(potential)
     masses = jnp.asarray(masses, jnp.float64)
     inv_m = units.ACCEL / masses[:, None]
@@ -137,17 +155,18 @@ def kstep_integrator(jump: JumpFn, potential, numbers, masses, k: int, dt: float
     radii = jnp.asarray(covalent_radii[np.asarray(numbers)])
     min_dist = guards.clash_ratio * (radii[:, None] + radii[None, :])
     off_diag = ~jnp.eye(len(radii), dtype=bool)
-    c1 = jnp.exp(-friction * k * dt)
+    c1 = jnp.exp(-friction * 0.5 * k * dt)  # O half-step over kΔt/2
     sigma = jnp.sqrt((1.0 - c1**2) * units.KB * temperature * units.ACCEL / masses)[:, None]
 
     def init_fn(positions, velocities, key=None) -> KStepState:
         x = jnp.asarray(positions, jnp.float64)
         v = jnp.asarray(velocities, jnp.float64)
         e, f, ok = evaluate(x, jnp.ones((), bool))
-        return KStepState(x, v, f, e, jnp.ones((), jnp.int32), jnp.zeros((), jnp.int32),
-                          jnp.zeros((), jnp.int32), jnp.zeros((), jnp.int32), jnp.zeros((), jnp.int32),
-                          ~ok, e + kinetic_energy(v, masses),
-                          jax.random.PRNGKey(0) if key is None else jnp.asarray(key))
+        zero = jnp.zeros((), jnp.int32)
+        return KStepState(x, v, f, e, force_calls=jnp.ones((), jnp.int32), step=zero, accepted=zero,
+                          rejected=zero, fallbacks=zero, failed=~ok,
+                          reference_energy=e + kinetic_energy(v, masses), escalations=zero,
+                          key=jax.random.PRNGKey(0) if key is None else jnp.asarray(key))
 
     def clash_free(x):
         d = jnp.linalg.norm(x[:, None] - x[None, :] + jnp.eye(len(radii))[..., None], axis=-1)
@@ -156,7 +175,7 @@ def kstep_integrator(jump: JumpFn, potential, numbers, masses, k: int, dt: float
     def attempt(state: KStepState, prediction, scale, active):
         """Scaled jump + one xTB call (for active members) → candidate and its verdict."""
         x0, v0 = state.positions, state.velocities
-        bx, bu, px, pu = prediction
+        bx, bu, px, pu, pf = prediction
         x = bx + scale * (px - bx)
         u = bu + scale * (pu - bu)
         geometry_ok = (jnp.max(jnp.linalg.norm(x - x0, axis=-1)) <= max_displacement) & clash_free(x)
@@ -171,7 +190,12 @@ def kstep_integrator(jump: JumpFn, potential, numbers, masses, k: int, dt: float
         good = (call & ok & jnp.isfinite(e)
                 & (e + ke - state.energy - ke0 <= guards.max_energy_rise)
                 & (ke - ke0 <= guards.max_kinetic_rise))
-        return (x, v, f, e), good, call
+        escalate = jnp.zeros((), bool)
+        if guards.max_force_error is not None:
+            force_error = jnp.sqrt(jnp.mean(jnp.sum((f - pf) ** 2, axis=-1)))
+            escalate = call & ok & (force_error > guards.max_force_error)
+            good = good & ~escalate
+        return (x, v, f, e), good, call, escalate
 
     def fallback(state: KStepState, active):
         """k velocity-Verlet steps at dt for active members (inactive ones cost nothing)."""
@@ -186,41 +210,50 @@ def kstep_integrator(jump: JumpFn, potential, numbers, masses, k: int, dt: float
         return jax.lax.fori_loop(0, k, step, (state.positions, state.velocities, state.forces,
                                               state.energy, jnp.ones((), bool)))
 
+    def thermostat(state: KStepState) -> KStepState:
+        """Exact Ornstein–Uhlenbeck velocity half-step over kΔt/2 (NVT only; no xTB call)."""
+        if ensemble != "nvt":
+            return state
+        key, sub = jax.random.split(state.key)
+        v = c1 * state.velocities + sigma * jax.random.normal(sub, state.velocities.shape, jnp.float64)
+        return state.replace(velocities=v, key=key)
+
     def apply_fn(state: KStepState) -> KStepState:
+        state = thermostat(state)
         x0, v0, a0 = state.positions, state.velocities, state.forces * inv_m
         px, pv, pf = jump(x0, v0, state.forces)
-        prediction = (x0 + v0 * tau + 0.5 * a0 * tau**2, v0 + a0 * (tau - w), px, pv - w * pf * inv_m)
+        prediction = (x0 + v0 * tau + 0.5 * a0 * tau**2, v0 + a0 * (tau - w), px, pv - w * pf * inv_m, pf)
 
         def cond(c):
             n, done, *_ = c
             return (n < guards.max_attempts) & ~done
 
         def body(c):
-            n, done, calls, cand = c
-            scale = 0.5 ** n.astype(jnp.float64)
-            new, good, called = attempt(state, prediction, scale, ~done)
+            n, done, accepted, escalated, calls, cand = c
+            scale = delta_scale * 0.5 ** n.astype(jnp.float64)
+            new, good, called, escalate = attempt(state, prediction, scale, ~done)
             cand = jax.tree.map(lambda a, b: jnp.where(good, a, b), new, cand)
-            return n + 1, done | good, calls + called.astype(jnp.int32), cand
+            return (n + 1, done | good | escalate, accepted | good, escalated | escalate,
+                    calls + called.astype(jnp.int32), cand)
 
         start = (state.positions, state.velocities, state.forces, state.energy)
-        n, accepted, calls, (x, v, f, e) = jax.lax.while_loop(
-            cond, body, (jnp.zeros((), jnp.int32), jnp.zeros((), bool), jnp.zeros((), jnp.int32), start))
-        rejected = n - accepted.astype(jnp.int32)
+        no = jnp.zeros((), bool)
+        zero = jnp.zeros((), jnp.int32)
+        n, _, accepted, escalated, calls, (x, v, f, e) = jax.lax.while_loop(
+            cond, body, (zero, no, no, no, zero, start))
         need = ~accepted
         fx, fv, ff, fe, fok = jax.lax.cond(need, fallback, lambda s, a: (*start, jnp.ones((), bool)),
                                            state, need)
         pick = lambda a, b: jnp.where(need, a, b)  # noqa: E731
-        x, v, f, e = pick(fx, x), pick(fv, v), pick(ff, f), pick(fe, e)
-        key = state.key
-        if ensemble == "nvt":
-            key, sub = jax.random.split(key)
-            v = c1 * v + sigma * jax.random.normal(sub, v.shape, v.dtype)
-        return state.replace(
-            positions=x, velocities=v, forces=f, energy=e,
+        new = state.replace(
+            positions=pick(fx, x), velocities=pick(fv, v), forces=pick(ff, f), energy=pick(fe, e),
             force_calls=state.force_calls + calls + need.astype(jnp.int32) * k,
             step=state.step + k, accepted=state.accepted + accepted.astype(jnp.int32),
-            rejected=state.rejected + rejected, fallbacks=state.fallbacks + need.astype(jnp.int32),
-            failed=state.failed | (need & ~fok), key=key)
+            rejected=state.rejected + n - accepted.astype(jnp.int32),
+            fallbacks=state.fallbacks + need.astype(jnp.int32),
+            escalations=state.escalations + escalated.astype(jnp.int32),
+            failed=state.failed | (need & ~fok))
+        return thermostat(new)
 
     return init_fn, apply_fn
 
@@ -237,13 +270,17 @@ def model_jump(bundle, numbers, masses) -> JumpFn:
     return jump
 
 
-def kstep(bundle, potential, molecule, **options):
+def kstep(bundle, potential, molecule, k: int | None = None, dt: float | None = None, **options):
     """Hybrid integrator of ``molecule`` with a loaded model and a potential (jax-md style).
 
     ``init_fn, apply_fn = kstep(bundle, pot, mol)``; ``state = init_fn(positions, velocities)``;
     ``state = apply_fn(state)`` advances one macro-step of ``bundle.k`` base steps of
     ``bundle.dt`` fs. ``options`` go to ``kstep_integrator`` (guards, kick_weight,
-    energy_rescale, ensemble, temperature, friction).
+    energy_rescale, ensemble, temperature, friction). ``k`` and ``dt``, if given, must be the
+    model's own: a model trained for one jump length cannot make another.
     """
+    if (k is not None and k != bundle.k) or (dt is not None and abs(dt - bundle.dt) > 1e-12):
+        raise InputError(f"the model jumps k = {bundle.k} steps of dt = {bundle.dt} fs; "
+                         f"it cannot run k = {k}, dt = {dt}")
     jump = model_jump(bundle, molecule.numbers, molecule.masses)
     return kstep_integrator(jump, potential, molecule.numbers, molecule.masses, bundle.k, bundle.dt, **options)

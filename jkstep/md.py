@@ -45,6 +45,7 @@ class RunConfig:
     save_every: int = 4
     seed: int = 0
     chunk_frames: int = 100
+    kstep_options: dict = dataclasses.field(default_factory=dict)  # guards, delta_scale, energy_rescale
 
     def __post_init__(self):
         if self.integrator not in INTEGRATORS:
@@ -114,7 +115,7 @@ def run_md(molecule: Molecule, potential: Callable, config: RunConfig, jump=None
             raise InputError("the kstep integrator needs a model (--model NAME|PATH)")
         init, apply = kstep_integrator(jump, potential, molecule.numbers, masses, k, config.dt,
                                        ensemble=config.ensemble, temperature=config.temperature,
-                                       friction=config.friction)
+                                       friction=config.friction, **config.kstep_options)
         state = init(positions, velocities, key)
         steps_per_apply = k
     frames = [jax.tree.map(lambda x: jnp.asarray(x)[None], frames_of(state))]
@@ -154,6 +155,7 @@ def run_md(molecule: Molecule, potential: Callable, config: RunConfig, jump=None
         "accepted": int(state.accepted) if kstep else 0,
         "rejected": int(state.rejected) if kstep else 0,
         "fallbacks": int(state.fallbacks) if kstep else 0,
+        "escalations": int(state.escalations) if kstep else 0,
         "blew_up": exploded,
         "drift_kj_mol_ps": _finite_or_none(analysis.energy_drift(times, e_total)) if nve else None,
         "energy_std_kj_mol": _finite_or_none(analysis.energy_std(e_total)),

@@ -8,7 +8,7 @@ from tblite.exceptions import TBLiteRuntimeError
 from tblite.interface import Calculator
 
 import jkstep
-from jkstep import analysis
+from jkstep import InputError, analysis
 from jkstep.kstep import Guards, ballistic_jump, kstep_integrator
 from jkstep.rollout import runner
 
@@ -176,5 +176,47 @@ def test_nvt_thermalises():
 
 
 def test_bad_ensemble():
-    with pytest.raises(ValueError, match="ensemble"):
+    with pytest.raises(InputError, match="ensemble"):
         kstep_integrator(ballistic_jump(np.ones(2), K, DT), harmonic, [1, 1], np.ones(2), K, DT, ensemble="npt")
+
+
+def test_bad_k_and_dt():
+    for k, dt in ((0, 0.25), (8, 0.0), (2.5, 0.25)):
+        with pytest.raises(InputError, match="k must be an integer"):
+            kstep_integrator(ballistic_jump(np.ones(2), 1, DT), harmonic, [1, 1], np.ones(2), k, dt)
+
+
+def verlet_jump(energy, masses, k, dt):
+    """A 'model' that predicts exactly what k plain Verlet steps give (cheap JAX potential)."""
+    init, apply = jkstep.verlet(energy, masses, dt=dt)
+
+    def jump(x, v, f):
+        s = jax.lax.fori_loop(0, k, lambda _, s: apply(s), init(x, v))
+        return s.positions, s.velocities, s.forces
+
+    return jump
+
+
+def test_exact_verlet_model_reproduces_verlet():
+    masses = np.array([12.0, 1.0, 16.0, 1.0])
+    x0 = np.array([[0.0, 0, 0], [1.1, 0, 0], [4.0, 0.3, 0], [5.0, 0.1, 0.2]])
+    v0 = 0.01 * np.random.default_rng(0).normal(size=(4, 3))
+    init, apply = kstep_integrator(verlet_jump(harmonic, masses, K, DT), harmonic, [6, 1, 8, 1], masses, K, DT,
+                                   guards=Guards(max_force_error=1e-9))
+    state, _ = runner(apply, 25, 1)(init(x0, v0))
+    vinit, vapply = jkstep.verlet(harmonic, masses, dt=DT)
+    ref, _ = runner(vapply, 25, K)(vinit(x0, v0))
+    np.testing.assert_allclose(state.positions, ref.positions, atol=1e-12)
+    np.testing.assert_allclose(state.velocities, ref.velocities, atol=1e-13)
+    assert int(state.accepted) == 25 and int(state.escalations) == 0
+
+
+def test_force_disagreement_escalates_to_real_steps(ethanol):
+    """The ballistic jump's force estimate (F_t) disagrees with the corrector's F' by more
+    than 0.01 eV/Å: every macro-step skips its retries and takes k Verlet steps."""
+    pot = jkstep.xtb_potential(ethanol)
+    init, apply = kstep_integrator(ballistic_jump(ethanol.masses, K, DT), pot, ethanol.numbers, ethanol.masses,
+                                   K, DT, guards=Guards(max_force_error=0.01))
+    state, _ = runner(apply, 2, 1)(init(ethanol.positions, ethanol.thermal_velocities(300.0, 0)))
+    assert int(state.escalations) == 2 == int(state.fallbacks) and int(state.rejected) == 2
+    assert pot.calls == int(state.force_calls) == 1 + 2 * (1 + K)
