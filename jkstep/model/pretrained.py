@@ -1,0 +1,165 @@
+"""Load a trained k-step model: a shipped name (``jkstep/pretrained/<name>/``) or a checkpoint path.
+
+A checkpoint path may be a training run's directory (``out_dir`` with ``best/`` and ``latest/``:
+the best step is used, else the latest), one manager directory (``out_dir/best``: its newest step)
+or one step directory (``out_dir/best/1200``). Everything needed is in the checkpoint's JSON
+metadata (model config, k, dt, units, elements seen in training): no YAML is read.
+
+Units: Å, fs, eV, amu (velocities Å/fs, forces eV/Å).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import os
+from pathlib import Path
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import orbax.checkpoint as ocp
+from ase.data import chemical_symbols
+
+from jkstep.errors import InputError
+from jkstep.model.network import KStepNet, ModelConfig, init_params
+
+#: Where shipped checkpoints live: ``jkstep/pretrained/<name>/``.
+PRETRAINED_DIR = Path(__file__).resolve().parent.parent / "pretrained"
+
+
+def shipped_names() -> list[str]:
+    """Names of the checkpoints shipped in ``jkstep/pretrained/``."""
+    if not PRETRAINED_DIR.is_dir():
+        return []
+    return sorted(p.name for p in PRETRAINED_DIR.iterdir() if p.is_dir() and not p.name.startswith((".", "_")))
+
+
+def _steps(directory: Path) -> list[int]:
+    if not directory.is_dir():
+        return []
+    return sorted(int(p.name) for p in directory.iterdir() if p.is_dir() and p.name.isdigit()
+                  and (p / "meta").exists())
+
+
+def resolve_checkpoint(name_or_path, which: str = "best") -> tuple[Path, int]:
+    """(manager directory, step) of a shipped name or a checkpoint path (see module doc).
+
+    ``which``: ``"best"`` or ``"latest"`` where a run directory holds both.
+    """
+    if which not in ("best", "latest"):
+        raise InputError(f"which must be 'best' or 'latest', got {which!r}")
+    raw = os.fspath(name_or_path)
+    path = Path(raw).expanduser()
+    if not path.exists():
+        names = shipped_names()
+        looks_like_path = os.sep in raw or raw.startswith(".") or raw.startswith("~")
+        if not looks_like_path and (PRETRAINED_DIR / raw).is_dir():
+            path = PRETRAINED_DIR / raw
+        else:
+            shipped = ", ".join(names) if names else "none yet"
+            raise InputError(f"no pretrained model {raw!r}: shipped models: {shipped}; the path of a "
+                             "checkpoint directory (a training run's out_dir, or its best/ or latest/) "
+                             "works too")
+    path = path.resolve()
+    if (path / "meta").exists() and path.name.isdigit():
+        return path.parent, int(path.name)
+    order = (which, "latest" if which == "best" else "best")
+    for sub in order:
+        steps = _steps(path / sub)
+        if steps:
+            return path / sub, steps[-1]
+    steps = _steps(path)
+    if steps:
+        return path, steps[-1]
+    raise InputError(f"{path} holds no jkstep checkpoint (expected best/ or latest/ with numbered steps, "
+                     "as written by jkstep.model.train)")
+
+
+def _restore(step_dir: Path, **items):
+    """Restore the named items of one step directory (read-only: no manager, nothing written)."""
+    with ocp.Checkpointer(ocp.CompositeCheckpointHandler()) as checkpointer:
+        return checkpointer.restore(os.fspath(step_dir), args=ocp.args.Composite(**items))
+
+
+def read_meta(name_or_path, which: str = "best") -> dict:
+    """The JSON metadata of a checkpoint."""
+    directory, step = resolve_checkpoint(name_or_path, which)
+    return dict(_restore(directory / str(step), meta=ocp.args.JsonRestore())["meta"])
+
+
+def read_checkpoint(name_or_path, which: str = "best") -> tuple[Any, dict, ModelConfig]:
+    """(EMA params, metadata, model config) of a checkpoint, restored through Orbax into the
+    shapes of the config recorded in its metadata."""
+    directory, step = resolve_checkpoint(name_or_path, which)
+    step_dir = directory / str(step)
+    meta = dict(_restore(step_dir, meta=ocp.args.JsonRestore())["meta"])
+    if "model_config" not in meta:
+        raise InputError(f"{step_dir} has no model config in its metadata")
+    config = ModelConfig.from_dict(meta["model_config"])
+    params = _restore(step_dir, ema=ocp.args.StandardRestore(init_params(config)))["ema"]
+    params = jax.tree.map(lambda a: jnp.asarray(np.asarray(a)), params)   # uncommitted: no re-jit
+    meta["path"] = os.fspath(step_dir)
+    return params, meta, config
+
+
+@dataclasses.dataclass(frozen=True, eq=False)
+class ModelBundle:
+    """A loaded k-step model.
+
+    Attributes:
+        model: the Flax module (``KStepNet``).   params: its EMA weights (float32).
+        config: ``ModelConfig``.   k: base steps per jump.   dt: base time step (fs).
+        elements: atomic numbers seen in training.   units: units of every array.
+        meta: the checkpoint's full metadata (includes ``path``).
+
+    ``bundle.apply(params, numbers, mask, masses, positions, velocities, forces)`` is a pure,
+    jittable function (params None: the bundle's own) returning (positions Å, velocities Å/fs,
+    forces eV/Å) at t+k, float64; ``bundle.predict(...)`` is the jitted one with the bundle's
+    params. Inputs batched (B, N) / (B, N, 3) with a padding mask, or one molecule (N,) / (N, 3)
+    (mask may be None).
+    """
+
+    model: KStepNet
+    params: Any
+    config: ModelConfig
+    k: int
+    dt: float
+    elements: tuple[int, ...]
+    units: dict
+    meta: dict
+
+    def apply(self, params, numbers, mask, masses, positions, velocities, forces):
+        params = self.params if params is None else params
+        return self.model.apply({"params": params}, numbers, mask, masses, positions, velocities, forces)
+
+    @functools.cached_property
+    def _jitted(self):
+        return jax.jit(self.apply)
+
+    def predict(self, numbers, mask, masses, positions, velocities, forces):
+        """``apply`` with the bundle's params, jitted."""
+        return self._jitted(self.params, numbers, mask, masses, positions, velocities, forces)
+
+    def check_elements(self, numbers) -> None:
+        """Raise InputError if ``numbers`` (any shape; 0 = padding) holds an element the model never saw."""
+        z = {int(e) for e in np.unique(np.asarray(numbers)) if int(e) > 0}
+        unseen = sorted(z - set(self.elements))
+        if unseen:
+            def names(zs):
+                return ", ".join(f"{chemical_symbols[e]} (Z={e})" for e in zs)
+            raise InputError(f"the model {self.meta.get('path', '')} never saw {names(unseen)} in training; "
+                             f"it knows {names(self.elements)}")
+
+
+def load_pretrained(name_or_path, which: str = "best") -> ModelBundle:
+    """Load a shipped model by name, or a checkpoint directory by path, as a ``ModelBundle``.
+
+    Raises InputError for an unknown name (listing the shipped ones) or a directory that holds no
+    checkpoint.
+    """
+    params, meta, config = read_checkpoint(name_or_path, which)
+    elements = tuple(int(z) for z in meta.get("elements") or config.elements)
+    return ModelBundle(model=KStepNet(config), params=params, config=config, k=config.k,
+                       dt=config.dt_fs, elements=elements, units=dict(meta.get("units", {})), meta=meta)

@@ -1,0 +1,393 @@
+"""The k-step network, its training, Orbax checkpoints, load_pretrained and MM → QM transfer.
+
+Data: short NVE trajectories of an ethanol-like and a water-like molecule under a cheap JAX
+Morse elastic network (velocity Verlet, dt 0.25 fs, numpy), cut into k = 8 windows, padded to 9 atoms.
+"""
+
+import dataclasses
+import functools
+import json
+import pathlib
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from jkstep import units
+from jkstep.errors import InputError
+from jkstep.model import KStepNet, ModelConfig, ballistic_jump, init_params, load_pretrained
+from jkstep.model import train as T
+from jkstep.model import transfer
+
+K, DT = 8, 0.25
+ETHANOL_Z = np.array([6, 6, 8, 1, 1, 1, 1, 1, 1])
+ETHANOL_X = np.array([
+    [1.1879, -0.3829, 0.0000], [0.0000, 0.5526, 0.0000], [-1.1867, -0.2472, 0.0000],
+    [-1.9237, 0.3850, 0.0000], [2.0985, 0.2306, 0.0000], [1.1184, -1.0093, 0.8869],
+    [1.1184, -1.0093, -0.8869], [0.0663, 1.1707, 0.8836], [0.0663, 1.1707, -0.8836]])
+WATER_Z = np.array([8, 1, 1])
+WATER_X = np.array([[0.0, 0.0, 0.0], [0.757, 0.586, 0.0], [-0.757, 0.586, 0.0]])
+MASSES = {1: 1.008, 6: 12.011, 8: 15.999}
+SMALL = ModelConfig(features=16, layers=2, n_rbf=8, k=K, dt_fs=DT, elements=(1, 6, 8))
+TRAIN = T.TrainConfig(learning_rate=3e-3, finetune_learning_rate=1e-3, warmup_steps=5,
+                      total_steps=40, val_every=20, log_every=5, checkpoint_every=20, patience=None,
+                      ema_decay=0.9)
+
+
+def morse_forces(x0):
+    """Forces (eV/Å) of a Morse elastic network around x0: stiff bonds, soft 1-3 pairs."""
+    d0 = np.linalg.norm(x0[:, None] - x0[None], axis=-1)
+    n = len(x0)
+    depth = np.where(d0 < 1.6, 4.0, 0.4) * (d0 < 2.6) * (1 - np.eye(n))
+    d0 = d0 + np.eye(n)
+
+    def forces(x):
+        rij = x[:, None] - x[None]
+        r = np.linalg.norm(rij, axis=-1) + np.eye(n)
+        e = np.exp(-2.0 * (r - d0))
+        de_dr = 2.0 * depth * 2.0 * (1 - e) * e          # dE/dr per unordered pair
+        return -np.sum((de_dr / r)[..., None] * rij, axis=1)
+
+    return forces
+
+
+def trajectory(z, x0, steps, seed):
+    """NVE velocity Verlet (dt 0.25 fs) from ~400 K velocities; numpy, so no compilation."""
+    m = np.array([MASSES[int(e)] for e in z])
+    rng = np.random.default_rng(seed)
+    v = rng.normal(size=x0.shape) * np.sqrt(units.KB * 400.0 * units.ACCEL / m)[:, None]
+    v -= (m[:, None] * v).sum(0) / m.sum()
+    force_fn, inv_m = morse_forces(x0), units.ACCEL / m[:, None]
+    x, f = x0.copy(), force_fn(x0)
+    xs, vs, fs = [], [], []
+    for _ in range(steps):
+        v_half = v + 0.5 * DT * f * inv_m
+        x = x + DT * v_half
+        f = force_fn(x)
+        v = v_half + 0.5 * DT * f * inv_m
+        xs.append(x), vs.append(v), fs.append(f)
+    return m, np.array(xs), np.array(vs), np.array(fs)
+
+
+def windows(z, x0, steps, seed, n_pad=9, stride=2):
+    m, xs, vs, fs = trajectory(z, x0, steps, seed)
+    t = np.arange(0, steps - K, stride)
+    n, pad = len(z), n_pad - len(z)
+
+    def p(a):
+        return np.pad(a, [(0, 0), (0, pad)] + [(0, 0)] * (a.ndim - 2))
+
+    return {"numbers": p(np.tile(z, (len(t), 1))).astype(np.int32),
+            "mask": p(np.ones((len(t), n), bool)),
+            "masses": np.pad(np.tile(m, (len(t), 1)), [(0, 0), (0, pad)], constant_values=1.0),
+            "positions": p(xs[t]), "velocities": p(vs[t]), "forces": p(fs[t]),
+            "target_positions": p(xs[t + K]), "target_velocities": p(vs[t + K]),
+            "target_forces": p(fs[t + K])}
+
+
+@pytest.fixture(scope="module")
+def data():
+    """(train windows, val batches): ethanol and water mixed, train and val from separate runs."""
+    tr = [windows(ETHANOL_Z, ETHANOL_X, 240, 0), windows(WATER_Z, WATER_X, 240, 1)]
+    va = [windows(ETHANOL_Z, ETHANOL_X, 120, 2, stride=8), windows(WATER_Z, WATER_X, 120, 3, stride=8)]
+    train = {k: np.concatenate([a[k] for a in tr]) for k in tr[0]}
+    val = {k: np.concatenate([a[k] for a in va]) for k in va[0]}
+    val_batches = [{k: v[i:i + 8] for k, v in val.items()} for i in range(0, 24, 8)]
+    return train, val_batches
+
+
+@jax.jit
+def forward(params, *inputs):
+    """The SMALL model, jitted once per input shape."""
+    return KStepNet(SMALL).apply({"params": params}, *inputs)
+
+
+def noisy_params(config, seed=0, scale=0.5):
+    """Random weights with non-zero output heads (an untrained model outputs exactly ballistic)."""
+    rng = np.random.default_rng(seed)
+    params = jax.tree.map(np.asarray, init_params(config, seed=seed))
+    for head in ("head_dx", "head_dv", "head_force"):
+        params[head]["gate_out"] = {k: (v + scale * rng.normal(size=v.shape)).astype(np.float32)
+                                    for k, v in params[head]["gate_out"].items()}
+    return params
+
+
+def ethanol_state(seed=0):
+    rng = np.random.default_rng(seed)
+    m = np.array([MASSES[int(e)] for e in ETHANOL_Z])
+    x = ETHANOL_X + 0.05 * rng.normal(size=ETHANOL_X.shape)
+    v = 0.02 * rng.normal(size=x.shape)
+    f = rng.normal(size=x.shape)
+    return ETHANOL_Z, m, x, v, f
+
+
+def random_orthogonal(seed, reflect):
+    q, r = np.linalg.qr(np.random.default_rng(seed).normal(size=(3, 3)))
+    q = q * np.sign(np.diag(r))
+    if (np.linalg.det(q) > 0) == reflect:
+        q[:, 0] *= -1
+    return q
+
+
+# ---------------------------------------------------------------------------------------------
+
+
+def test_config_json_roundtrip_and_defaults():
+    cfg = ModelConfig(k=16, elements=[8, 1, 6, 1])
+    assert cfg.elements == (1, 6, 8)
+    assert cfg.max_correction_a == pytest.approx(0.2)
+    assert ModelConfig(k=8).max_correction_a == pytest.approx(0.1)
+    assert ModelConfig(k=32).max_correction_a == pytest.approx(0.3)
+    assert cfg.max_velocity_correction == pytest.approx(0.2 / (16 * 0.25))
+    assert ModelConfig.from_json(cfg.to_json()) == cfg
+    json.loads(cfg.to_json())
+    with pytest.raises(InputError):
+        ModelConfig.from_dict({"featurs": 3})
+    with pytest.raises(InputError):
+        ModelConfig(cutoff=-1.0)
+    # the shipped YAML configs load, and the MM backbone fits the QM model
+    root = pathlib.Path(__file__).resolve().parent.parent / "configs"
+    mm, qm = (T.load_model_config(root / f"model_{x}_k8.yaml") for x in ("mm", "qm"))
+    assert all(getattr(mm, f) == getattr(qm, f) for f in transfer.BACKBONE_FIELDS)
+    assert (qm.k, qm.dt_fs, qm.max_correction_a) == (8, 0.25, 0.1)
+    for x in ("mm", "qm"):
+        cfg = T.load_train_config(root / f"train_{x}_k8.yaml")
+        assert cfg.data["dir"] == f"data/{x}" and cfg.finetune_learning_rate < cfg.learning_rate
+
+
+def test_batch_streams_resume():
+    arrays = {"a": np.arange(10)}
+    for make in (lambda: T.ArrayBatches(arrays, 3, seed=4),
+                 lambda: T.EpochBatches(lambda e: [{"a": np.array([e, i])} for i in range(3)])):
+        stream = make()
+        [next(stream) for _ in range(5)]
+        state = json.loads(json.dumps(stream.get_state()))
+        expected = [next(stream)["a"].tolist() for _ in range(6)]
+        other = make()
+        other.set_state(state)
+        assert [next(other)["a"].tolist() for _ in range(6)] == expected
+
+
+ALL9 = np.ones(9, bool)          # explicit masks everywhere: one compilation per input shape
+
+
+@pytest.mark.parametrize("reflect", [False, True])
+def test_e3_equivariance(reflect):
+    fn = functools.partial(forward, noisy_params(SMALL))
+    z, m, x, v, f = ethanol_state()
+    out = fn(z, ALL9, m, x, v, f)
+    q = random_orthogonal(3, reflect)
+    shift = np.array([3.0, -7.0, 11.0])
+    out_r = fn(z, ALL9, m, x @ q.T + shift, v @ q.T, f @ q.T)
+    assert np.abs(np.asarray(out[0]) - x).max() > 0.01          # the network does something
+    np.testing.assert_allclose(out_r[0], np.asarray(out[0]) @ q.T + shift, atol=1e-5)
+    np.testing.assert_allclose(out_r[1], np.asarray(out[1]) @ q.T, atol=1e-6)
+    np.testing.assert_allclose(out_r[2], np.asarray(out[2]) @ q.T, atol=1e-4)
+
+
+def test_permutation_padding_and_mixed_batches():
+    fn = functools.partial(forward, noisy_params(SMALL))
+    z, m, x, v, f = ethanol_state()
+    ref = [np.asarray(a) for a in fn(z, ALL9, m, x, v, f)]
+    perm = np.random.default_rng(0).permutation(len(z))
+    outp = fn(z[perm], ALL9, m[perm], x[perm], v[perm], f[perm])
+    for a, b in zip(ref, outp):
+        np.testing.assert_allclose(b, a[perm], atol=1e-6)
+
+    def pad(a, n, value=0.0):
+        return np.pad(a, [(0, n - len(a))] + [(0, 0)] * (a.ndim - 1), constant_values=value)
+
+    # water padded to 9 atoms alone, then water and ethanol together in one batch padded to 12
+    mw = np.array([MASSES[int(e)] for e in WATER_Z])
+    rng = np.random.default_rng(5)
+    water = [WATER_Z, mw, WATER_X + 0.02 * rng.normal(size=(3, 3)), 0.02 * rng.normal(size=(3, 3)),
+             rng.normal(size=(3, 3))]
+    zw, mw9, xw, vw, fw = (pad(a, 9, 1.0 if i == 1 else 0.0) for i, a in enumerate(water))
+    ref_w = [np.asarray(a) for a in fn(zw, zw > 0, mw9, xw, vw, fw)]
+    assert all(np.all(a[3:] == 0.0) for a in ref_w)
+    batch = [np.stack([pad(a, 12, 1.0 if i == 1 else 0.0), pad(b, 12, 1.0 if i == 1 else 0.0)])
+             for i, (a, b) in enumerate(zip((z, m, x, v, f), water))]
+    out = fn(batch[0], batch[0] > 0, *batch[1:])
+    for i, r in enumerate(ref):
+        np.testing.assert_allclose(out[i][0, :9], r, atol=1e-6)
+        np.testing.assert_allclose(out[i][1, :3], ref_w[i][:3], atol=1e-6)
+        assert np.all(np.asarray(out[i][0, 9:]) == 0.0) and np.all(np.asarray(out[i][1, 3:]) == 0.0)
+
+
+def test_momentum_exact_and_bound_respected():
+    cfg = SMALL
+    params = noisy_params(cfg, scale=20.0)                            # saturate the bounds
+    z, m, x, v, f = ethanol_state(1)
+    f = f + 5.0                                                        # a net force, to be removed
+    pos, vel, frc = forward(params, z, ALL9, m, x, v, f)
+    p0 = (m[:, None] * v).sum(0)
+    scale = (m[:, None] * np.abs(v)).sum()
+    assert np.abs((m[:, None] * np.asarray(vel)).sum(0) - p0).max() < 1e-10 * scale
+    # the centre of mass moves with the initial momentum, exactly
+    com_shift = (m[:, None] * (np.asarray(pos) - x)).sum(0) / m.sum()
+    np.testing.assert_allclose(com_shift, p0 / m.sum() * K * DT, atol=1e-12)
+    assert np.abs(np.asarray(frc).sum(0)).max() < 1e-10
+    xb, vb = ballistic_jump(m[None], ALL9[None], x[None], v[None], f[None], K, DT)
+    dx = np.linalg.norm(np.asarray(pos) - np.asarray(xb[0]), axis=-1)
+    dv = np.linalg.norm(np.asarray(vel) - np.asarray(vb[0]), axis=-1)
+    assert dx.max() <= cfg.max_correction_a * (1 + 1e-9) and dx.max() > 0.5 * cfg.max_correction_a
+    assert dv.max() <= cfg.max_velocity_correction * (1 + 1e-9)
+    # an untrained model is exactly the ballistic jump
+    pos0, vel0, _ = forward(init_params(cfg), z, ALL9, m, x, v, f)
+    np.testing.assert_allclose(pos0, xb[0], rtol=0, atol=1e-14)
+    np.testing.assert_allclose(vel0, vb[0], rtol=0, atol=1e-15)
+
+
+@pytest.fixture(scope="module")
+def trained(data, tmp_path_factory):
+    """A short training run (also the MM checkpoint for the transfer tests)."""
+    train, val = data
+    out = tmp_path_factory.mktemp("run")
+    logged = []
+    result = T.train(SMALL, TRAIN, T.ArrayBatches(train, 8, seed=0), val, out,
+                     callback=lambda step, m: logged.append((step, m)))
+    return result, out, logged
+
+
+def test_training_reduces_loss_ema_and_checkpoints(trained, data):
+    result, out, logged = trained
+    _, val = data
+    scales = result.loss_scales
+    before = T.evaluate(SMALL, TRAIN, init_params(SMALL, seed=TRAIN.seed), val, scales)
+    after = T.evaluate(SMALL, TRAIN, result.state.ema_params, val, scales)
+    assert after["loss"] < 0.7 * before["loss"], (before["loss"], after["loss"])
+    assert result.steps == TRAIN.total_steps and result.elements == (1, 6, 8)
+    train_losses = [m["loss"] for _, m in logged if "loss" in m]
+    assert np.mean(train_losses[-3:]) < np.mean(train_losses[:2])
+    assert any("val_loss" in m for _, m in logged)
+    # EMA differs from the raw weights but follows them
+    diffs = jax.tree.leaves(jax.tree.map(lambda a, b: float(jnp.abs(a - b).max()),
+                                         result.state.params, result.state.ema_params))
+    assert max(diffs) > 0
+    # latest keeps the newest two steps, best one step, with the best validation loss
+    latest = sorted(int(p.name) for p in (out / "latest").iterdir() if p.name.isdigit())
+    best = [int(p.name) for p in (out / "best").iterdir() if p.name.isdigit()]
+    assert latest == [20, 40] and best == [result.best_step]
+    assert result.best_val_loss == min(h["loss"] for h in result.history)
+
+
+def test_early_stopping_and_no_overwrite(data, tmp_path):
+    train, val = data
+    cfg = dataclasses.replace(TRAIN, val_every=10, patience=1, min_delta=1e9)   # only the first counts
+    result = T.train(SMALL, cfg, T.ArrayBatches(train, 8), val, tmp_path / "run")
+    assert result.stopped_early and result.steps == 2 * cfg.val_every and result.best_step == cfg.val_every
+    again = T.train(SMALL, cfg, T.ArrayBatches(train, 8), val, tmp_path / "run")   # stays stopped
+    assert again.stopped_early and again.steps == result.steps
+    with pytest.raises(InputError, match="already holds checkpoints"):
+        T.train(SMALL, cfg, T.ArrayBatches(train, 8), val, tmp_path / "run", resume=False)
+    with pytest.raises(InputError, match="another model config"):
+        T.train(dataclasses.replace(SMALL, k=4), cfg, T.ArrayBatches(train, 8), val, tmp_path / "run")
+
+
+def test_load_pretrained_roundtrip(trained):
+    result, out, _ = trained
+    bundle = load_pretrained(str(out))
+    assert (bundle.k, bundle.dt, bundle.config) == (K, DT, SMALL)
+    assert bundle.elements == (1, 6, 8) and bundle.units["length"] == "Å"
+    assert bundle.meta["step"] == result.best_step
+    latest = load_pretrained(out / "latest", which="latest")
+    for a, b in zip(jax.tree.leaves(latest.params), jax.tree.leaves(result.state.ema_params)):
+        np.testing.assert_array_equal(a, b)
+    z, m, x, v, f = ethanol_state()
+    got = latest.predict(z, ALL9, m, x, v, f)                 # jax.jit(bundle.apply) inside
+    want = forward(result.state.ema_params, z, ALL9, m, x, v, f)
+    for a, b in zip(got, want):
+        np.testing.assert_allclose(a, b, rtol=0, atol=1e-12)
+    bundle.check_elements(z)
+    with pytest.raises(InputError, match="N \\(Z=7\\)"):
+        bundle.check_elements(np.array([7, 1, 1, 1, 0]))
+    with pytest.raises(InputError, match="shipped models.*path"):
+        load_pretrained("no-such-model")
+    with pytest.raises(InputError, match="no jkstep checkpoint"):
+        load_pretrained(str(out.parent))
+
+
+def test_transfer_conversion(trained):
+    _, mm_dir, _ = trained
+    mm = load_pretrained(str(mm_dir))
+    qm_cfg = ModelConfig(features=16, layers=2, n_rbf=8, k=K, dt_fs=DT, elements=(1, 6, 7, 8),
+                         max_correction_a=0.05)
+    params, info = transfer.load_converted_params(str(mm_dir), qm_cfg)
+    assert info["model_config"] == SMALL.to_dict() and info["path"] == mm.meta["path"]
+    # backbone copied bitwise (loaded, not random); bound-dependent layers rescaled
+    fresh = init_params(qm_cfg)
+    for name in ("embedding", "interaction_0", "interaction_1"):
+        for a, b, c in zip(jax.tree.leaves(params[name]), jax.tree.leaves(mm.params[name]),
+                           jax.tree.leaves(fresh[name])):
+            np.testing.assert_array_equal(a, b)
+            assert np.any(np.asarray(a) != np.asarray(c))
+    np.testing.assert_allclose(params["vector_in"]["kernel"], mm.params["vector_in"]["kernel"] * 0.5, rtol=1e-6)
+    np.testing.assert_allclose(params["head_dx"]["gate_out"]["kernel"],
+                               mm.params["head_dx"]["gate_out"]["kernel"] * 2.0, rtol=1e-6)
+    # the same physical map while corrections are small: the QM model reproduces the MM jump
+    z, m, x, v, f = ethanol_state()
+    v, f = 0.2 * v, 0.2 * f
+    mm_out = forward(mm.params, z, ALL9, m, x, v, f)
+    qm_out = jax.jit(KStepNet(qm_cfg).apply)({"params": params}, z, ALL9, m, x, v, f)
+    xb, _ = ballistic_jump(m[None], ALL9[None], x[None], v[None], f[None], K, DT)
+    mm_dx = np.asarray(mm_out[0]) - np.asarray(xb[0])
+    assert np.abs(mm_dx).max() > 1e-4
+    np.testing.assert_allclose(np.asarray(qm_out[0]) - np.asarray(xb[0]), mm_dx, atol=0.05 * np.abs(mm_dx).max())
+    reinit, _ = transfer.load_converted_params(str(mm_dir), qm_cfg, heads="reinit")
+    assert float(jnp.abs(reinit["head_dx"]["gate_out"]["kernel"]).max()) == 0.0
+    state0 = transfer.transfer_state(str(mm_dir), qm_cfg, TRAIN, freeze=FREEZE)
+    assert int(state0.step) == 0
+    for a, b in zip(jax.tree.leaves(state0.params), jax.tree.leaves(params)):
+        np.testing.assert_array_equal(a, b)
+    with pytest.raises(InputError, match="names no layer"):
+        T.frozen_mask(params, ("interaction_9",))
+    with pytest.raises(InputError, match="backbone"):
+        transfer.convert_params(mm.params, SMALL, ModelConfig(features=32, layers=2, n_rbf=8))
+
+
+FREEZE = ("embedding", "interaction_0")
+
+
+def test_finetune_freezes_layers_and_resumes_exactly(trained, data, tmp_path):
+    """Fine-tune from the MM checkpoint with frozen layers: 20 steps straight, and 15 steps, a
+    crash, a resume from the step-10 checkpoint and 10 more: identical weights."""
+    _, mm_dir, _ = trained
+    train, val = data
+    mm = load_pretrained(str(mm_dir))
+    cfg = dataclasses.replace(TRAIN, checkpoint_every=10)
+    straight = transfer.finetune(str(mm_dir), SMALL, cfg, T.ArrayBatches(train, 8, seed=1), val,
+                                 tmp_path / "a", freeze=FREEZE, max_steps=20)
+
+    class Crash(Exception):
+        pass
+
+    def crash(step, _):
+        if step == 15:
+            raise Crash
+
+    with pytest.raises(Crash):
+        transfer.finetune(str(mm_dir), SMALL, cfg, T.ArrayBatches(train, 8, seed=1), val,
+                          tmp_path / "b", freeze=FREEZE, callback=crash)
+    assert sorted(p.name for p in (tmp_path / "b" / "latest").iterdir()) == ["10"]
+    resumed = transfer.finetune(str(mm_dir), SMALL, cfg, T.ArrayBatches(train, 8, seed=1), val,
+                                tmp_path / "b", freeze=FREEZE, max_steps=20)
+    assert resumed.steps == straight.steps == 20
+    for tree in ("params", "ema_params", "opt_state"):
+        for a, b in zip(jax.tree.leaves(getattr(straight.state, tree)),
+                        jax.tree.leaves(getattr(resumed.state, tree))):
+            np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-7)
+    assert resumed.best_step == straight.best_step and resumed.history == straight.history
+
+    # frozen layers (and their EMA) bitwise unchanged, every other layer trained
+    frozen = T.frozen_mask(mm.params, FREEZE)
+
+    def changed(tree):
+        return jax.tree.map(lambda a, b: bool(np.any(np.asarray(a) != np.asarray(b))), tree, mm.params)
+
+    for f_, c, e in zip(jax.tree.leaves(frozen), jax.tree.leaves(changed(resumed.state.params)),
+                        jax.tree.leaves(changed(resumed.state.ema_params))):
+        assert (not c and not e) if f_ else (c and e)
+    meta = load_pretrained(str(tmp_path / "b")).meta
+    assert meta["pretrained_from"]["path"] == mm.meta["path"] and meta["freeze"] == list(FREEZE)
+    assert meta["learning_rate"] == TRAIN.finetune_learning_rate
