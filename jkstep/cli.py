@@ -95,6 +95,19 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--plots", help="directory for the energy, spectrum and distribution plots")
     ev.set_defaults(handler=cmd_evaluate)
 
+    tr = sub.add_parser("train", help="train a k-step model from YAML configs (resumes from OUT/latest)")
+    tr.add_argument("--model-config", default="configs/model_qm_k8.yaml", help="model YAML (default QM k = 8)")
+    tr.add_argument("--train-config", default="configs/train_qm_k8.yaml",
+                    help="training YAML with its data: section (default QM k = 8)")
+    tr.add_argument("--out", required=True, help="checkpoint directory (latest/ and best/ inside)")
+    tr.add_argument("--pretrained", help="start from this checkpoint (an MM model): MM → QM transfer")
+    tr.add_argument("--freeze-layers", nargs="+", default=(), metavar="NAME",
+                    help="layers kept fixed while fine-tuning (names or globs, e.g. embedding interaction_0)")
+    tr.add_argument("--heads", default="map", choices=["map", "reinit"],
+                    help="with --pretrained: map the output heads or re-initialise them")
+    tr.add_argument("--max-steps", type=int, default=None, help="stop after this many steps (default: config)")
+    tr.set_defaults(handler=cmd_train)
+
     gen = sub.add_parser("generate", help="xTB reference trajectories for training from a YAML config "
                                           "(chunked, resumable: rerun the same command to continue)")
     gen.add_argument("--config", default="configs/qm.yaml", help="YAML config (default configs/qm.yaml)")
@@ -223,6 +236,35 @@ def _print_evaluation(r: dict):
         print(f"{key:20s}" + "".join(f"{v:>16s}" for v in row) + f"{floor:>16s}")
     if r["one_jump"]:
         print("one jump: " + ", ".join(f"{k} {fmt(v)}" for k, v in r["one_jump"].items()))
+
+
+def cmd_train(args) -> int:
+    from jkstep.errors import InputError
+    from jkstep.data.windows import datasets_from_config
+    from jkstep.model.train import EpochBatches, ProgressBar, load_model_config, load_train_config, train_from_config
+
+    model_config = load_model_config(args.model_config)
+    train_config = load_train_config(args.train_config)
+    train_set, val_set = datasets_from_config(train_config.data, model_config.k)
+    batch = int(train_config.data.get("batch_size", 32))
+    seed = train_config.seed
+    print(f"train: {len(train_set.names)} trajectories, {train_set.n_windows} windows; "
+          f"validation: {len(val_set.names)} trajectories, {val_set.n_windows} windows; "
+          f"k = {model_config.k}, dt = {train_set.dt_fs} fs")
+    if abs(train_set.dt_fs - model_config.dt_fs) > 1e-12:
+        raise InputError(f"the data have dt {train_set.dt_fs} fs but the model config says {model_config.dt_fs} fs")
+    batches = EpochBatches(lambda epoch: train_set.batches(batch, seed=seed + epoch, drop_last=True))
+    val_batches = lambda: val_set.batches(batch, shuffle=False)  # noqa: E731
+    bar = ProgressBar(args.max_steps or train_config.total_steps, file=sys.stderr)
+    try:
+        result = train_from_config(args.model_config, args.train_config, batches, val_batches, args.out,
+                                   pretrained=args.pretrained, freeze=tuple(args.freeze_layers),
+                                   heads=args.heads, callback=bar, max_steps=args.max_steps)
+    finally:
+        bar.close()
+    print(f"done: {result.steps} steps{' (stopped early)' if result.stopped_early else ''}, best validation loss {result.best_val_loss} at step {result.best_step}; "
+          f"checkpoints in {args.out}")
+    return 0
 
 
 def cmd_generate(args) -> int:

@@ -170,3 +170,53 @@ class WindowDataset:
                 out[key][row, :n] = t["inputs"][key][j]
                 out["target_" + key][row, :n] = t["targets"][key][j]
         return out
+
+
+def datasets_from_config(data: dict, k: int) -> tuple["WindowDataset", "WindowDataset"]:
+    """(train, validation) windows from a training config's ``data:`` section.
+
+    Keys: ``dir`` (data root), ``splits`` (JSON with train/val/test names; without it the
+    molecules under ``dir`` are split deterministically: every ``val_every``-th molecule, sorted
+    by name, validates, default 10), ``runs`` (run directories used per molecule, default
+    ``["production"]``; ``all`` for every complete run, e.g. the MM replicas), ``stride`` (base
+    steps between window starts, default k: consecutive 0.25 fs windows are highly correlated),
+    ``buckets`` (padding sizes). The test split is never read.
+    """
+    known = {"dir", "splits", "runs", "stride", "buckets", "batch_size", "val_every"}
+    unknown = set(data) - known
+    if unknown:
+        raise InputError(f"unknown keys in the data section: {sorted(unknown)}; known: {sorted(known)}")
+    if "dir" not in data:
+        raise InputError("the data section needs 'dir', the root of the trajectories (e.g. data/qm)")
+    root = os.fspath(data["dir"])
+    if not os.path.isdir(root):
+        raise InputError(f"no data directory {root}: generate it first (jkstep generate / generate-mm)")
+    stride = int(data.get("stride", k))
+    buckets = tuple(data.get("buckets", DEFAULT_BUCKETS))
+    runs = data.get("runs", ["production"])
+    if data.get("splits"):
+        from jkstep.data.generate import read_splits
+
+        names = read_splits(data["splits"])
+        split_names = {s: names.get(s, []) for s in ("train", "val")}
+    else:
+        every = int(data.get("val_every", 10))
+        molecules = sorted(d for d in os.listdir(root) if os.path.isdir(os.path.join(root, d)))
+        split_names = {"train": [m for i, m in enumerate(molecules) if i % every != every - 1],
+                       "val": [m for i, m in enumerate(molecules) if i % every == every - 1]}
+    out = []
+    for split in ("train", "val"):
+        paths = []
+        for name in split_names[split]:
+            directory = os.path.join(root, name)
+            if not os.path.isdir(directory):
+                continue  # not generated (yet)
+            wanted = sorted(os.listdir(directory)) if runs == "all" else runs
+            for run in wanted:
+                store = TrajectoryStore(os.path.join(directory, run))
+                if store.exists and store.n_frames > k:
+                    paths.append(store.path)
+        if not paths:
+            raise InputError(f"no {split} trajectories with more than k = {k} frames under {root}")
+        out.append(WindowDataset(paths, k, stride, buckets))
+    return out[0], out[1]
