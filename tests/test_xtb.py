@@ -205,3 +205,20 @@ def test_real_scf_failure_gives_nan_and_a_flag_the_integrator_sees(ethanol):
     init, _ = jkstep.verlet(pot, ethanol.masses, dt=0.25)
     state = init(ethanol.positions, np.zeros((9, 3)))
     assert bool(state.failed)
+
+
+def test_second_derivatives_raise_a_clear_error(ethanol):
+    pot = xtb_potential(ethanol)
+    x = jnp.asarray(ethanol.positions)
+    with pytest.raises(InputError, match="first derivatives only"):
+        jax.hessian(pot.energy)(x)
+    # derivatives of the forces themselves are NaN, never a silent zero
+    assert np.all(np.isnan(np.asarray(jax.jacfwd(lambda y: pot(y)[1])(x))))
+    assert np.all(np.isnan(np.asarray(jax.grad(lambda y: jnp.sum(pot(y)[1]))(x))))
+    init, apply = jkstep.verlet(pot, ethanol.masses, dt=0.25)
+    through_md = jax.grad(lambda y: apply(apply(init(y, jnp.zeros_like(y)))).energy)(x)
+    assert np.all(np.isnan(np.asarray(through_md)))
+    # first derivatives still work, batched and jitted, with one call each
+    calls = pot.calls
+    g = jax.jit(jax.vmap(jax.grad(pot.energy)))(jnp.stack([x, x + 0.01]))
+    assert pot.calls - calls == 2 and np.all(np.isfinite(np.asarray(g)))

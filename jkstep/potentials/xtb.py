@@ -241,10 +241,17 @@ class _Slot:
         self.method = None
 
 
+SECOND_DERIVATIVE_ERROR = (
+    "the xTB potential gives first derivatives only: jax.grad of the energy is minus the forces, "
+    "but there is no Hessian (derivatives of the forces are NaN, second derivatives of the energy "
+    "raise this error); differentiate through the MMFF potential (jkstep.mmff_potential) instead")
+
+
 def _make_jax_function(host):
     """(positions, active) → (energy, forces, ok) through one pure_callback, with a custom
-    JVP that makes the energy's derivative minus the forces (forces and ok are treated as
-    non-differentiable: second derivatives are not available)."""
+    JVP that makes the energy's derivative minus the forces. There is no Hessian: the
+    callback inside the rule is guarded so that a second derivative of the energy raises, and
+    the forces' own tangent is NaN."""
 
     def call(positions, active):
         shapes = (jax.ShapeDtypeStruct(active.shape, jnp.float64),
@@ -256,13 +263,24 @@ def _make_jax_function(host):
     def evaluate(positions, active):
         return call(positions, active)
 
+    @jax.custom_jvp
+    def guarded_call(positions, active):
+        return call(positions, active)
+
+    @guarded_call.defjvp
+    def _no_second_derivative(primals, tangents):
+        raise InputError(SECOND_DERIVATIVE_ERROR)
+
     @evaluate.defjvp
     def _jvp(primals, tangents):
         positions, active = primals
         dpos, _ = tangents
-        energy, forces, ok = call(positions, active)
+        energy, forces, ok = guarded_call(positions, active)
         denergy = -jnp.sum(forces * dpos)
-        return (energy, forces, ok), (denergy, jnp.zeros_like(forces), jnp.zeros(ok.shape, jax.dtypes.float0))
+        # xTB has no Hessian: the forces' tangent is NaN (linear in dpos, so it vanishes from
+        # a reverse pass that does not use the forces), never a silent zero
+        dforces = jnp.nan * dpos
+        return (energy, forces, ok), (denergy, dforces, jnp.zeros(ok.shape, jax.dtypes.float0))
 
     return evaluate
 
