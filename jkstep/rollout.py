@@ -3,6 +3,14 @@
 ``rollout(apply_fn, state, n_frames, every)`` runs ``n_frames * every`` steps and records the
 state after each ``every`` steps. It works on a single state or, with ``jax.vmap``, on a
 batch of replicas (see ``batched_rollout``).
+
+``batched_rollout`` runs B replicas from their start positions and velocities. On one device
+the batch is vmapped, so each xTB request of the batch is one host callback with B members,
+which the potential spreads over the cores. On several devices the batch axis is split with
+``jax.shard_map``: each device runs its own scan over B / n_dev replicas and makes its own
+callback. (A ``pure_callback`` under plain ``jit`` on a sharded batch would be gathered into
+one host call on one device.) Each replica keeps its own xTB restart slot, numbered by its
+global replica index, so sharded and unsharded runs give the same numbers.
 """
 
 from __future__ import annotations
@@ -11,9 +19,15 @@ import functools
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 from flax import struct
 
+from jkstep.errors import InputError
 from jkstep.integrate import MDState
+from jkstep.potentials.xtb import replica_slots
+
+#: Name of the mesh axis the replicas are split over.
+REPLICA_AXIS = "replicas"
 
 
 @struct.dataclass
@@ -55,3 +69,75 @@ def concat(chunks: list[Frames]) -> Frames:
     """Join chunks of frames along the frame axis (the last axis before the per-frame shape)."""
     axis = chunks[0].energy.ndim - 1
     return jax.tree.map(lambda *xs: jnp.concatenate(xs, axis=axis), *chunks)
+
+
+def batched_rollout(init_fn, apply_fn, positions, velocities, n_frames: int, every: int = 1,
+                    devices=None, chunk_frames: int | None = None, keys=None):
+    """Run B replicas for ``n_frames * every`` applies of ``apply_fn``, all in step.
+
+    ``init_fn(positions, velocities[, key])`` and ``apply_fn(state)`` are an integrator pair
+    (``jkstep.verlet``, the ``kstep`` integrator, ``jkstep.langevin`` with ``keys``).
+    ``positions`` and ``velocities`` are (B, N, 3) in Å and Å/fs (either may be (N, 3),
+    shared by all replicas); ``keys`` (B, 2), if given, are PRNG keys passed to ``init_fn`` as
+    its third argument (Langevin noise, the kstep NVT thermostat). ``every``: applies per
+    frame (one apply is one base step of Verlet, one macro-step of k base steps of kstep).
+
+    ``devices``: the devices to split the batch over (default: all local devices); with more
+    than one, B must be divisible by their number and each device runs B / n_dev replicas
+    under ``jax.shard_map``, making its own xTB callbacks. ``chunk_frames``: frames per jitted
+    call (default: all in one); each chunk's frames go to the host before the next starts, so
+    chunking bounds the device memory of a long run without changing the trajectory.
+
+    Returns (states, frames): the final state of each replica (leading axis B, on the
+    devices; its counters, e.g. ``force_calls``, are per replica) and ``Frames`` on the host
+    (numpy) with leading axes (B, n_frames), frame f being the state after (f + 1) · every
+    applies (the start is not a frame).
+    """
+    x, v = np.broadcast_arrays(np.asarray(positions, np.float64), np.asarray(velocities, np.float64))
+    if x.ndim != 3 or x.shape[-1] != 3:
+        raise InputError(f"positions and velocities must be (B, N, 3) (Å, Å/fs), got {x.shape}")
+    if int(n_frames) != n_frames or n_frames < 1 or int(every) != every or every < 1:
+        raise InputError(f"n_frames and every must be integers ≥ 1, got {n_frames}, {every}")
+    if chunk_frames is not None and (int(chunk_frames) != chunk_frames or chunk_frames < 1):
+        raise InputError(f"chunk_frames must be an integer ≥ 1, got {chunk_frames}")
+    devices = list(jax.local_devices() if devices is None else devices)
+    b = len(x)
+    if not devices:
+        raise InputError("devices is empty: pass None (all local devices) or a list of devices")
+    if b % len(devices):
+        raise InputError(f"{b} replicas cannot be split evenly over {len(devices)} devices: "
+                         f"use a multiple of {len(devices)} replicas or pass devices=")
+    replica = np.arange(b, dtype=np.int32)
+    start = (x, v) if keys is None else (x, v, jnp.asarray(keys))
+    state = _over_replicas(init_fn, devices)(replica, *start)
+
+    chunk = n_frames if chunk_frames is None else min(int(chunk_frames), n_frames)
+    runners, chunks, done = {}, [], 0
+    while done < n_frames:
+        n = min(chunk, n_frames - done)
+        if n not in runners:
+            scan = functools.partial(rollout, apply_fn, n_frames=n, every=every)
+            runners[n] = _over_replicas(scan, devices)
+        state, frames = runners[n](replica, state)
+        chunks.append(jax.device_get(frames))
+        done += n
+    return state, jax.tree.map(lambda *xs: np.concatenate(xs, axis=1), *chunks)
+
+
+def _over_replicas(fn, devices):
+    """jit of ``(replica, *args) -> fn(*args)`` vmapped over the leading (replica) axis, each
+    member's xTB calls tagged with its global replica index (its restart slot). With several
+    devices the batch is split over them by ``shard_map``: one callback per device."""
+
+    def tagged(replica, *args):
+        with replica_slots(replica):
+            return fn(*args)
+
+    batched = jax.vmap(tagged)
+    if len(devices) == 1:
+        run = jax.jit(batched)
+        return lambda *args: run(*jax.device_put(args, devices[0]))
+    mesh = jax.sharding.Mesh(np.asarray(devices), (REPLICA_AXIS,))
+    spec = jax.sharding.PartitionSpec(REPLICA_AXIS)
+    # check_vma=False: the callback's outputs carry no "varies over the mesh axis" type
+    return jax.jit(jax.shard_map(batched, mesh=mesh, in_specs=spec, out_specs=spec, check_vma=False))

@@ -4,7 +4,9 @@ One energy-and-forces request is exactly one tblite single point, made on the ho
 ``jax.pure_callback``; ``jax.grad`` of the energy returns minus those forces through a custom
 JVP, without a second call. Calls are counted on the host, where they happen. A batch of
 geometries (``vmap``) is spread over a thread pool (tblite releases the GIL), one tblite
-calculator per batch slot, each restarting from its own previous wavefunction.
+calculator per batch slot, each restarting from its own previous wavefunction. A slot is a
+member's position in the batch, or the global replica index set with ``replica_slots`` (what
+``jkstep.rollout.batched_rollout`` does, so that shards of a batch never share a slot).
 
 Units: positions in Å, energy in eV, forces in eV/Å (tblite works in Bohr and Hartree).
 
@@ -24,6 +26,8 @@ import os
 os.environ.setdefault("OMP_NUM_THREADS", "1")
 
 import atexit  # noqa: E402
+import contextlib  # noqa: E402
+import contextvars  # noqa: E402
 import threading  # noqa: E402
 import weakref  # noqa: E402
 from concurrent.futures import ThreadPoolExecutor  # noqa: E402
@@ -42,6 +46,23 @@ MAX_Z = {"GFN2-xTB": 86, "GFN1-xTB": 86, "IPEA1-xTB": 86}
 #: Default SCF accuracy: tblite's default (1.0) is not conservative enough for NVE reference
 #: MD (0.25 fs Verlet drifts -0.3 kJ/mol/ps on alanine dipeptide); 0.01 gives -0.001.
 DEFAULT_ACCURACY = 0.01
+
+
+#: The replica index (an int array, one value per vmapped member) of the calls being traced.
+_REPLICA: contextvars.ContextVar = contextvars.ContextVar("jkstep_xtb_replica", default=None)
+
+
+@contextlib.contextmanager
+def replica_slots(index):
+    """While tracing inside this block, xTB calls use restart slot ``index`` (the member's
+    global replica number, a traced int under ``vmap``) instead of the member's position in
+    the batch that reaches the callback. Shards of one batch (``shard_map``) then keep their
+    own wavefunctions, as in the unsharded run."""
+    token = _REPLICA.set(index)
+    try:
+        yield
+    finally:
+        _REPLICA.reset(token)
 
 
 class XTBPotential:
@@ -105,7 +126,9 @@ class XTBPotential:
         False are skipped (no call; zeros returned, ok True)."""
         positions = self._check(positions)
         active = jnp.ones((), bool) if active is None else jnp.asarray(active, bool)
-        return self._evaluate(positions, active)
+        replica = _REPLICA.get()
+        replica = jnp.full((), -1, jnp.int32) if replica is None else jnp.asarray(replica, jnp.int32)
+        return self._evaluate(positions, active, replica)
 
     def energy(self, positions):
         """Energy in eV (differentiable: ``jax.grad`` gives minus the forces)."""
@@ -121,26 +144,31 @@ class XTBPotential:
 
     # -- host side ------------------------------------------------------------------------
 
-    def _host(self, positions: np.ndarray, active: np.ndarray):
-        """Numpy callback: positions (..., N, 3) Å, active (...) → energy, forces, ok."""
+    def _host(self, positions: np.ndarray, active: np.ndarray, replica: np.ndarray):
+        """Numpy callback: positions (..., N, 3) Å, active (...), replica (...) → energy,
+        forces, ok. Member i restarts from slot ``replica[i]``, or slot i where that is -1."""
         positions = np.asarray(positions, np.float64)
-        batch_shape = positions.shape[:-2]
+        batch_shape = np.broadcast_shapes(positions.shape[:-2], np.shape(active), np.shape(replica))
+        positions = np.broadcast_to(positions, (*batch_shape, *positions.shape[-2:]))
         flat = positions.reshape(-1, *positions.shape[-2:])
-        act = np.broadcast_to(np.asarray(active, bool), batch_shape).reshape(-1)
+        act = np.broadcast_to(active, batch_shape).reshape(-1).astype(bool)
+        rep = np.broadcast_to(replica, batch_shape).reshape(-1)
+        slot = np.where(rep >= 0, rep, np.arange(len(flat)))
         energy = np.zeros(len(flat))
         forces = np.zeros_like(flat)
         ok = np.ones(len(flat), bool)
         with self._lock:
-            while len(self._slots) < len(flat):
+            while len(self._slots) <= slot.max(initial=-1):
                 self._slots.append(_Slot())
+            slots = [self._slots[j] for j in slot]
+            if self._pool is None and self.workers > 1:
+                self._pool = ThreadPoolExecutor(self.workers, thread_name_prefix="jkstep-xtb")
         todo = [i for i in range(len(flat)) if act[i]]
 
         def run(i):
-            energy[i], forces[i], ok[i] = self._single_point(self._slots[i], flat[i])
+            energy[i], forces[i], ok[i] = self._single_point(slots[i], flat[i])
 
         if len(todo) > 1 and self.workers > 1:
-            if self._pool is None:
-                self._pool = ThreadPoolExecutor(self.workers, thread_name_prefix="jkstep-xtb")
             list(self._pool.map(run, todo))
         else:
             for i in todo:
@@ -248,24 +276,24 @@ SECOND_DERIVATIVE_ERROR = (
 
 
 def _make_jax_function(host):
-    """(positions, active) → (energy, forces, ok) through one pure_callback, with a custom
+    """(positions, active, replica) → (energy, forces, ok) through one pure_callback, with a custom
     JVP that makes the energy's derivative minus the forces. There is no Hessian: the
     callback inside the rule is guarded so that a second derivative of the energy raises, and
     the forces' own tangent is NaN."""
 
-    def call(positions, active):
+    def call(positions, active, replica):
         shapes = (jax.ShapeDtypeStruct(active.shape, jnp.float64),
                   jax.ShapeDtypeStruct(positions.shape, jnp.float64),
                   jax.ShapeDtypeStruct(active.shape, jnp.bool_))
-        return jax.pure_callback(host, shapes, positions, active, vmap_method="expand_dims")
+        return jax.pure_callback(host, shapes, positions, active, replica, vmap_method="expand_dims")
 
     @jax.custom_jvp
-    def evaluate(positions, active):
-        return call(positions, active)
+    def evaluate(positions, active, replica):
+        return call(positions, active, replica)
 
     @jax.custom_jvp
-    def guarded_call(positions, active):
-        return call(positions, active)
+    def guarded_call(positions, active, replica):
+        return call(positions, active, replica)
 
     @guarded_call.defjvp
     def _no_second_derivative(primals, tangents):
@@ -273,9 +301,9 @@ def _make_jax_function(host):
 
     @evaluate.defjvp
     def _jvp(primals, tangents):
-        positions, active = primals
-        dpos, _ = tangents
-        energy, forces, ok = guarded_call(positions, active)
+        positions, active, replica = primals
+        dpos = tangents[0]
+        energy, forces, ok = guarded_call(positions, active, replica)
         denergy = -jnp.sum(forces * dpos)
         # xTB has no Hessian: the forces' tangent is NaN (linear in dpos, so it vanishes from
         # a reverse pass that does not use the forces), never a silent zero
