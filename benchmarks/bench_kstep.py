@@ -1,0 +1,161 @@
+"""The hybrid against the equal-cost baseline, measured in one run per molecule.
+
+    .venv/bin/python benchmarks/bench_kstep.py --model PATH_OR_NAME [--molecules test] [--ps 5]
+        [--replicas 4] [--timing-steps 50] [--repeats 5] [--batch 64]
+
+Prints, for each molecule (default: the test split of data/qm_splits.json):
+
+1. the accuracy/cost table of ``jkstep evaluate`` (reference Verlet 0.25 fs, Verlet at k·dt with
+   the same xTB calls, the zero-network corrector and the model, next to the noise floor);
+2. wall clock per simulated ps of the hybrid and of Verlet at 0.25 fs on the same molecule
+   (median of ``--repeats`` runs of ``--timing-steps`` macro-steps, after a warm-up), and the
+   cost split: the jump alone, one xTB call after a jump, one xTB call after a single 0.25 fs
+   step (the post-jump SCF starts from a poorer guess and costs more: it is counted);
+3. the throughput of a vmap'd hybrid rollout of ``--batch`` replicas with the xTB batch spread
+   over 1 and over 2 worker threads.
+
+Numbers are what this machine measured; run it on a quiet machine.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import time
+
+os.environ.setdefault("OMP_NUM_THREADS", "1")
+
+import jax  # noqa: E402
+import numpy as np  # noqa: E402
+
+import jkstep  # noqa: E402
+from jkstep.evaluate.compare import EvalConfig, evaluate  # noqa: E402
+from jkstep.kstep import kstep_integrator, model_jump  # noqa: E402
+from jkstep.rollout import runner  # noqa: E402
+
+KEYS = ("xtb_calls", "blew_up", "drift_kj_mol_ps", "energy_std_kj_mol", "mean_temperature_k", "bond_js",
+        "angle_js", "dihedral_js", "spectrum_overlap", "xh_band_shift_cm1", "flip_rate_ratio")
+
+
+def read_molecules(which: str) -> list[tuple[str, str]]:
+    """(name, SMILES) of a split of data/qm_splits.json, or a comma-separated list of SMILES."""
+    if which in ("train", "val", "test"):
+        smiles = {}
+        for line in open("data/qm_molecules.smi"):
+            if line.strip() and not line.startswith("#"):
+                s, name = line.split()[:2]
+                smiles[name] = s
+        return [(n, smiles[n]) for n in json.load(open("data/qm_splits.json"))[which]]
+    return [(s, s) for s in which.split(",")]
+
+
+def fmt(x):
+    return "null" if x is None else str(x) if isinstance(x, bool) else f"{x:.4g}"
+
+
+def accuracy_table(name, smiles, bundle, args):
+    mol = jkstep.Molecule.from_smiles(smiles, seed=0)
+    config = EvalConfig(ps=args.ps, n_replicas=args.replicas, seed=args.seed)
+    r = evaluate(mol, lambda: jkstep.xtb_potential(mol), config, bundle=bundle)
+    names = [n for n, c in r["contenders"].items() if c is not None]
+    print(f"\n{name} ({len(mol)} atoms), k = {r['k']}, {r['n_replicas']} replicas x {r['simulated_fs'] / 1000} ps")
+    print(f"{'':20s}" + "".join(f"{n:>15s}" for n in names) + f"{'noise floor':>15s}")
+    for key in KEYS:
+        floor = fmt(r["noise_floor"].get(key)) if key in r["noise_floor"] else ""
+        print(f"{key:20s}" + "".join(f"{fmt(r['contenders'][n].get(key)):>15s}" for n in names) + f"{floor:>15s}")
+    print("one jump: " + ", ".join(f"{k} {fmt(v)}" for k, v in (r["one_jump"] or {}).items()))
+    return mol, r
+
+
+def timing(mol, bundle, args):
+    """Wall clock per simulated ps: hybrid vs Verlet at 0.25 fs, and the cost split (ms)."""
+    k, dt = bundle.k, bundle.dt
+    v0 = mol.thermal_velocities(300.0, args.seed)
+
+    def per_ps(init, apply, n_apply, fs_per_apply):
+        run = runner(apply, 1, n_apply)
+        state = init(mol.positions, v0)
+        jax.block_until_ready(run(state)[0].positions)  # compile and warm up
+        times = []
+        for _ in range(args.repeats):
+            t = time.perf_counter()
+            jax.block_until_ready(run(state)[0].positions)
+            times.append(time.perf_counter() - t)
+        return statistics.median(times) * 1000.0 / (n_apply * fs_per_apply)
+
+    pot = jkstep.xtb_potential(mol)
+    hybrid = per_ps(*kstep_integrator(model_jump(bundle, mol.numbers, mol.masses), pot, mol.numbers,
+                                      mol.masses, k, dt), args.timing_steps, k * dt)
+    verlet = per_ps(*jkstep.verlet(jkstep.xtb_potential(mol), mol.masses, dt), args.timing_steps * k, dt)
+    print(f"wall clock per simulated ps: hybrid {hybrid:.2f} s, Verlet {dt} fs {verlet:.2f} s "
+          f"-> {verlet / hybrid:.2f}x (median of {args.repeats})")
+
+    jump = jax.jit(model_jump(bundle, mol.numbers, mol.masses))
+    f0 = pot(mol.positions)[1]
+    x, v = jax.numpy.asarray(mol.positions), jax.numpy.asarray(v0)
+    jax.block_until_ready(jump(x, v, f0))
+    t = time.perf_counter()
+    for _ in range(50):
+        xj, vj, _ = jax.block_until_ready(jump(x, v, f0))
+    t_jump = (time.perf_counter() - t) / 50 * 1e3
+
+    def xtb_ms(points):
+        p = jkstep.xtb_potential(mol)
+        p(mol.positions)
+        t = time.perf_counter()
+        for q in points:
+            p(q)
+        return (time.perf_counter() - t) / len(points) * 1e3
+
+    small = [mol.positions + v0 * dt * (i + 1) for i in range(20)]
+    jumped = [mol.positions + v0 * k * dt * (i + 1) for i in range(20)]
+    t_step, t_after_jump = xtb_ms(small), xtb_ms(jumped)
+    print(f"cost per macro-step: jump {t_jump:.3f} ms (standalone call), xTB after a 0.25 fs step "
+          f"{t_step:.2f} ms, after a {k * dt} fs jump {t_after_jump:.2f} ms; ML overhead "
+          f"{t_jump / t_after_jump:.1%} of an xTB call; ceiling {k * t_step / (t_after_jump + t_jump):.2f}x")
+
+
+def throughput(mol, bundle, args):
+    k, dt = bundle.k, bundle.dt
+    v0 = np.stack([mol.thermal_velocities(300.0, s) for s in range(args.batch)])
+    x0 = np.broadcast_to(mol.positions, v0.shape)
+    for workers in (1, 2):
+        pot = jkstep.xtb_potential(mol, workers=workers)
+        init, apply = kstep_integrator(model_jump(bundle, mol.numbers, mol.masses), pot, mol.numbers,
+                                       mol.masses, k, dt)
+        states = jax.vmap(init)(x0, v0)
+        run = runner(apply, 1, 5, batched=True)
+        jax.block_until_ready(run(states)[0].positions)
+        calls = pot.calls
+        t = time.perf_counter()
+        jax.block_until_ready(run(states)[0].positions)
+        wall = time.perf_counter() - t
+        print(f"batched rollout, {args.batch} replicas, {workers} xTB thread(s): "
+              f"{args.batch * 5 * k * dt / 1000 / wall:.3f} replica-ps per s, {pot.calls - calls} xTB calls")
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--model", required=True)
+    ap.add_argument("--molecules", default="test", help="train|val|test or comma-separated SMILES")
+    ap.add_argument("--ps", type=float, default=5.0)
+    ap.add_argument("--replicas", type=int, default=4)
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--timing-steps", type=int, default=50)
+    ap.add_argument("--repeats", type=int, default=5)
+    ap.add_argument("--batch", type=int, default=64)
+    ap.add_argument("--skip-accuracy", action="store_true")
+    args = ap.parse_args()
+    bundle = jkstep.load_pretrained(args.model)
+    for name, smiles in read_molecules(args.molecules):
+        mol = jkstep.Molecule.from_smiles(smiles, seed=0)
+        if not args.skip_accuracy:
+            accuracy_table(name, smiles, bundle, args)
+        timing(mol, bundle, args)
+    throughput(jkstep.Molecule.from_smiles(read_molecules(args.molecules)[0][1], seed=0), bundle, args)
+
+
+if __name__ == "__main__":
+    main()
