@@ -29,7 +29,8 @@ class MDState:
         energy: potential energy in eV.
         force_calls: force (xTB) calls made so far by the integrator, init included.
         step: base steps taken.
-        failed: True once a force call failed (NaN energy or forces, e.g. an SCF failure).
+        failed: True once a force call failed (NaN energy or forces, e.g. an SCF failure);
+            the state then stays frozen at the failed step and makes no further calls.
         key: PRNG key of a stochastic integrator (None for velocity Verlet).
     """
 
@@ -76,23 +77,46 @@ def temperature(velocities, masses, dof: int | None = None):
     return 2.0 * kinetic_energy(velocities, masses) / (dof * units.KB)
 
 
-def _new_state(energy_and_forces, positions, velocities, key=None) -> MDState:
+def evaluator(potential) -> Callable:
+    """(positions, active) -> (energy, forces, ok) for any potential: the xTB potential's own
+    ``evaluate`` (inactive members cost no call), else any energy-and-forces or energy function,
+    evaluated and masked. ``ok`` is False where the energy or forces are not finite."""
+    if hasattr(potential, "evaluate"):
+        return potential.evaluate
+    ef = as_energy_and_forces(potential)
+
+    def evaluate(x, active):
+        e, f = ef(x)
+        ok = jnp.isfinite(e) & jnp.all(jnp.isfinite(f))
+        return jnp.where(active, e, 0.0), jnp.where(active, f, 0.0), ok | ~active
+
+    return evaluate
+
+
+def _new_state(evaluate, positions, velocities, key=None) -> MDState:
     positions = jnp.asarray(positions, jnp.float64)
-    energy, forces = energy_and_forces(positions)
+    energy, forces, ok = evaluate(positions, jnp.ones((), bool))
     return MDState(positions=positions, velocities=jnp.asarray(velocities, jnp.float64),
                    forces=forces, energy=energy, force_calls=jnp.ones((), jnp.int32),
-                   step=jnp.zeros((), jnp.int32), failed=~_finite(energy, forces), key=key)
+                   step=jnp.zeros((), jnp.int32), failed=~(ok & _finite(energy, forces)), key=key)
 
 
 def _finite(energy, forces):
     return jnp.isfinite(energy) & jnp.all(jnp.isfinite(forces))
 
 
-def _with_forces(state: MDState, energy_and_forces, positions, **changes) -> MDState:
-    energy, forces = energy_and_forces(positions)
+def _advance(state: MDState, new: MDState) -> MDState:
+    """``new`` unless the trajectory had already failed: a failed state stays as it was (its
+    force calls are skipped, not made on NaN positions)."""
+    return jax.tree.map(lambda a, b: jnp.where(state.failed, a, b), state, new)
+
+
+def _with_forces(state: MDState, evaluate, positions, **changes) -> MDState:
+    active = ~state.failed
+    energy, forces, ok = evaluate(positions, active)
     return state.replace(positions=positions, forces=forces, energy=energy,
-                         force_calls=state.force_calls + 1, step=state.step + 1,
-                         failed=state.failed | ~_finite(energy, forces), **changes)
+                         force_calls=state.force_calls + active.astype(jnp.int32), step=state.step + 1,
+                         failed=state.failed | ~(ok & _finite(energy, forces)), **changes)
 
 
 def verlet(energy_and_forces: Callable, masses, dt: float = 0.25):
@@ -100,7 +124,7 @@ def verlet(energy_and_forces: Callable, masses, dt: float = 0.25):
 
     ``dt`` in fs, ``masses`` (N,) in amu. One force call per step (and one in init_fn).
     """
-    ef = as_energy_and_forces(energy_and_forces)
+    ef = evaluator(energy_and_forces)
     inv_m = units.ACCEL / jnp.asarray(masses, jnp.float64)[:, None]  # (eV/Å) → Å/fs²
 
     def init_fn(positions, velocities) -> MDState:
@@ -109,7 +133,7 @@ def verlet(energy_and_forces: Callable, masses, dt: float = 0.25):
     def apply_fn(state: MDState) -> MDState:
         v_half = state.velocities + 0.5 * dt * state.forces * inv_m
         new = _with_forces(state, ef, state.positions + dt * v_half)
-        return new.replace(velocities=v_half + 0.5 * dt * new.forces * inv_m)
+        return _advance(state, new.replace(velocities=v_half + 0.5 * dt * new.forces * inv_m))
 
     return init_fn, apply_fn
 
@@ -122,7 +146,7 @@ def langevin(energy_and_forces: Callable, masses, dt: float = 0.25, temperature:
     ``temperature`` in K, ``friction`` γ in 1/fs (0.01 /fs = 10 /ps), masses in amu. One force
     call per step. The PRNG key lives in the state, so runs are reproducible from a seed.
     """
-    ef = as_energy_and_forces(energy_and_forces)
+    ef = evaluator(energy_and_forces)
     masses = jnp.asarray(masses, jnp.float64)[:, None]
     inv_m = units.ACCEL / masses
     c1 = jnp.exp(-friction * dt)
@@ -139,6 +163,6 @@ def langevin(energy_and_forces: Callable, masses, dt: float = 0.25, temperature:
         v = c1 * v + sigma * jax.random.normal(noise_key, v.shape, v.dtype)         # O
         x = x + 0.5 * dt * v                                                        # A
         new = _with_forces(state, ef, x, key=key)
-        return new.replace(velocities=v + 0.5 * dt * new.forces * inv_m)           # B
+        return _advance(state, new.replace(velocities=v + 0.5 * dt * new.forces * inv_m))  # B
 
     return init_fn, apply_fn

@@ -15,8 +15,9 @@ One macro-step from (x_t, v_t, F_t):
    model is judged by what its learned correction adds to that.
 4. **Guards after the call**: the SCF converged; the total energy rose by at most
    ``max_energy_rise`` eV and the kinetic energy by at most ``max_kinetic_rise`` eV.
-5. A rejected jump is retried with ``delta_scale`` halved, up to ``max_attempts``; then the
-   macro-step falls back to k plain velocity-Verlet steps (k xTB calls).
+5. A rejected jump is retried with ``delta_scale`` halved, up to ``max_attempts`` (not when the
+   learned correction is zero: the retry would be the same jump); then the macro-step falls
+   back to k plain velocity-Verlet steps (k xTB calls).
 
 Optional, off by default and reported separately: ``energy_rescale`` (FlashMD style) rescales
 the velocities after an accepted jump so that the total energy equals the one at the start of
@@ -47,7 +48,7 @@ from flax import struct
 
 from jkstep import units
 from jkstep.errors import InputError
-from jkstep.integrate import as_energy_and_forces, kinetic_energy
+from jkstep.integrate import evaluator, kinetic_energy
 
 #: jump(positions, velocities, forces) -> (positions', velocities', forces_hat') after k steps.
 JumpFn = Callable[[jax.Array, jax.Array, jax.Array], tuple[jax.Array, jax.Array, jax.Array]]
@@ -60,7 +61,8 @@ class KStepState:
     positions (N,3) Å, velocities (N,3) Å/fs, forces (N,3) eV/Å, energy (potential) eV;
     force_calls: xTB calls made (init included); step: base steps (k per macro-step);
     accepted / rejected / fallbacks: accepted jumps, rejected attempts, fallback macro-steps;
-    failed: a force call failed for good; reference_energy: total energy at init (eV);
+    failed: a force call failed for good (the state then stays frozen, making no calls);
+    reference_energy: total energy at init (eV);
     escalations: macro-steps sent to the fallback by the force-disagreement signal;
     key: PRNG key (used by ``ensemble="nvt"``).
     """
@@ -111,21 +113,6 @@ def ballistic_jump(masses, k: int, dt: float) -> JumpFn:
     return jump
 
 
-def _evaluator(potential):
-    """(positions, active) -> (energy, forces, ok), skipping inactive members where the
-    potential supports it (the xTB potential does); otherwise evaluating and masking."""
-    if hasattr(potential, "evaluate"):
-        return potential.evaluate
-    ef = as_energy_and_forces(potential)
-
-    def evaluate(x, active):
-        e, f = ef(x)
-        ok = jnp.isfinite(e) & jnp.all(jnp.isfinite(f))
-        return jnp.where(active, e, 0.0), jnp.where(active, f, 0.0), ok | ~active
-
-    return evaluate
-
-
 def kstep_integrator(jump: JumpFn, potential, numbers, masses, k: int, dt: float,
                      guards: Guards = Guards(), delta_scale: float = 1.0, kick_weight: float | None = None,
                      energy_rescale: bool = False,
@@ -146,7 +133,7 @@ def kstep_integrator(jump: JumpFn, potential, numbers, masses, k: int, dt: float
         raise InputError(f"delta_scale must be in (0, 1], got {delta_scale}")
     if guards.max_attempts < 1:
         raise InputError(f"max_attempts must be ≥ 1, got {guards.max_attempts}")
-    evaluate = _evaluator(potential)
+    evaluate = evaluator(potential)
     masses = jnp.asarray(masses, jnp.float64)
     inv_m = units.ACCEL / masses[:, None]
     tau = k * dt
@@ -224,9 +211,12 @@ def kstep_integrator(jump: JumpFn, potential, numbers, masses, k: int, dt: float
         px, pv, pf = jump(x0, v0, state.forces)
         prediction = (x0 + v0 * tau + 0.5 * a0 * tau**2, v0 + a0 * (tau - w), px, pv - w * pf * inv_m, pf)
 
+        # halving a correction that is zero (the zero network) gives the same jump again: no retry
+        learned = (jnp.any(prediction[2] != prediction[0]) | jnp.any(prediction[3] != prediction[1]))
+
         def cond(c):
             n, done, *_ = c
-            return (n < guards.max_attempts) & ~done
+            return (n < guards.max_attempts) & ~done & ((n == 0) | learned)
 
         def body(c):
             n, done, accepted, escalated, calls, cand = c
@@ -239,9 +229,10 @@ def kstep_integrator(jump: JumpFn, potential, numbers, masses, k: int, dt: float
         start = (state.positions, state.velocities, state.forces, state.energy)
         no = jnp.zeros((), bool)
         zero = jnp.zeros((), jnp.int32)
+        # a trajectory that failed for good stays frozen and makes no calls
         n, _, accepted, escalated, calls, (x, v, f, e) = jax.lax.while_loop(
-            cond, body, (zero, no, no, no, zero, start))
-        need = ~accepted
+            cond, body, (zero, state.failed, no, no, zero, start))
+        need = ~accepted & ~state.failed
         fx, fv, ff, fe, fok = jax.lax.cond(need, fallback, lambda s, a: (*start, jnp.ones((), bool)),
                                            state, need)
         pick = lambda a, b: jnp.where(need, a, b)  # noqa: E731
@@ -253,7 +244,7 @@ def kstep_integrator(jump: JumpFn, potential, numbers, masses, k: int, dt: float
             fallbacks=state.fallbacks + need.astype(jnp.int32),
             escalations=state.escalations + escalated.astype(jnp.int32),
             failed=state.failed | (need & ~fok))
-        return thermostat(new)
+        return jax.tree.map(lambda a, b: jnp.where(state.failed, a, b), state, thermostat(new))
 
     return init_fn, apply_fn
 

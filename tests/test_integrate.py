@@ -114,3 +114,24 @@ def test_langevin_with_xtb_makes_one_call_per_step(ethanol):
     state, _ = runner(apply, 1, 20)(init(ethanol.positions, np.zeros((9, 3)), jax.random.PRNGKey(1)))
     assert pot.calls == 21 == int(state.force_calls)
     assert float(analysis.temperature(np.asarray(state.velocities), ethanol.masses)) > 10.0
+
+
+def test_a_failed_trajectory_freezes_and_counts_no_phantom_calls(ethanol, monkeypatch):
+    from tblite.exceptions import TBLiteRuntimeError
+    from tblite.interface import Calculator
+
+    pot = xtb_potential(ethanol)
+    init, apply = jkstep.verlet(pot, ethanol.masses, dt=0.25)
+    state = init(ethanol.positions, ethanol.thermal_velocities(300.0, 0))
+    state, _ = runner(apply, 1, 2)(state)
+    good_positions = np.asarray(state.positions)
+
+    def broken(calc, res=None, copy=False):
+        raise TBLiteRuntimeError("SCF not converged (injected)")
+
+    monkeypatch.setattr(Calculator, "singlepoint", broken)
+    state, _ = runner(apply, 1, 6)(state)
+    assert bool(state.failed) and int(state.step) == 3
+    assert int(state.force_calls) == 4  # three good calls and the failed request; none after it
+    assert pot.failed == 1 and pot.calls == 3 + 2  # the failed request: first try + fresh-guess retry
+    assert np.all(np.isfinite(good_positions))
