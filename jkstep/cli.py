@@ -14,6 +14,8 @@ import sys
 
 #: The main job's molecule: alanine dipeptide (22 atoms), the field's standard test case.
 DEFAULT_SMILES = "CC(=O)NC(C)C(=O)NC"
+#: The main job's model (shipped in jkstep/pretrained/).
+DEFAULT_MODEL = "gfn2-k8"
 
 
 class _Parser(argparse.ArgumentParser):
@@ -41,10 +43,12 @@ def build_parser() -> argparse.ArgumentParser:
 
     run = sub.add_parser("run", help="one MD run; prints a summary (and writes it as JSON with --summary)")
     _add_molecule_args(run)
-    run.add_argument("--integrator", default="verlet", choices=["verlet", "langevin", "kstep"],
-                     help="verlet: NVE velocity Verlet; langevin: BAOAB at --temperature; kstep: learned "
-                          "k-step jump + one xTB call (needs --model) (default verlet)")
-    run.add_argument("--model", help="kstep: a shipped model name or the path of an Orbax checkpoint directory")
+    run.add_argument("--integrator", default=None, choices=["verlet", "langevin", "kstep"],
+                     help=f"verlet: NVE velocity Verlet; langevin: BAOAB at --temperature; kstep: learned "
+                          f"k-step jump + one xTB call (default: kstep with the shipped {DEFAULT_MODEL} "
+                          f"model, verlet where no model ships)")
+    run.add_argument("--model", help=f"kstep: a shipped model name or the path of an Orbax checkpoint directory "
+                                     f"(default {DEFAULT_MODEL})")
     run.add_argument("--ensemble", default="nve", choices=["nve", "nvt"],
                      help="kstep: nve, or nvt with a velocity thermostat step per jump (default nve)")
     kg = run.add_argument_group("kstep acceptance (defaults: jkstep.kstep.Guards)")
@@ -109,6 +113,13 @@ def build_parser() -> argparse.ArgumentParser:
     tr.add_argument("--max-steps", type=int, default=None, help="stop after this many steps (default: config)")
     tr.set_defaults(handler=cmd_train)
 
+    ex = sub.add_parser("export", help="ship a trained checkpoint (EMA weights + metadata) as a named model "
+                                       "in jkstep/pretrained/NAME, with its data provenance")
+    ex.add_argument("--from", dest="source", required=True, help="training run directory (its best/ is used)")
+    ex.add_argument("--name", required=True, help="shipped name, e.g. gfn2-k8")
+    ex.add_argument("--evaluation", nargs="*", default=(), help="jkstep evaluate JSON summaries to record")
+    ex.set_defaults(handler=cmd_export)
+
     gen = sub.add_parser("generate", help="xTB reference trajectories for training from a YAML config "
                                           "(chunked, resumable: rerun the same command to continue)")
     gen.add_argument("--config", default="configs/qm.yaml", help="YAML config (default configs/qm.yaml)")
@@ -146,13 +157,15 @@ def cmd_run(args) -> int:
 
     molecule = load_molecule(args)
     jump, k, dt = None, 1, 0.25 if args.dt is None else args.dt
+    if args.integrator is None:
+        from jkstep.model.pretrained import shipped_names
+
+        args.integrator = "kstep" if (args.model or DEFAULT_MODEL in shipped_names()) else "verlet"
     if args.integrator == "kstep":
         from jkstep.kstep import model_jump
         from jkstep.model.pretrained import load_pretrained
 
-        if not args.model:
-            raise InputError("--integrator kstep needs --model NAME|PATH")
-        bundle = load_pretrained(args.model)
+        bundle = load_pretrained(args.model or DEFAULT_MODEL)
         if args.dt is not None and abs(args.dt - bundle.dt) > 1e-12:
             raise InputError(f"--dt {args.dt} differs from the model's base step {bundle.dt} fs; leave --dt out")
         jump, k, dt = model_jump(bundle, molecule.numbers, molecule.masses), bundle.k, bundle.dt
@@ -265,6 +278,21 @@ def cmd_train(args) -> int:
         bar.close()
     print(f"done: {result.steps} steps{' (stopped early)' if result.stopped_early else ''}, best validation loss {result.best_val_loss} at step {result.best_step}; "
           f"checkpoints in {args.out}")
+    return 0
+
+
+def cmd_export(args) -> int:
+    from jkstep.data.windows import provenance
+    from jkstep.model.pretrained import PRETRAINED_DIR, export_checkpoint, read_meta
+
+    meta = read_meta(args.source)
+    data = (meta.get("train_config") or {}).get("data", {}) if isinstance(meta.get("train_config"), dict) else {}
+    extra = {"shipped_name": args.name, "data_provenance": provenance(data, meta["k"]) if data else None,
+             "evaluations": [json.load(open(p)) for p in args.evaluation]}
+    target = export_checkpoint(args.source, PRETRAINED_DIR / args.name, extra)
+    _write_json(os.path.join(os.path.dirname(target), "provenance.json"),
+                {k: v for k, v in {**meta, **extra}.items() if k not in ("history", "data_state")})
+    print(f"shipped {args.name}: {target}")
     return 0
 
 

@@ -14,7 +14,10 @@ One macro-step from (x_t, v_t, F_t):
    network", F̂' = F_t) this is exactly velocity Verlet at τ, the equal-cost baseline, so a
    model is judged by what its learned correction adds to that.
 4. **Guards after the call**: the SCF converged; the total energy rose by at most
-   ``max_energy_rise`` eV and the kinetic energy by at most ``max_kinetic_rise`` eV.
+   ``max_energy_rise`` eV and the kinetic energy by at most ``max_kinetic_rise`` eV over the
+   jump; in NVE, the total energy stays within ``max_energy_drift`` eV of its value at the
+   start of the run (a learned jump's small random energy errors add up to heating; this
+   window bounds that walk, and a jump that would leave it goes to the retry and fallback).
 5. A rejected jump is retried with ``delta_scale`` halved, up to ``max_attempts`` (not when the
    learned correction is zero: the retry would be the same jump); then the macro-step falls
    back to k plain velocity-Verlet steps (k xTB calls).
@@ -89,12 +92,15 @@ class Guards:
     ``max_displacement`` None means 0.025·k Å (0.2 Å at k = 8: the largest atom
     displacement measured over an xTB jump is about 0.07, 0.16, 0.24 Å at k = 8, 16, 32).
     ``max_force_error`` (eV/Å, RMS over atoms of |F' − F̂'|; None = off) escalates to the
-    fallback without retries.
+    fallback without retries. ``max_energy_drift`` (eV; None = off; NVE only) bounds the total
+    energy's distance from its value at init: 0.05 eV ≈ 5 kJ/mol, about twice the energy
+    fluctuation of plain Verlet at 2 fs on small molecules.
     """
 
     max_displacement: float | None = None
     clash_ratio: float = 0.6
     max_energy_rise: float = 0.1
+    max_energy_drift: float | None = 0.05
     max_kinetic_rise: float = 0.5
     max_attempts: int = 3
     max_force_error: float | None = None
@@ -177,6 +183,8 @@ def kstep_integrator(jump: JumpFn, potential, numbers, masses, k: int, dt: float
         good = (call & ok & jnp.isfinite(e)
                 & (e + ke - state.energy - ke0 <= guards.max_energy_rise)
                 & (ke - ke0 <= guards.max_kinetic_rise))
+        if guards.max_energy_drift is not None and ensemble == "nve":
+            good = good & (jnp.abs(e + ke - state.reference_energy) <= guards.max_energy_drift)
         escalate = jnp.zeros((), bool)
         if guards.max_force_error is not None:
             force_error = jnp.sqrt(jnp.mean(jnp.sum((f - pf) ** 2, axis=-1)))

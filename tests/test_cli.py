@@ -50,7 +50,7 @@ def test_run_langevin_has_no_drift(tmp_path):
     (["run", "--smiles", "CCO", "--dt", "0"], "dt must be > 0"),
     (["run", "--integrator", "leapfrog"], "invalid choice: 'leapfrog'"),
     (["run", "--smiles", "CCO", "--file", "x.xyz"], "not allowed with argument"),
-    (["run", "--smiles", "[Fr]F"], "no parameters for atomic number"),
+    (["run", "--smiles", "[Fr]F", "--integrator", "verlet"], "no parameters for atomic number"),
 ])
 def test_bad_input_is_one_line_and_status_2(argv, message, capsys):
     with pytest.raises(SystemExit) as exc:

@@ -51,6 +51,7 @@ class WindowDataset:
         if not paths:
             raise InputError("a window dataset needs at least one trajectory")
         self.k, self.stride, self.buckets = int(k), int(stride), buckets
+        self.paths = paths
         self.dt_fs = None
         self._trajs = []
         for path in paths:
@@ -220,3 +221,19 @@ def datasets_from_config(data: dict, k: int) -> tuple["WindowDataset", "WindowDa
             raise InputError(f"no {split} trajectories with more than k = {k} frames under {root}")
         out.append(WindowDataset(paths, k, stride, buckets))
     return out[0], out[1]
+
+
+def provenance(data: dict, k: int) -> dict:
+    """What a model was trained on: per trajectory of the train and validation windows its
+    molecule, SMILES, run, frames, seeds, method and package versions (from the stores' meta)."""
+    train, val = datasets_from_config(data, k)
+    out = {"data": dict(data), "k": k}
+    for split, dataset in (("train", train), ("val", val)):
+        rows = []
+        for path in dataset.paths:
+            meta = TrajectoryStore(path).meta
+            rows.append({key: meta.get(key) for key in ("name", "smiles", "run", "n_frames", "dt_fs", "method",
+                                                         "accuracy", "temperature_k", "seed", "conformer_seed",
+                                                         "versions")})
+        out[split] = rows
+    return out

@@ -163,3 +163,24 @@ def load_pretrained(name_or_path, which: str = "best") -> ModelBundle:
     elements = tuple(int(z) for z in meta.get("elements") or config.elements)
     return ModelBundle(model=KStepNet(config), params=params, config=config, k=config.k,
                        dt=config.dt_fs, elements=elements, units=dict(meta.get("units", {})), meta=meta)
+
+
+def export_checkpoint(name_or_path, destination, extra_meta: dict | None = None, which: str = "best") -> Path:
+    """Write a slim copy of a checkpoint (EMA weights + metadata, no optimizer state) to
+    ``destination/<step>/``, as shipped in ``jkstep/pretrained/<name>/``. ``extra_meta`` (data
+    provenance, validation figures) is added to the metadata. Returns the step directory."""
+    import shutil
+
+    params, meta, _ = read_checkpoint(name_or_path, which)
+    meta.pop("path", None)
+    meta.update(extra_meta or {})
+    step = int(meta.get("step", resolve_checkpoint(name_or_path, which)[1]))
+    destination = Path(destination).resolve()
+    if destination.exists():
+        shutil.rmtree(destination)
+    destination.mkdir(parents=True)
+    target = destination / str(step)
+    with ocp.Checkpointer(ocp.CompositeCheckpointHandler()) as checkpointer:
+        checkpointer.save(os.fspath(target), args=ocp.args.Composite(
+            ema=ocp.args.StandardSave(jax.tree.map(np.asarray, params)), meta=ocp.args.JsonSave(meta)))
+    return target
