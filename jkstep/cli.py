@@ -57,6 +57,8 @@ def build_parser() -> argparse.ArgumentParser:
     kg.add_argument("--max-attempts", type=int, default=3, help="attempts per jump before the Verlet fallback")
     kg.add_argument("--max-displacement", type=float, default=None, help="Å per atom per jump (default 0.025·k)")
     kg.add_argument("--max-energy-rise", type=float, default=0.1, help="total-energy rise per jump, eV (0.1)")
+    kg.add_argument("--max-energy-drift", type=float, default=0.05,
+                    help="NVE: keep the total energy within this many eV of its start (0.05; <0 turns it off)")
     kg.add_argument("--max-kinetic-rise", type=float, default=0.5, help="kinetic-energy rise per jump, eV (0.5)")
     kg.add_argument("--clash-ratio", type=float, default=0.6,
                     help="reject if any pair is closer than this x the sum of covalent radii (0.6)")
@@ -175,7 +177,8 @@ def cmd_run(args) -> int:
 
     guards = Guards(max_displacement=args.max_displacement, clash_ratio=args.clash_ratio,
                     max_energy_rise=args.max_energy_rise, max_kinetic_rise=args.max_kinetic_rise,
-                    max_attempts=args.max_attempts, max_force_error=args.max_force_error)
+                    max_attempts=args.max_attempts, max_force_error=args.max_force_error,
+                    max_energy_drift=None if args.max_energy_drift < 0 else args.max_energy_drift)
     config = RunConfig(integrator=args.integrator, dt=dt, ensemble=args.ensemble, ps=args.ps,
                        temperature=args.temperature, friction=args.friction,
                        equilibrate_ps=args.equilibrate_ps, save_every=args.save_every, seed=args.seed,
