@@ -79,8 +79,13 @@ def resolve_checkpoint(name_or_path, which: str = "best") -> tuple[Path, int]:
 
 def _restore(step_dir: Path, **items):
     """Restore the named items of one step directory (read-only: no manager, nothing written)."""
-    with ocp.Checkpointer(ocp.CompositeCheckpointHandler()) as checkpointer:
-        return checkpointer.restore(os.fspath(step_dir), args=ocp.args.Composite(**items))
+    try:
+        with ocp.Checkpointer(ocp.CompositeCheckpointHandler()) as checkpointer:
+            return checkpointer.restore(os.fspath(step_dir), args=ocp.args.Composite(**items))
+    except (FileNotFoundError, KeyError, ValueError, OSError) as exc:
+        raise InputError(f"the checkpoint {step_dir} is incomplete or corrupt ({', '.join(items)}: "
+                         f"{str(exc).splitlines()[0] if str(exc) else type(exc).__name__}); "
+                         "restore it or train/export it again") from None
 
 
 def read_meta(name_or_path, which: str = "best") -> dict:
