@@ -14,14 +14,13 @@ from __future__ import annotations
 
 import numpy as np
 
-from jkstep import units
+from jkstep import analysis
 from jkstep.errors import InputError
 
 
 def kinetic_energy(masses, velocities) -> float:
     """Kinetic energy in eV of one frame: velocities (N, 3) Å/fs, masses (N,) amu."""
-    masses = np.asarray(masses, np.float64)
-    return float(0.5 * units.KINETIC * np.sum(masses[:, None] * np.asarray(velocities) ** 2))
+    return float(analysis.kinetic_energy(np.asarray(velocities, np.float64), np.asarray(masses, np.float64)))
 
 
 def momentum(masses, velocities) -> np.ndarray:
