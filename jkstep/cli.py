@@ -162,7 +162,9 @@ def cmd_run(args) -> int:
     if args.integrator is None:
         from jkstep.model.pretrained import shipped_names
 
-        args.integrator = "kstep" if (args.model or DEFAULT_MODEL in shipped_names()) else "verlet"
+        # the shipped model unless the user asked for a time step of their own
+        use_model = args.model or (args.dt is None and DEFAULT_MODEL in shipped_names())
+        args.integrator = "kstep" if use_model else "verlet"
     if args.integrator == "kstep":
         from jkstep.kstep import model_jump
         from jkstep.model.pretrained import load_pretrained
