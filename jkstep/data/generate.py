@@ -36,6 +36,7 @@ import numpy as np
 
 from jkstep.data.replicas import remove_rigid_motion, same_energy_velocities
 from jkstep.data.store import TrajectoryStore
+from jkstep.config import load_dataclass
 from jkstep.errors import InputError
 from jkstep.units import KINETIC as _KINETIC
 
@@ -130,25 +131,7 @@ class GenerateConfig:
 def load_config(path, **overrides) -> GenerateConfig:
     """Read a YAML generation config; keys are GenerateConfig's fields. ``overrides`` (not
     None) replace file values. Unknown keys, bad values or a missing file raise InputError."""
-    import yaml
-
-    path = os.fspath(path)
-    if not os.path.isfile(path):
-        raise InputError(f"no such config file: {path}")
-    try:
-        with open(path) as fh:
-            data = yaml.safe_load(fh)
-    except yaml.YAMLError as exc:
-        raise InputError(f"{path} is not valid YAML: {str(exc).splitlines()[0]}") from None
-    data = {} if data is None else data
-    if not isinstance(data, dict):
-        raise InputError(f"{path} must hold a mapping of settings, got {type(data).__name__}")
-    known = [f.name for f in dataclasses.fields(GenerateConfig)]
-    unknown = sorted(set(map(str, data)) - set(known))
-    if unknown:
-        raise InputError(f"unknown key(s) {', '.join(unknown)} in {path}; known keys: {', '.join(known)}")
-    data.update({k: v for k, v in overrides.items() if v is not None})
-    return GenerateConfig(**data)
+    return load_dataclass(GenerateConfig, path, **overrides)
 
 
 # -- molecule list and splits -------------------------------------------------------------

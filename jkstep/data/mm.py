@@ -49,6 +49,7 @@ import numpy as np
 
 from jkstep.data.generate import PRODUCTION, molecule_seed, package_versions, read_molecules, replica_name
 from jkstep.data.store import TrajectoryStore
+from jkstep.config import load_dataclass
 from jkstep.errors import InputError
 from jkstep.units import KINETIC as _KINETIC, KJ_MOL as _KJ_MOL
 
@@ -148,25 +149,7 @@ class MMConfig:
 def load_config(path, **overrides) -> MMConfig:
     """Read a YAML MM generation config; keys are MMConfig's fields. ``overrides`` (not None)
     replace file values. Unknown keys, bad values or a missing file raise InputError."""
-    import yaml
-
-    path = os.fspath(path)
-    if not os.path.isfile(path):
-        raise InputError(f"no such config file: {path}")
-    try:
-        with open(path) as fh:
-            data = yaml.safe_load(fh)
-    except yaml.YAMLError as exc:
-        raise InputError(f"{path} is not valid YAML: {str(exc).splitlines()[0]}") from None
-    data = {} if data is None else data
-    if not isinstance(data, dict):
-        raise InputError(f"{path} must hold a mapping of settings, got {type(data).__name__}")
-    known = [f.name for f in dataclasses.fields(MMConfig)]
-    unknown = sorted(set(map(str, data)) - set(known))
-    if unknown:
-        raise InputError(f"unknown key(s) {', '.join(unknown)} in {path}; known keys: {', '.join(known)}")
-    data.update({k: v for k, v in overrides.items() if v is not None})
-    return MMConfig(**data)
+    return load_dataclass(MMConfig, path, **overrides)
 
 
 # -- padding ------------------------------------------------------------------------------

@@ -37,10 +37,10 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 import orbax.checkpoint as ocp
-import yaml
 from ase.data import covalent_radii
 from flax import struct
 
+from jkstep.config import read_yaml
 from jkstep.errors import InputError
 from jkstep.model.network import UNITS, KStepNet, ModelConfig, ballistic_jump
 from jkstep.model.network import init_params as _init_params
@@ -122,28 +122,15 @@ class TrainConfig:
         return cls(**d)
 
 
-def _read_yaml(path) -> dict:
-    try:
-        with open(path) as fh:
-            d = yaml.safe_load(fh) or {}
-    except OSError as e:
-        raise InputError(f"cannot read config {path}: {e.strerror}") from None
-    except yaml.YAMLError as e:
-        raise InputError(f"config {path} is not valid YAML: {e}") from None
-    if not isinstance(d, dict):
-        raise InputError(f"config {path} must be a mapping of keys to values")
-    return d
-
-
 def load_model_config(path) -> ModelConfig:
     """A ``ModelConfig`` from a YAML file (flat keys, or nested under ``model:``)."""
-    d = _read_yaml(path)
+    d = read_yaml(path)
     return ModelConfig.from_dict(d.get("model", d) if set(d) == {"model"} else d)
 
 
 def load_train_config(path) -> TrainConfig:
     """A ``TrainConfig`` from a YAML file (flat keys, or nested under ``train:``)."""
-    d = _read_yaml(path)
+    d = read_yaml(path)
     return TrainConfig.from_dict(d.get("train", d) if set(d) == {"train"} else d)
 
 
