@@ -321,17 +321,7 @@ def cmd_generate(args) -> int:
     finally:
         for bar in bars:
             bar.close()
-    for r in results:
-        runs = r.get("runs", {})
-        frames = sum(run.get("n_frames", 0) for run in runs.values())
-        line = f"{r['name']}: {r['status']}, {len(runs)} run(s), {frames} frames"
-        failures = [f"{name}: {run['failure']}" for name, run in runs.items() if run.get("failure")]
-        if r.get("error"):
-            failures.append(r["error"].strip().splitlines()[-1])
-        print(line + "".join(f"\n  {f}" for f in failures))
-    if args.summary:
-        _write_json(args.summary, {"output": config.output, "molecules": results})
-    return 0 if all(r["status"] == "complete" for r in results) else 1
+    return _report_generation(results, config.output, args.summary)
 
 
 def cmd_generate_mm(args) -> int:
@@ -351,14 +341,22 @@ def cmd_generate_mm(args) -> int:
     finally:
         for bar in bars:
             bar.close()
+    return _report_generation(results, config.output, args.summary)
+
+
+def _report_generation(results, output, summary_path) -> int:
+    """Print one line per molecule of a generation job (and its failures); exit status 1 unless
+    every molecule is complete."""
     for r in results:
         runs = r.get("runs", {})
         frames = sum(run.get("n_frames", 0) for run in runs.values())
         failures = [f"{name}: {run['failure']}" for name, run in runs.items() if run.get("failure")]
+        if r.get("error"):
+            failures.append(r["error"].strip().splitlines()[-1])
         print(f"{r['name']}: {r['status']}, {len(runs)} run(s), {frames} frames"
               + "".join(f"\n  {f}" for f in failures))
-    if args.summary:
-        _write_json(args.summary, {"output": config.output, "molecules": results})
+    if summary_path:
+        _write_json(summary_path, {"output": output, "molecules": results})
     return 0 if all(r["status"] == "complete" for r in results) else 1
 
 

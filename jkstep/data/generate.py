@@ -53,8 +53,34 @@ def replica_name(index: int) -> str:
     return f"replica_{index:02d}"
 
 
+class RunLengths:
+    """Run lengths and the ``only`` list shared by the xTB and MM generation configs (which
+    define dt_fs in fs, frame_spacing in steps, equilibration_ps, production_ps, only)."""
+
+    def _check_lengths_and_only(self):
+        if self.only is not None:
+            if isinstance(self.only, str) or not all(isinstance(n, str) for n in self.only):
+                raise InputError(f"config only must be a list of molecule names, got {self.only!r}")
+            self.only = tuple(self.only)
+        if self.steps(self.production_ps) < self.frame_spacing:
+            raise InputError(f"production_ps {self.production_ps} is shorter than one frame "
+                             f"({self.frame_spacing} steps of {self.dt_fs} fs)")
+
+    def steps(self, ps: float) -> int:
+        """Base steps in ``ps`` picoseconds (rounded)."""
+        return int(round(ps * 1000.0 / self.dt_fs))
+
+    def target_frames(self, ps: float) -> int:
+        """Frames of a run of ``ps`` picoseconds: the start frame plus one every frame_spacing steps."""
+        return self.steps(ps) // self.frame_spacing + 1
+
+    @property
+    def equilibration_steps(self) -> int:
+        return self.steps(self.equilibration_ps)
+
+
 @dataclasses.dataclass
-class GenerateConfig:
+class GenerateConfig(RunLengths):
     """Settings of a generation job (the keys of configs/qm.yaml). Paths are relative to the
     working directory; dt in fs, lengths in ps, temperature in K, friction in 1/fs."""
 
@@ -107,25 +133,8 @@ class GenerateConfig:
             raise InputError(f"config replica_splits must be a list drawn from {list(SPLITS)}, "
                              f"got {self.replica_splits!r}")
         self.replica_splits = tuple(self.replica_splits)
-        if self.only is not None:
-            if isinstance(self.only, str) or not all(isinstance(n, str) for n in self.only):
-                raise InputError(f"config only must be a list of molecule names, got {self.only!r}")
-            self.only = tuple(self.only)
-        if self.steps(self.production_ps) < self.frame_spacing:
-            raise InputError(f"production_ps {self.production_ps} is shorter than one frame "
-                             f"({self.frame_spacing} steps of {self.dt_fs} fs)")
+        self._check_lengths_and_only()
 
-    def steps(self, ps: float) -> int:
-        """Base steps in ``ps`` picoseconds (rounded)."""
-        return int(round(ps * 1000.0 / self.dt_fs))
-
-    def target_frames(self, ps: float) -> int:
-        """Frames of a run of ``ps`` picoseconds: the start frame plus one every frame_spacing steps."""
-        return self.steps(ps) // self.frame_spacing + 1
-
-    @property
-    def equilibration_steps(self) -> int:
-        return self.steps(self.equilibration_ps)
 
 
 def load_config(path, **overrides) -> GenerateConfig:

@@ -47,7 +47,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jkstep.data.generate import PRODUCTION, molecule_seed, package_versions, read_molecules, replica_name
+from jkstep.data.generate import (PRODUCTION, RunLengths, molecule_seed, package_versions, read_molecules,
+                                   replica_name)
 from jkstep.data.store import TrajectoryStore
 from jkstep.config import load_dataclass
 from jkstep.errors import InputError
@@ -67,7 +68,7 @@ _RESUME_KEYS = ("smiles", "numbers", "method", "force_field", "dt_fs", "frame_sp
 
 
 @dataclasses.dataclass
-class MMConfig:
+class MMConfig(RunLengths):
     """Settings of an MM generation job (the keys of configs/mm.yaml). Paths are relative to the
     working directory; dt in fs, lengths in ps, temperature in K, friction in 1/fs; ``replicas``
     counts all runs of a molecule (production included); ``buckets`` are molecule sizes in atoms."""
@@ -120,25 +121,8 @@ class MMConfig:
         if list(buckets) != sorted(set(buckets)):
             raise InputError(f"config buckets must be increasing without repeats, got {list(buckets)}")
         self.buckets = tuple(buckets)
-        if self.only is not None:
-            if isinstance(self.only, str) or not all(isinstance(n, str) for n in self.only):
-                raise InputError(f"config only must be a list of molecule names, got {self.only!r}")
-            self.only = tuple(self.only)
-        if self.steps(self.production_ps) < self.frame_spacing:
-            raise InputError(f"production_ps {self.production_ps} is shorter than one frame "
-                             f"({self.frame_spacing} steps of {self.dt_fs} fs)")
+        self._check_lengths_and_only()
 
-    def steps(self, ps: float) -> int:
-        """Base steps in ``ps`` picoseconds (rounded)."""
-        return int(round(ps * 1000.0 / self.dt_fs))
-
-    def target_frames(self, ps: float) -> int:
-        """Frames of a run of ``ps`` picoseconds: the start frame plus one every frame_spacing steps."""
-        return self.steps(ps) // self.frame_spacing + 1
-
-    @property
-    def equilibration_steps(self) -> int:
-        return self.steps(self.equilibration_ps)
 
     @property
     def runs(self) -> list[str]:
