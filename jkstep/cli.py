@@ -98,6 +98,9 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--method", default="GFN2-xTB", choices=["GFN2-xTB", "GFN1-xTB", "IPEA1-xTB"])
     ev.add_argument("--accuracy", type=float, default=None, help="tblite SCF accuracy (default 0.01)")
     ev.add_argument("--seed", type=int, default=0)
+    ev.add_argument("--energy-rescale", action="store_true",
+                    help="also run kstep_rescaled: the model with the FlashMD-style velocity rescale to the "
+                         "initial total energy (reported beside kstep, never instead of it)")
     ev.add_argument("--summary", help="write the evaluation as JSON to this path")
     ev.add_argument("--plots", help="directory for the energy, spectrum and distribution plots")
     ev.set_defaults(handler=cmd_evaluate)
@@ -216,7 +219,8 @@ def cmd_evaluate(args) -> int:
 
         bundle = load_pretrained(args.model)
     config = EvalConfig(k=args.k, ps=args.ps, n_replicas=args.replicas, temperature=args.temperature,
-                        equilibrate_ps=args.equilibrate_ps, seed=args.seed)
+                        equilibrate_ps=args.equilibrate_ps, seed=args.seed,
+                        energy_rescale=bool(args.energy_rescale and bundle is not None))
     accuracy = DEFAULT_ACCURACY if args.accuracy is None else args.accuracy
     xtb_potential(molecule, method=args.method, accuracy=accuracy)  # bad input fails here, before any run
     bars = {}

@@ -391,3 +391,58 @@ def test_finetune_freezes_layers_and_resumes_exactly(trained, data, tmp_path):
     meta = load_pretrained(str(tmp_path / "b")).meta
     assert meta["pretrained_from"]["path"] == mm.meta["path"] and meta["freeze"] == list(FREEZE)
     assert meta["learning_rate"] == TRAIN.finetune_learning_rate
+
+
+def test_time_reversal_is_an_exact_window(data):
+    """Reversed windows are windows of the same NVE trajectory run backwards: Verlet from the
+    reversed start reproduces the reversed target."""
+    m, xs, vs, fs = trajectory(ETHANOL_Z, ETHANOL_X, 40, 5)
+    batch = {"positions": xs[None, 10], "velocities": vs[None, 10], "forces": fs[None, 10],
+             "target_positions": xs[None, 10 + K], "target_velocities": vs[None, 10 + K],
+             "target_forces": fs[None, 10 + K], "numbers": ETHANOL_Z[None], "mask": np.ones((1, 9), bool),
+             "masses": m[None]}
+    rev = T.time_reversed(batch)
+    force_fn, inv_m = morse_forces(ETHANOL_X), units.ACCEL / m[:, None]
+    x, v, f = rev["positions"][0], rev["velocities"][0], rev["forces"][0]
+    for _ in range(K):
+        v_half = v + 0.5 * DT * f * inv_m
+        x = x + DT * v_half
+        f = force_fn(x)
+        v = v_half + 0.5 * DT * f * inv_m
+    np.testing.assert_allclose(x, rev["target_positions"][0], atol=1e-10)
+    np.testing.assert_allclose(v, rev["target_velocities"][0], atol=1e-12)
+    np.testing.assert_allclose(rev["target_velocities"], -batch["velocities"])
+
+
+def test_energy_error_and_corrector_velocity():
+    """The energy term is exact in KE and first order in the potential; a perfect prediction
+    has zero energy error; the corrector velocity adds w·(F_{t+k} − F̂)/m."""
+    z, m, x, v, f = ethanol_state(1)
+    tf = f + 0.3
+    b = T.prepare_batch({"numbers": z[None], "mask": np.ones((1, 9), bool), "masses": m[None],
+                         "positions": x[None], "velocities": v[None], "forces": f[None],
+                         "target_positions": x[None] + 0.01, "target_velocities": v[None],
+                         "target_forces": tf[None]})
+    assert float(T.jump_energy_error(b, b["target_positions"], b["target_velocities"])[0]) == 0.0
+    dv = np.zeros_like(v)
+    dv[0, 0] = 1e-3
+    ke = float(T.jump_energy_error(b, b["target_positions"], b["target_velocities"] + dv)[0])
+    expected = 0.5 * m[0] * ((v[0, 0] + 1e-3) ** 2 - v[0, 0] ** 2) / units.ACCEL
+    assert ke == pytest.approx(expected, rel=1e-12)
+    dx = np.zeros_like(x)
+    dx[2, 1] = 1e-3
+    pe = float(T.jump_energy_error(b, b["target_positions"] + dx, b["target_velocities"])[0])
+    assert pe == pytest.approx(-tf[2, 1] * 1e-3, rel=1e-12)
+    vc = np.asarray(T.corrector_velocity(b, b["velocities"], b["forces"], SMALL))[0]
+    np.testing.assert_allclose(vc - v, np.broadcast_to(0.5 * K * DT * units.ACCEL * 0.3 / m[:, None], v.shape), rtol=1e-12)
+
+
+def test_energy_loss_and_reversal_train(data, tmp_path):
+    """The energy loss, corrector velocity and time reversal train end to end and lower the loss."""
+    train, val = data
+    cfg = dataclasses.replace(TRAIN, w_energy=1.0, corrector_velocity=True, time_reversal=True, total_steps=30)
+    result = T.train(SMALL, cfg, T.ArrayBatches(train, 8, seed=0), val, tmp_path / "run")
+    assert "energy" in result.loss_scales and result.loss_scales["energy"] > 0
+    before = T.evaluate(SMALL, cfg, init_params(SMALL, seed=cfg.seed), val, result.loss_scales)
+    after = T.evaluate(SMALL, cfg, result.state.ema_params, val, result.loss_scales)
+    assert after["loss"] < before["loss"] and after["loss_energy"] < before["loss_energy"]

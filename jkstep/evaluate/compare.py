@@ -37,12 +37,19 @@ from jkstep.kstep import ballistic_jump, kstep_integrator, model_jump
 from jkstep.molecule import Molecule
 from jkstep.rollout import concat, frames_of, runner
 
+CONTENDERS = ("reference", "verlet_kdt", "corrector_only", "kstep")
 DISTRIBUTION_KEYS = ("bond_js", "angle_js", "dihedral_js", "spectrum_overlap", "xh_band_shift_cm1")
 
 
 @dataclasses.dataclass
 class EvalConfig:
-    """Settings of an evaluation. Times in fs / ps, temperature K, friction 1/fs."""
+    """Settings of an evaluation. Times in fs / ps, temperature K, friction 1/fs.
+
+    ``energy_rescale`` adds a fifth contender, ``kstep_rescaled``: the model with the FlashMD-style
+    velocity rescale to the run's initial total energy after every accepted jump. Its energy
+    drift and fluctuation are zero by construction for accepted jumps, so only its temperature,
+    distributions, spectrum and flip rates say anything; it is reported beside ``kstep``, never
+    instead of it."""
 
     k: int = 8
     dt: float = 0.25
@@ -53,6 +60,7 @@ class EvalConfig:
     friction: float = 0.01
     seed: int = 0
     chunk_frames: int = 250
+    energy_rescale: bool = False
 
     def __post_init__(self):
         if self.k < 1 or self.dt <= 0 or self.ps <= 0:
@@ -185,8 +193,8 @@ def evaluate(molecule: Molecule, potential_factory: Callable[[], object], config
     def verlet(pot, step):
         return integrate.verlet(pot, masses, step)
 
-    def hybrid(pot, jump):
-        init, apply = kstep_integrator(jump, pot, molecule.numbers, masses, k, dt)
+    def hybrid(pot, jump, **options):
+        init, apply = kstep_integrator(jump, pot, molecule.numbers, masses, k, dt, **options)
         return (lambda x, v: init(x, v)), apply
 
     contenders = {
@@ -196,6 +204,9 @@ def evaluate(molecule: Molecule, potential_factory: Callable[[], object], config
     }
     if bundle is not None:
         contenders["kstep"] = (lambda pot: hybrid(pot, model_jump(bundle, molecule.numbers, masses)), 1)
+        if config.energy_rescale:
+            contenders["kstep_rescaled"] = (lambda pot: hybrid(pot, model_jump(bundle, molecule.numbers, masses),
+                                                               energy_rescale=True), 1)
 
     runs = {}
     for name, (build, per_frame) in contenders.items():
@@ -210,7 +221,7 @@ def evaluate(molecule: Molecule, potential_factory: Callable[[], object], config
     out["one_jump"] = None if bundle is None else one_jump(bundle, molecule, ref, terms)
     out["noise_floor"] = distribution_metrics(ref, ref, masses, terms, frame_fs)[0]
     spectra, results = {}, {}
-    for name in ("reference", "verlet_kdt", "corrector_only", "kstep"):
+    for name in CONTENDERS + (("kstep_rescaled",) if "kstep_rescaled" in runs else ()):
         if name not in runs:
             results[name] = None
             continue

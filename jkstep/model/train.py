@@ -40,6 +40,7 @@ import orbax.checkpoint as ocp
 from ase.data import covalent_radii
 from flax import struct
 
+from jkstep import units
 from jkstep.config import read_yaml
 from jkstep.errors import InputError
 from jkstep.model.network import UNITS, KStepNet, ModelConfig, ballistic_jump
@@ -62,8 +63,18 @@ class TrainConfig:
         weight_decay: AdamW decoupled weight decay.   clip_norm: global gradient-norm clip.
         ema_decay: EMA decay of the weights (ramped up as min(decay, (1+t)/(10+t))).
         w_x, w_v, w_force, w_bond: loss weights.   bond_factor: bonded if d < factor·(r_i + r_j).
-        scale_x_a (Å), scale_v (Å/fs), scale_force (eV/Å): loss normalisation; None = measured on
-            the first training batch (RMS of target − ballistic jump; of F_{t+k} − F_t for forces).
+        w_energy: weight of the jump's total-energy error per molecule, KE(v') − KE(v_{t+k}) −
+            Σ F_{t+k}·(x' − x_{t+k}) (exact in KE, first order in the potential). A learned
+            jump's random errors heat a rollout (unbiased velocity noise adds kinetic energy on
+            average), so this term targets what NVE rollouts need beyond small MSEs.
+        corrector_velocity: train the velocity that the hybrid integrator actually uses, the
+            network's v' plus the corrector kick w·(F_{t+k} − F̂')/m with w = k·dt/2 (the real
+            F_{t+k} stands in for the corrector's call); False trains v' and F̂' separately.
+        time_reversal: every second batch is time-reversed, (x_{t+k}, −v_{t+k}, F_{t+k}) →
+            (x_t, −v_t, F_t): exact augmentation for NVE (deterministic, reversible) data.
+        scale_x_a (Å), scale_v (Å/fs), scale_force (eV/Å), scale_energy_ev (eV): loss
+            normalisation; None = measured on the first training batch (RMS of target − ballistic
+            jump; of F_{t+k} − F_t for forces; of the ballistic jump's energy error).
         val_every, log_every, checkpoint_every: in steps.   keep_latest: latest checkpoints kept.
         patience: validations without improvement (by more than ``min_delta``) before training
             stops early; None never stops.   seed: parameter initialisation.
@@ -81,10 +92,14 @@ class TrainConfig:
     w_v: float = 1.0
     w_force: float = 0.1
     w_bond: float = 1.0
+    w_energy: float = 0.0
+    corrector_velocity: bool = False
+    time_reversal: bool = False
     bond_factor: float = 1.25
     scale_x_a: float | None = None
     scale_v: float | None = None
     scale_force: float | None = None
+    scale_energy_ev: float | None = None
     val_every: int = 250
     log_every: int = 25
     checkpoint_every: int = 500
@@ -242,12 +257,14 @@ class EpochBatches:
 def estimate_loss_scales(batch: Mapping[str, Any], model_config: ModelConfig,
                          train_config: TrainConfig | None = None) -> dict[str, float]:
     """Loss normalisation from one batch: RMS per component (real atoms) of target − ballistic
-    jump for x (Å) and v (Å/fs), of F_{t+k} − F_t for forces (eV/Å); config values override."""
+    jump for x (Å) and v (Å/fs), of F_{t+k} − F_t for forces (eV/Å), of the ballistic jump's
+    total-energy error per molecule (eV); config values override."""
     rms = np.asarray(_residual_rms(prepare_batch(batch), model_config.k, model_config.dt_fs))
     scales = {"x": max(float(rms[0]), 1e-4), "v": max(float(rms[1]), 1e-4),
-              "force": max(float(rms[2]), 1e-3)}
+              "force": max(float(rms[2]), 1e-3), "energy": max(float(rms[3]), 1e-4)}
     if train_config is not None:
-        for key, name in (("x", "scale_x_a"), ("v", "scale_v"), ("force", "scale_force")):
+        for key, name in (("x", "scale_x_a"), ("v", "scale_v"), ("force", "scale_force"),
+                          ("energy", "scale_energy_ev")):
             if getattr(train_config, name) is not None:
                 scales[key] = float(getattr(train_config, name))
     return scales
@@ -263,8 +280,36 @@ def _residual_rms(b, k, dt_fs):
     def rms(d):
         return jnp.sqrt(jnp.sum(jnp.where(maskf, d, 0.0) ** 2) / n3)
 
+    de = jump_energy_error(b, x_b, v_b)
     return jnp.stack([rms(b["target_positions"] - x_b), rms(b["target_velocities"] - v_b),
-                      rms(b["target_forces"] - b["forces"])])
+                      rms(b["target_forces"] - b["forces"]), jnp.sqrt(jnp.mean(de**2))])
+
+
+def jump_energy_error(b, pos, vel):
+    """Total-energy error (eV) per molecule (B,) of a predicted state (pos Å, vel Å/fs) against the
+    target: KE(vel) − KE(v_{t+k}) − Σ_i F_{t+k,i}·(pos_i − x_{t+k,i}) (potential to first order)."""
+    maskf = b["mask"][..., None].astype(jnp.float64)
+    m = jnp.where(b["mask"], b["masses"], 0.0)[..., None]
+    dke = 0.5 * jnp.sum(m * (vel**2 - b["target_velocities"] ** 2) * maskf, axis=(-1, -2)) / units.ACCEL
+    dpe = -jnp.sum(b["target_forces"] * (pos - b["target_positions"]) * maskf, axis=(-1, -2))
+    return dke + dpe
+
+
+def corrector_velocity(b, vel, frc, model_config: ModelConfig):
+    """The velocity the hybrid integrator makes of a prediction (Å/fs): v' + w·ACCEL·(F_{t+k} − F̂')/m,
+    w = k·dt/2 fs, with the stored F_{t+k} standing in for the corrector's xTB call."""
+    m = jnp.where(b["mask"], b["masses"], 1.0)[..., None]
+    w = 0.5 * model_config.jump_fs
+    return vel + w * units.ACCEL * (b["target_forces"] - frc) / m * b["mask"][..., None]
+
+
+def time_reversed(batch: Mapping[str, Any]) -> dict:
+    """The time-reversed windows of a batch: (x_{t+k}, −v_{t+k}, F_{t+k}) → (x_t, −v_t, F_t)."""
+    out = dict(batch)
+    out["positions"], out["target_positions"] = batch["target_positions"], batch["positions"]
+    out["velocities"], out["target_velocities"] = -np.asarray(batch["target_velocities"]), -np.asarray(batch["velocities"])
+    out["forces"], out["target_forces"] = batch["target_forces"], batch["forces"]
+    return out
 
 
 _COVALENT = np.asarray(covalent_radii, np.float64)
@@ -285,7 +330,7 @@ def _pair_dist(x, pairs):
 
 
 def compute_losses(model: KStepNet, params, batch, scales, train_config: TrainConfig):
-    """Total loss and metrics of one prepared batch. ``scales``: array (x Å, v Å/fs, force eV/Å)."""
+    """Total loss and metrics of one prepared batch. ``scales``: array (x Å, v Å/fs, force eV/Å, energy eV)."""
     pos, vel, frc = model.apply({"params": params}, batch["numbers"], batch["mask"], batch["masses"],
                                 batch["positions"], batch["velocities"], batch["forces"])
     mask = batch["mask"]
@@ -295,20 +340,25 @@ def compute_losses(model: KStepNet, params, batch, scales, train_config: TrainCo
     def mse(pred, target):
         return jnp.sum(((pred - target) * maskf) ** 2) / n3
 
+    if train_config.corrector_velocity:
+        vel = corrector_velocity(batch, vel, frc, model.config)
     mse_x = mse(pos, batch["target_positions"])
     mse_v = mse(vel, batch["target_velocities"])
+    mse_e = jnp.mean(jump_energy_error(batch, pos, vel) ** 2)
     mse_f = mse(frc, batch["target_forces"])
     pairs = bond_pairs(batch["numbers"], mask, batch["positions"], train_config.bond_factor)
     n_bonds = jnp.maximum(pairs.sum(), 1)
     bond_err = jnp.where(pairs, _pair_dist(pos, pairs) - _pair_dist(batch["target_positions"], pairs), 0.0)
     mse_b = jnp.sum(bond_err**2) / n_bonds
-    sx, sv, sf = scales[0], scales[1], scales[2]
+    sx, sv, sf, se = scales[0], scales[1], scales[2], scales[3]
     terms = {"loss_x": mse_x / sx**2, "loss_v": mse_v / sv**2, "loss_force": mse_f / sf**2,
-             "loss_bond": mse_b / sx**2}
+             "loss_bond": mse_b / sx**2, "loss_energy": mse_e / se**2}
     total = (train_config.w_x * terms["loss_x"] + train_config.w_v * terms["loss_v"]
-             + train_config.w_force * terms["loss_force"] + train_config.w_bond * terms["loss_bond"])
+             + train_config.w_force * terms["loss_force"] + train_config.w_bond * terms["loss_bond"]
+             + train_config.w_energy * terms["loss_energy"])
     metrics = {"loss": total, **terms, "rmse_x_a": jnp.sqrt(mse_x), "rmse_v": jnp.sqrt(mse_v),
-               "rmse_force": jnp.sqrt(mse_f), "rmse_bond_a": jnp.sqrt(mse_b)}
+               "rmse_force": jnp.sqrt(mse_f), "rmse_bond_a": jnp.sqrt(mse_b),
+               "rmse_energy_ev": jnp.sqrt(mse_e)}
     return total, metrics
 
 
@@ -458,7 +508,8 @@ def _evaluate(fns: _Compiled, params, batches: Iterable, scales) -> dict[str, fl
 
 
 def _scale_array(scales: Mapping[str, float]):
-    return jnp.asarray([scales["x"], scales["v"], scales["force"]], jnp.float64)
+    # checkpoints from before the energy loss carry no energy scale; its weight was 0 then
+    return jnp.asarray([scales["x"], scales["v"], scales["force"], scales.get("energy", 1.0)], jnp.float64)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -651,6 +702,8 @@ def train(model_config: ModelConfig, train_config: TrainConfig, batches_train: I
                 raise InputError(f"training data has element(s) {sorted(unknown)} that the model config "
                                  f"does not list (elements: {list(model_config.elements)})")
             elements |= seen
+            if train_config.time_reversal and step % 2 == 1:
+                batch = time_reversed(batch)
             state, metrics = fns.train_step(state, prepare_batch(batch), scale_arr)
             step += 1
             if callback is not None and (step % train_config.log_every == 0 or step == end):
