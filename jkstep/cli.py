@@ -135,6 +135,18 @@ def build_parser() -> argparse.ArgumentParser:
     gen.add_argument("--summary", help="write the per-molecule summaries as JSON to this path")
     gen.set_defaults(handler=cmd_generate)
 
+    ds = sub.add_parser("dataset", help="k-step window files (frames + window indices, .npz without pickle) "
+                                        "from generated trajectories; rerun to finish an interrupted build")
+    ds.add_argument("--data", default="data/qm", help="trajectory root (default data/qm)")
+    ds.add_argument("--out", default=None, help="output directory (default <data>/windows)")
+    ds.add_argument("--k", type=int, nargs="+", default=[4, 8, 16, 32], help="jump lengths in base steps "
+                                                                            "(default 4 8 16 32)")
+    ds.add_argument("--stride", type=int, default=4, help="base steps between window starts (default 4)")
+    ds.add_argument("--runs", nargs="+", default=["production"],
+                    help="run directories per molecule (default production; 'all' for every run)")
+    ds.add_argument("--overwrite", action="store_true", help="rebuild files that exist")
+    ds.set_defaults(handler=cmd_dataset)
+
     mm = sub.add_parser("generate-mm", help="classical MMFF94 trajectories for pretraining from a YAML config "
                                             "(replicas vmap'd, chunked, resumable: rerun to continue)")
     mm.add_argument("--config", default="configs/mm.yaml", help="YAML config (default configs/mm.yaml)")
@@ -302,6 +314,35 @@ def cmd_export(args) -> int:
     _write_json(os.path.join(os.path.dirname(target), "provenance.json"),
                 {k: v for k, v in {**meta, **extra}.items() if k not in ("history", "data_state")})
     print(f"shipped {args.name}: {target}")
+    return 0
+
+
+def cmd_dataset(args) -> int:
+    from jkstep.data.dataset import build_dataset
+    from jkstep.errors import InputError
+    from jkstep.data.store import TrajectoryStore
+
+    if not os.path.isdir(args.data):
+        raise InputError(f"no data directory {args.data}: generate it first (jkstep generate / generate-mm)")
+    paths = []
+    for name in sorted(os.listdir(args.data)):
+        directory = os.path.join(args.data, name)
+        if not os.path.isdir(directory) or name == "windows":
+            continue
+        runs = sorted(os.listdir(directory)) if args.runs == ["all"] else args.runs
+        paths += [os.path.join(directory, r) for r in runs if TrajectoryStore(os.path.join(directory, r)).exists]
+    if not paths:
+        raise InputError(f"no trajectories under {args.data} for runs {args.runs}")
+    out = args.out or os.path.join(args.data, "windows")
+    total = 0
+    for row in build_dataset(paths, args.k, args.stride, out, overwrite=args.overwrite):
+        if row.get("skipped"):
+            print(f"kept {row['file']}")
+            continue
+        total += os.path.getsize(row["file"])
+        print(f"{row['file']}: {row['frames']} frames, windows " +
+              ", ".join(f"k={k}: {n}" for k, n in row["windows"].items()))
+    print(f"{len(paths)} trajectories -> {out} ({total / 1e6:.1f} MB written)")
     return 0
 
 

@@ -476,3 +476,61 @@ def test_cli_generate_missing_config_exits_2(tmp_path, capsys):
     with pytest.raises(SystemExit) as exc:
         cli.main(["generate", "--config", str(tmp_path / "none.yaml")])
     assert exc.value.code == 2 and "no such config file" in capsys.readouterr().err
+
+
+def _random_store(path, n_atoms=4, n_frames=41, name="r"):
+    rng = np.random.default_rng(3)
+    store = TrajectoryStore(path).create({"numbers": [6, 1, 1, 8][:n_atoms], "name": name,
+                                          "masses": [12.0, 1.0, 1.0, 16.0][:n_atoms], "dt_fs": 0.25,
+                                          "frame_spacing": 1})
+    steps = np.arange(n_frames)
+    store.append({"positions": rng.normal(size=(n_frames, n_atoms, 3)) + 5.0,
+                  "velocities": rng.normal(size=(n_frames, n_atoms, 3)) * 0.01,
+                  "forces": rng.normal(size=(n_frames, n_atoms, 3)), "energy": rng.normal(size=n_frames),
+                  "kinetic": rng.random(n_frames), "step": steps})
+    return store
+
+
+def test_window_files_index_frames_k_steps_apart(tmp_path, capsys):
+    from jkstep.cli import main
+    from jkstep.data.dataset import build_dataset, read_file
+
+    store = _random_store(tmp_path / "qm" / "r" / "production")
+    raw = store.load()
+    out = tmp_path / "windows"
+    row = build_dataset([store.path], [4, 8, 16], 4, out)[0]
+    d = read_file(row["file"])
+    assert int(d["frame_step"]) == 4 and d["positions"].shape == (11, 4, 3) and d["name"] == "r"
+    m = raw["masses"][None, :, None]
+    com_x = (m * raw["positions"]).sum(1) / m.sum()
+    for k in (4, 8, 16):
+        pairs = d[f"windows_k{k}"]
+        assert len(pairs) == (41 - k - 1) // 4 + 1
+        np.testing.assert_array_equal(d["steps"][pairs[:, 1]] - d["steps"][pairs[:, 0]], k)
+        t = d["steps"][pairs[:, 1]]
+        np.testing.assert_allclose(d["positions"][pairs[:, 1]], raw["positions"][t] - com_x[t][:, None], atol=1e-12)
+        np.testing.assert_array_equal(d["forces"][pairs[:, 1]], raw["forces"][t])
+    # centre of mass at rest at the origin in every frame
+    md = d["masses"][None, :, None]
+    np.testing.assert_allclose((md * d["positions"]).sum(1), 0, atol=1e-10)
+    np.testing.assert_allclose((md * d["velocities"]).sum(1), 0, atol=1e-12)
+    # the dataset reads files and stores alike (files: COM removed); stride must fit the file
+    from_file = WindowDataset([row["file"]], k=8, stride=8)
+    from_store = WindowDataset([store.path], k=8, stride=8)
+    assert from_file.n_windows == from_store.n_windows == 5
+    a, b = next(from_file.batches(8, shuffle=False)), next(from_store.batches(8, shuffle=False))
+    np.testing.assert_allclose(a["target_forces"], b["target_forces"])
+    mb, vb = b["masses"][:, :4, None], b["velocities"][:, :4]
+    np.testing.assert_allclose(a["velocities"][:, :4], vb - (mb * vb).sum(1, keepdims=True) / mb.sum(1, keepdims=True),
+                               atol=1e-12)
+    with pytest.raises(InputError, match="not k = 32"):
+        WindowDataset([row["file"]], k=32, stride=4)
+    with pytest.raises(InputError, match="multiple of the file's stride"):
+        WindowDataset([row["file"]], k=8, stride=6)
+    # a rerun keeps existing files; the CLI builds the same
+    assert build_dataset([store.path], [4, 8, 16], 4, out)[0].get("skipped")
+    assert main(["dataset", "--data", str(tmp_path / "qm"), "--out", str(tmp_path / "cli"), "--k", "4", "8"]) == 0
+    assert "1 trajectories" in capsys.readouterr().out
+    with pytest.raises(SystemExit) as exit_info:
+        main(["dataset", "--data", str(tmp_path / "nowhere")])
+    assert exit_info.value.code == 2 and "no data directory" in capsys.readouterr().err

@@ -3,7 +3,11 @@
 A window starts every ``stride`` base steps (consecutive 0.25 fs frames are highly correlated,
 so a stride of several steps loses little) and pairs the frame at step t with the frame at
 step t + k. Molecules are padded to a few size buckets so that a jitted model compiles once
-per bucket; each batch holds one bucket only. Only the frames a window needs are read.
+per bucket; each batch holds one bucket only. Only the frames a window needs are read, each
+once: a window is a pair of indices into them, and batches are assembled from those indices.
+A source is a trajectory directory (``TrajectoryStore``) or a window file built by
+``jkstep dataset`` (``jkstep.data.dataset``; frames there have their centre of mass at rest at
+the origin).
 
 Batch keys (numpy, B windows, N = bucket size): ``numbers`` (B, N) int32 (0 = padding),
 ``mask`` (B, N) bool, ``masses`` (B, N) float64 amu (1.0 on padding), ``positions`` Å,
@@ -13,6 +17,7 @@ Batch keys (numpy, B windows, N = bucket size): ``numbers`` (B, N) int32 (0 = pa
 
 from __future__ import annotations
 
+import json
 import os
 from typing import Iterator, Sequence
 
@@ -30,7 +35,8 @@ class WindowDataset:
     """k-step windows of one or more trajectories (TrajectoryStore directories).
 
     Args:
-        paths: trajectory directories (e.g. ``data/qm/glycine/production``).
+        paths: trajectory directories (e.g. ``data/qm/glycine/production``) or window files
+            (``.npz`` from ``jkstep dataset``; they must hold windows of this k).
         k: base steps between a window's input and target frames.
         stride: base steps between consecutive window starts.
         buckets: padded molecule sizes (atoms); each molecule goes to the smallest that fits.
@@ -55,6 +61,9 @@ class WindowDataset:
         self.dt_fs = None
         self._trajs = []
         for path in paths:
+            if path.endswith(".npz"):
+                self._trajs.append(self._windows_of_file(path))
+                continue
             store = TrajectoryStore(path)
             if not store.exists:
                 raise InputError(f"no trajectory at {path} (meta.json missing)")
@@ -77,35 +86,56 @@ class WindowDataset:
         paths = [os.path.join(os.fspath(root), name, run) for name in names[split] for run in runs]
         return cls(paths, k, stride, buckets)
 
-    def _windows_of(self, store: TrajectoryStore) -> dict:
-        meta = store.meta
-        dt, spacing = float(meta["dt_fs"]), int(meta["frame_spacing"])
+    def _check_dt(self, dt: float, path: str) -> None:
         if self.dt_fs is None:
             self.dt_fs = dt
         elif not np.isclose(dt, self.dt_fs, rtol=0, atol=1e-12):
-            raise InputError(f"{store.path} has dt {dt} fs, other trajectories {self.dt_fs} fs")
+            raise InputError(f"{path} has dt {dt} fs, other trajectories {self.dt_fs} fs")
+
+    def _bucket(self, n: int, path: str) -> int:
+        fits = [b for b in self.buckets if b >= n]
+        if not fits:
+            raise InputError(f"{path} has {n} atoms, more than the largest bucket {self.buckets[-1]}; add a larger bucket")
+        return fits[0]
+
+    def _windows_of_file(self, path: str) -> dict:
+        from jkstep.data.dataset import read_file
+
+        d = read_file(path)
+        self._check_dt(float(d["dt_fs"]), path)
+        key = f"windows_k{self.k}"
+        if key not in d:
+            raise InputError(f"{path} holds windows for k = {list(map(int, d['ks']))}, not k = {self.k}; "
+                             f"rebuild it with `jkstep dataset --k ... {self.k}`")
+        if self.stride % int(d["stride"]):
+            raise InputError(f"stride {self.stride} is not a multiple of the file's stride {int(d['stride'])} ({path})")
+        pairs = d[key][:: self.stride // int(d["stride"])]
+        numbers = np.asarray(d["numbers"], np.int32)
+        return {"name": f"{d['name']}/{d['run']}", "numbers": numbers, "masses": np.asarray(d["masses"]),
+                "bucket": self._bucket(len(numbers), path), "n_windows": len(pairs), "pairs": pairs,
+                "frames": {k: d[k] for k in ("positions", "velocities", "forces")}}
+
+    def _windows_of(self, store: TrajectoryStore) -> dict:
+        meta = store.meta
+        dt, spacing = float(meta["dt_fs"]), int(meta["frame_spacing"])
+        self._check_dt(dt, store.path)
         for what, value in (("k", self.k), ("stride", self.stride)):
             if value % spacing:
                 raise InputError(f"{what} = {value} steps is not a multiple of the frame spacing "
                                  f"({spacing} steps) of {store.path}")
         numbers = np.asarray(meta["numbers"], np.int32)
-        n = len(numbers)
-        fits = [b for b in self.buckets if b >= n]
-        if not fits:
-            raise InputError(f"{store.path} has {n} atoms, more than the largest bucket "
-                             f"{self.buckets[-1]}; add a larger bucket")
         lag, step = self.k // spacing, self.stride // spacing
         starts = np.arange(0, max(0, store.n_frames - lag), step, dtype=np.int64)
-        data = store.load(frames=np.concatenate([starts, starts + lag]),
-                          arrays=("positions", "velocities", "forces", "step"))
-        w = len(starts)
-        if w and not np.all(data["step"][w:] - data["step"][:w] == self.k):
+        frames = np.union1d(starts, starts + lag)            # each needed frame read once
+        data = store.load(frames=frames, arrays=("positions", "velocities", "forces", "step"))
+        pairs = np.stack([np.searchsorted(frames, starts), np.searchsorted(frames, starts + lag)], axis=1)
+        if len(starts) and not np.all(data["step"][pairs[:, 1]] - data["step"][pairs[:, 0]] == self.k):
             raise InputError(f"{store.path} has gaps in its steps; windows would not be k = {self.k} apart")
         name = meta.get("name") or os.path.basename(os.path.dirname(store.path))
         return {"name": f"{name}/{os.path.basename(store.path)}", "numbers": numbers,
-                "masses": np.asarray(meta["masses"], np.float64), "bucket": fits[0], "n_windows": w,
-                "inputs": {k: data[k][:w] for k in ("positions", "velocities", "forces")},
-                "targets": {k: data[k][w:] for k in ("positions", "velocities", "forces")}}
+                "masses": np.asarray(meta["masses"], np.float64), "bucket": self._bucket(len(numbers), store.path),
+                "n_windows": len(starts), "pairs": pairs.reshape(-1, 2),
+                "frames": {k: data[k] for k in ("positions", "velocities", "forces")}}
 
     # -- sizes ---------------------------------------------------------------------------
 
@@ -167,9 +197,10 @@ class WindowDataset:
             out["numbers"][row, :n] = t["numbers"]
             out["mask"][row, :n] = True
             out["masses"][row, :n] = t["masses"]
+            a, b = t["pairs"][j]
             for key in ("positions", "velocities", "forces"):
-                out[key][row, :n] = t["inputs"][key][j]
-                out["target_" + key][row, :n] = t["targets"][key][j]
+                out[key][row, :n] = t["frames"][key][a]
+                out["target_" + key][row, :n] = t["frames"][key][b]
         return out
 
 
@@ -181,9 +212,10 @@ def datasets_from_config(data: dict, k: int) -> tuple["WindowDataset", "WindowDa
     by name, validates, default 10), ``runs`` (run directories used per molecule, default
     ``["production"]``; ``all`` for every complete run, e.g. the MM replicas), ``stride`` (base
     steps between window starts, default k: consecutive 0.25 fs windows are highly correlated),
-    ``buckets`` (padding sizes). The test split is never read.
+    ``buckets`` (padding sizes), ``windows`` (optional: a directory of window files built by
+    ``jkstep dataset`` from ``dir``; read instead of the trajectories). The test split is never read.
     """
-    known = {"dir", "splits", "runs", "stride", "buckets", "batch_size", "val_every"}
+    known = {"dir", "splits", "runs", "stride", "buckets", "batch_size", "val_every", "windows"}
     unknown = set(data) - known
     if unknown:
         raise InputError(f"unknown keys in the data section: {sorted(unknown)}; known: {sorted(known)}")
@@ -215,7 +247,16 @@ def datasets_from_config(data: dict, k: int) -> tuple["WindowDataset", "WindowDa
             wanted = sorted(os.listdir(directory)) if runs == "all" else runs
             for run in wanted:
                 store = TrajectoryStore(os.path.join(directory, run))
-                if store.exists and store.n_frames > k:
+                if not (store.exists and store.n_frames > k):
+                    continue
+                if data.get("windows"):
+                    from jkstep.data.dataset import dataset_file_name
+
+                    file = os.path.join(os.fspath(data["windows"]), dataset_file_name(store.path))
+                    if not os.path.exists(file):
+                        raise InputError(f"no window file {file} for {store.path}: run `jkstep dataset` first")
+                    paths.append(file)
+                else:
                     paths.append(store.path)
         if not paths:
             raise InputError(f"no {split} trajectories with more than k = {k} frames under {root}")
@@ -231,7 +272,12 @@ def provenance(data: dict, k: int) -> dict:
     for split, dataset in (("train", train), ("val", val)):
         rows = []
         for path in dataset.paths:
-            meta = TrajectoryStore(path).meta
+            if path.endswith(".npz"):
+                from jkstep.data.dataset import read_file
+
+                meta = json.loads(read_file(path)["meta_json"])
+            else:
+                meta = TrajectoryStore(path).meta
             rows.append({key: meta.get(key) for key in ("name", "smiles", "run", "n_frames", "dt_fs", "method",
                                                          "accuracy", "temperature_k", "seed", "conformer_seed",
                                                          "versions")})
