@@ -24,7 +24,7 @@ One macro-step from (x_t, v_t, F_t):
 
 Optional, off by default and reported separately: ``energy_rescale`` (FlashMD style) rescales
 the velocities after an accepted jump so that the total energy equals the one at the start of
-the run; ``Guards.max_force_error`` (uncertainty-triggered escalation) compares the jump's own
+the run (the guards judge the jump before the rescale, so a bad jump is still rejected); ``Guards.max_force_error`` (uncertainty-triggered escalation) compares the jump's own
 force estimate F̂' with the real F' of the corrector call — a signal that costs no extra call
 — and where their RMS difference exceeds the bound the macro-step skips its retries and takes
 k real Verlet steps. ``ensemble="nvt"`` makes the thermostat act at the macro level, BAOAB
@@ -176,15 +176,16 @@ def kstep_integrator(jump: JumpFn, potential, numbers, masses, k: int, dt: float
         e, f, ok = evaluate(x, call)
         v = u + w * f * inv_m
         ke0, ke = kinetic_energy(v0, masses), kinetic_energy(v, masses)
-        if energy_rescale:
-            target = state.reference_energy - e
-            v = jnp.where(target > 0, v * jnp.sqrt(jnp.maximum(target, 0.0) / jnp.maximum(ke, 1e-30)), v)
-            ke = kinetic_energy(v, masses)
+        # the guards judge the jump itself, before any rescale (a rescale would hide its error)
         good = (call & ok & jnp.isfinite(e)
                 & (e + ke - state.energy - ke0 <= guards.max_energy_rise)
                 & (ke - ke0 <= guards.max_kinetic_rise))
         if guards.max_energy_drift is not None and ensemble == "nve":
             good = good & (jnp.abs(e + ke - state.reference_energy) <= guards.max_energy_drift)
+        if energy_rescale:
+            target = state.reference_energy - e
+            good = good & (target > 0)
+            v = v * jnp.sqrt(jnp.maximum(target, 0.0) / jnp.maximum(ke, 1e-30))
         escalate = jnp.zeros((), bool)
         if guards.max_force_error is not None:
             force_error = jnp.sqrt(jnp.mean(jnp.sum((f - pf) ** 2, axis=-1)))
