@@ -119,3 +119,11 @@ def test_every_jkstep_command_in_the_docs_parses():
         unknown = set(re.findall(r"(?<![\w-])--[a-z][a-z0-9-]*", text)) - every_option
         assert not unknown, f"{name} names flags jkstep does not have: {sorted(unknown)}"
     assert commands >= 8
+
+
+def test_qmmm_droplet(tmp_path):
+    out = run_example("qmmm_droplet.py", "--ps", "0.04", "--waters", "30", "--plot", tmp_path / "q.png", cwd=tmp_path)
+    assert "12 QM atoms, 90 MM atoms" in out and "20 macro-steps of 8 x 0.25 fs" in out
+    assert "verlet (reference)   xTB calls    161" in out
+    assert "kstep (hybrid)" in out and "accepted" in out and "xTB calls saved by the hybrid" in out
+    assert (tmp_path / "q.png").stat().st_size > 0
