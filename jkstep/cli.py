@@ -290,11 +290,17 @@ def cmd_train(args) -> int:
         raise InputError(f"the data have dt {train_set.dt_fs} fs but the model config says {model_config.dt_fs} fs")
     batches = EpochBatches(lambda epoch: train_set.batches(batch, seed=seed + epoch, drop_last=True))
     val_batches = lambda: val_set.batches(batch, shuffle=False)  # noqa: E731
+    from jkstep.data.windows import provenance
+
+    # what the windows were read from, recorded now: the trajectories may grow later
+    recorded = dict(provenance(train_config.data, model_config.k, (train_set, val_set)), recorded_at="training start",
+                    train_windows=train_set.n_windows, val_windows=val_set.n_windows)
     bar = ProgressBar(args.max_steps or train_config.total_steps, file=sys.stderr)
     try:
         result = train_from_config(args.model_config, args.train_config, batches, val_batches, args.out,
                                    pretrained=args.pretrained, freeze=tuple(args.freeze_layers),
-                                   heads=args.heads, callback=bar, max_steps=args.max_steps)
+                                   heads=args.heads, callback=bar, max_steps=args.max_steps,
+                                   extra_meta={"data_provenance": recorded})
     finally:
         bar.close()
     print(f"done: {result.steps} steps{' (stopped early)' if result.stopped_early else ''}, best validation loss {result.best_val_loss} at step {result.best_step}; "
@@ -308,7 +314,12 @@ def cmd_export(args) -> int:
 
     meta = read_meta(args.source)
     data = (meta.get("train_config") or {}).get("data", {}) if isinstance(meta.get("train_config"), dict) else {}
-    extra = {"shipped_name": args.name, "data_provenance": provenance(data, meta["k"]) if data else None,
+    recorded = meta.get("data_provenance")        # as read when training started
+    if recorded is None and data:
+        # checkpoints from before training recorded it: the trajectories as they are now
+        recorded = dict(provenance(data, meta["k"]), recorded_at="export (the trajectories may have grown "
+                                                                  "since training)")
+    extra = {"shipped_name": args.name, "data_provenance": recorded,
              "evaluations": [json.load(open(p)) for p in args.evaluation]}
     target = export_checkpoint(args.source, PRETRAINED_DIR / args.name, extra)
     _write_json(os.path.join(os.path.dirname(target), "provenance.json"),

@@ -264,10 +264,11 @@ def datasets_from_config(data: dict, k: int) -> tuple["WindowDataset", "WindowDa
     return out[0], out[1]
 
 
-def provenance(data: dict, k: int) -> dict:
+def provenance(data: dict, k: int, datasets: tuple["WindowDataset", "WindowDataset"] | None = None) -> dict:
     """What a model was trained on: per trajectory of the train and validation windows its
-    molecule, SMILES, run, frames, seeds, method and package versions (from the stores' meta)."""
-    train, val = datasets_from_config(data, k)
+    molecule, SMILES, run, frames, seeds, method and package versions (from the stores' meta).
+    ``datasets``: the (train, val) datasets already built from ``data`` (else they are built)."""
+    train, val = datasets if datasets is not None else datasets_from_config(data, k)
     out = {"data": dict(data), "k": k}
     for split, dataset in (("train", train), ("val", val)):
         rows = []

@@ -769,8 +769,11 @@ def _jsonable(d):
 def train_from_config(model_config_path, train_config_path, batches_train, batches_val, out_dir, *,
                       pretrained=None, freeze: Sequence[str] = (), heads: str = "map",
                       rescale: bool = True, callback: Callable[[int, dict], Any] | None = None,
-                      resume: bool = True, max_steps: int | None = None) -> TrainResult:
+                      resume: bool = True, max_steps: int | None = None,
+                      extra_meta: dict | None = None) -> TrainResult:
     """Train from the two YAML files into ``out_dir`` (resuming from ``out_dir/latest`` if present).
+    ``extra_meta`` is stored in every checkpoint's metadata (the CLI puts the data provenance there,
+    as read when training starts).
 
     With ``pretrained`` (a checkpoint path or shipped name, e.g. an MM run) the model starts from its
     converted weights (``transfer.finetune``: heads "map" or "reinit", ``rescale`` to this config's
@@ -784,9 +787,9 @@ def train_from_config(model_config_path, train_config_path, batches_train, batch
 
         return finetune(pretrained, model_config, train_config, batches_train, batches_val, out_dir,
                         freeze=freeze, heads=heads, rescale=rescale, callback=callback, resume=resume,
-                        max_steps=max_steps)
+                        max_steps=max_steps, extra_meta=extra_meta)
     return train(model_config, train_config, batches_train, batches_val, out_dir, freeze=freeze,
-                 callback=callback, resume=resume, max_steps=max_steps)
+                 callback=callback, resume=resume, max_steps=max_steps, extra_meta=extra_meta)
 
 
 class ProgressBar:

@@ -102,7 +102,7 @@ def transfer_state(checkpoint, model_config: ModelConfig, train_config, *, freez
 def finetune(checkpoint, model_config: ModelConfig, train_config, batches_train: Iterable[Mapping],
              batches_val, out_dir, *, freeze: Sequence[str] = (), heads: str = "map",
              rescale: bool = True, which: str = "best", callback: Callable[[int, dict], Any] | None = None,
-             resume: bool = True, max_steps: int | None = None):
+             resume: bool = True, max_steps: int | None = None, extra_meta: dict | None = None):
     """Fine-tune a QM model from an MM checkpoint (``train.train`` with the converted weights, the
     fine-tune learning rate and ``freeze``). Returns ``train.TrainResult``."""
     from jkstep.model import train as train_lib
@@ -112,4 +112,5 @@ def finetune(checkpoint, model_config: ModelConfig, train_config, batches_train:
     return train_lib.train(model_config, train_config, batches_train, batches_val, out_dir,
                            init_params=params, freeze=freeze,
                            learning_rate=train_config.finetune_learning_rate, callback=callback,
-                           resume=resume, max_steps=max_steps, extra_meta={"pretrained_from": info})
+                           resume=resume, max_steps=max_steps,
+                           extra_meta={**dict(extra_meta or {}), "pretrained_from": info})
