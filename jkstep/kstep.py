@@ -24,8 +24,8 @@ One macro-step from (x_t, v_t, F_t):
 
 Optional, off by default and reported separately: ``energy_rescale`` (FlashMD style) rescales
 the velocities after an accepted jump so that the total energy equals the one at the start of
-the run (the guards judge the jump before the rescale, so a bad jump is still rejected); ``Guards.max_force_error`` (uncertainty-triggered escalation) compares the jump's own
-force estimate F̂' with the real F' of the corrector call — a signal that costs no extra call
+the run (the guards judge the jump before the rescale, so a bad jump is still rejected);
+``Guards.max_force_error`` (uncertainty-triggered escalation) compares the jump's own force estimate F̂' with the real F' of the corrector call — a signal that costs no extra call
 — and where their RMS difference exceeds the bound the macro-step skips its retries and takes
 k real Verlet steps. ``ensemble="nvt"`` makes the thermostat act at the macro level, BAOAB
 like: an exact Ornstein–Uhlenbeck velocity half-step (Langevin "O") over kΔt/2 before and

@@ -74,9 +74,11 @@ def test_a_smaller_delta_scale_can_be_accepted(ethanol):
     assert pot.calls == int(state.force_calls) == 2  # rejected by geometry: no call wasted
 
 
-def test_heating_jump_is_rejected_after_its_call(ethanol):
-    """A jump that doubles the velocities passes the geometry guards, costs its xTB call,
-    and is rejected by the kinetic-energy guard."""
+@pytest.mark.parametrize("rescale", [False, True])
+def test_heating_jump_is_rejected_after_its_call(ethanol, rescale):
+    """A jump that triples the velocities passes the geometry guards, costs its xTB call,
+    and is rejected by the kinetic-energy guard, also when the energy rescale is on (the guards
+    judge the jump before the rescale would hide its error)."""
     base = ballistic_jump(ethanol.masses, K, DT)
 
     def heating(x, v, f):
@@ -85,7 +87,8 @@ def test_heating_jump_is_rejected_after_its_call(ethanol):
 
     pot = jkstep.xtb_potential(ethanol)
     init, apply = kstep_integrator(heating, pot, ethanol.numbers, ethanol.masses, K, DT,
-                                   guards=Guards(max_kinetic_rise=0.05, max_energy_rise=0.05, max_attempts=2))
+                                   guards=Guards(max_kinetic_rise=0.05, max_energy_rise=0.05, max_attempts=2),
+                                   energy_rescale=rescale)
     state = apply(init(ethanol.positions, ethanol.thermal_velocities(600.0, seed=2)))
     assert int(state.rejected) == 2 and int(state.fallbacks) == 1
     assert pot.calls == int(state.force_calls) == 1 + 2 + K
