@@ -271,6 +271,8 @@ def _print_evaluation(r: dict):
         print(f"{key:20s}" + "".join(f"{v:>16s}" for v in row) + f"{floor:>16s}")
     if r["one_jump"]:
         print("one jump: " + ", ".join(f"{k} {fmt(v)}" for k, v in r["one_jump"].items()))
+    if r.get("one_jump_verlet_kdt"):
+        print("one jump of Verlet at k·dt: " + ", ".join(f"{k} {fmt(v)}" for k, v in r["one_jump_verlet_kdt"].items()))
 
 
 def cmd_train(args) -> int:

@@ -30,6 +30,10 @@ def test_summary_has_the_api_keys(evaluation):
     for name in ("reference", "verlet_kdt", "corrector_only"):
         assert CONTENDER_KEYS <= set(r["contenders"][name]), name
     assert r["contenders"]["kstep"] is None and r["one_jump"] is None  # no model given
+    # Verlet at k·dt's one-jump errors on the same windows, beside the model's when there is one
+    base = r["one_jump_verlet_kdt"]
+    assert set(base) == {"position_rmse_a", "bond_rmse_a", "angle_rmse_deg", "dihedral_rmse_deg", "force_rmse_ev_a"}
+    assert 1e-4 < base["position_rmse_a"] < 0.05 and base["bond_rmse_a"] > 0 and base["force_rmse_ev_a"] > 0
 
 
 def test_equal_cost_and_exact_call_counts(evaluation):

@@ -160,13 +160,15 @@ def energy_metrics(frames, masses, frame_fs: float) -> dict:
             "mean_temperature_k": _num(np.mean(temp))}
 
 
-def one_jump(bundle, molecule, reference, terms) -> dict:
-    """The model's single jumps from reference frames (x, v, F at t) against the reference at t + k."""
+def one_jump(jump_fn, reference, terms) -> dict:
+    """Single jumps of ``jump_fn`` (``kstep.JumpFn``) from reference frames (x, v, F at t) against
+    the reference at t + k. With ``ballistic_jump`` the positions are those of Verlet at k·dt
+    (and of the corrector-only control), and the "force prediction" is F_t."""
     fr = reference
     n, f = fr.positions.shape[:2]
     flat = lambda a: np.asarray(a[:, :-1]).reshape(n * (f - 1), *a.shape[2:])  # noqa: E731
     target = lambda a: np.asarray(a[:, 1:]).reshape(n * (f - 1), *a.shape[2:])  # noqa: E731
-    jump = jax.jit(jax.vmap(model_jump(bundle, molecule.numbers, molecule.masses)))
+    jump = jax.jit(jax.vmap(jump_fn))
     px, _, pf = jump(flat(fr.positions), flat(fr.velocities), flat(fr.forces))
     bonds, angles, dihedrals = terms
     return metrics.one_jump_errors(np.asarray(px), target(fr.positions), np.asarray(pf), target(fr.forces),
@@ -218,7 +220,9 @@ def evaluate(molecule: Molecule, potential_factory: Callable[[], object], config
     ref = runs["reference"]["frames"]
     out = {"molecule": molecule.name, "k": k, "simulated_fs": config.n_frames * frame_fs,
            "n_replicas": config.n_replicas, "dt_fs": dt, "temperature_k": config.temperature}
-    out["one_jump"] = None if bundle is None else one_jump(bundle, molecule, ref, terms)
+    out["one_jump"] = None if bundle is None else one_jump(model_jump(bundle, molecule.numbers, masses), ref, terms)
+    # the same errors for Verlet at k·dt's positions (= the ballistic jump), on the same windows
+    out["one_jump_verlet_kdt"] = one_jump(ballistic_jump(masses, k, dt), ref, terms)
     out["noise_floor"] = distribution_metrics(ref, ref, masses, terms, frame_fs)[0]
     spectra, results = {}, {}
     for name in CONTENDERS + (("kstep_rescaled",) if "kstep_rescaled" in runs else ()):
