@@ -12,7 +12,7 @@ Prints, for each molecule (default: the test split of data/qm_splits.json):
    cost split: the jump alone, one xTB call after a jump, one xTB call after a single 0.25 fs
    step (the post-jump SCF starts from a poorer guess and costs more: it is counted);
 3. the throughput of a vmap'd hybrid rollout of ``--batch`` replicas with the xTB batch spread
-   over 1 and over 2 worker threads.
+   over ``--workers`` threads (default 1 and 2).
 
 Numbers are what this machine measured; run it on a quiet machine.
 """
@@ -121,7 +121,7 @@ def throughput(mol, bundle, args):
     k, dt = bundle.k, bundle.dt
     v0 = np.stack([mol.thermal_velocities(300.0, s) for s in range(args.batch)])
     x0 = np.broadcast_to(mol.positions, v0.shape)
-    for workers in (1, 2):
+    for workers in args.workers:
         pot = jkstep.xtb_potential(mol, workers=workers)
         init, apply = kstep_integrator(model_jump(bundle, mol.numbers, mol.masses), pot, mol.numbers,
                                        mol.masses, k, dt)
@@ -146,14 +146,17 @@ def main():
     ap.add_argument("--timing-steps", type=int, default=50)
     ap.add_argument("--repeats", type=int, default=5)
     ap.add_argument("--batch", type=int, default=64)
+    ap.add_argument("--workers", type=int, nargs="+", default=[1, 2], help="xTB threads for the batch")
     ap.add_argument("--skip-accuracy", action="store_true")
+    ap.add_argument("--skip-timing", action="store_true", help="only the batched throughput")
     args = ap.parse_args()
     bundle = jkstep.load_pretrained(args.model)
     for name, smiles in read_molecules(args.molecules):
         mol = jkstep.Molecule.from_smiles(smiles, seed=0)
         if not args.skip_accuracy:
             accuracy_table(name, smiles, bundle, args)
-        timing(mol, bundle, args)
+        if not args.skip_timing:
+            timing(mol, bundle, args)
     throughput(jkstep.Molecule.from_smiles(read_molecules(args.molecules)[0][1], seed=0), bundle, args)
 
 
