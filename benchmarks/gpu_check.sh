@@ -20,4 +20,4 @@ timeout 150 $py benchmarks/bench_kstep.py --model gfn2-k8 --skip-accuracy --skip
     --workers "$(nproc)" 2>&1 | tee "$OUT/bench_kstep_batch.log"
 xdist=$($py -c "import xdist" 2>/dev/null && echo "-n $(nproc)")   # pytest-xdist, where installed
 JAX_PLATFORMS=cpu timeout "${TEST_TIMEOUT:-300}" $py -m pytest -q -p no:cacheprovider -W ignore $xdist 2>&1 \
-    | tail -30 | tail -30 | tee "$OUT/pytest.log"
+    | tail -30 | tee "$OUT/pytest.log"
