@@ -534,3 +534,33 @@ def test_window_files_index_frames_k_steps_apart(tmp_path, capsys):
     with pytest.raises(SystemExit) as exit_info:
         main(["dataset", "--data", str(tmp_path / "nowhere")])
     assert exit_info.value.code == 2 and "no data directory" in capsys.readouterr().err
+
+
+def test_training_data_from_window_files_alone(tmp_path):
+    """A data section with `windows` needs only the window files (trajectories elsewhere), and a
+    trajectory present without its window file is an error; batches equal the stores' batches."""
+    import json
+    import shutil
+
+    from jkstep.data.dataset import build_dataset
+    from jkstep.data.windows import datasets_from_config
+
+    stores = [_random_store(tmp_path / "qm" / name / "production", name=name) for name in ("a", "b")]
+    splits = tmp_path / "splits.json"
+    splits.write_text(json.dumps({"train": ["a", "missing"], "val": ["b"], "test": []}))
+    build_dataset([s.path for s in stores], [8], 4, tmp_path / "w")
+    data = {"dir": str(tmp_path / "qm"), "splits": str(splits), "windows": str(tmp_path / "w"), "stride": 4}
+    train, val = datasets_from_config(data, 8)
+    assert train.n_windows == val.n_windows == 9
+    from_store = WindowDataset([stores[0].path], k=8, stride=4)
+    a = next(train.batches(9, shuffle=False))
+    b = next(from_store.batches(9, shuffle=False))
+    np.testing.assert_array_equal(a["target_forces"], b["target_forces"])
+    assert a["mask"][:, :4].all() and not a["mask"][:, 4:].any()
+    shutil.rmtree(tmp_path / "qm")                      # another machine: window files only
+    train2, _ = datasets_from_config(data, 8)
+    np.testing.assert_array_equal(next(train2.batches(9, shuffle=False))["positions"], a["positions"])
+    _random_store(tmp_path / "qm" / "b" / "production", name="b")
+    (tmp_path / "w" / "b__production.npz").unlink()     # a trajectory without its window file
+    with pytest.raises(InputError, match="no window file"):
+        datasets_from_config(data, 8)

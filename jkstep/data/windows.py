@@ -191,16 +191,17 @@ class WindowDataset:
                "masses": np.ones((size, bucket), np.float64)}
         for key in KEYS[3:]:
             out[key] = np.zeros((size, bucket, 3), np.float64)
-        for row, (i, j) in enumerate(index):
+        for i in np.unique(index[:, 0]):                   # one trajectory at a time
+            rows = np.flatnonzero(index[:, 0] == i)
             t = self._trajs[i]
             n = len(t["numbers"])
-            out["numbers"][row, :n] = t["numbers"]
-            out["mask"][row, :n] = True
-            out["masses"][row, :n] = t["masses"]
-            a, b = t["pairs"][j]
+            out["numbers"][rows, :n] = t["numbers"]
+            out["mask"][rows, :n] = True
+            out["masses"][rows, :n] = t["masses"]
+            a, b = t["pairs"][index[rows, 1]].T
             for key in ("positions", "velocities", "forces"):
-                out[key][row, :n] = t["frames"][key][a]
-                out["target_" + key][row, :n] = t["frames"][key][b]
+                out[key][rows, :n] = t["frames"][key][a]
+                out["target_" + key][rows, :n] = t["frames"][key][b]
         return out
 
 
@@ -222,7 +223,10 @@ def datasets_from_config(data: dict, k: int) -> tuple["WindowDataset", "WindowDa
     if "dir" not in data:
         raise InputError("the data section needs 'dir', the root of the trajectories (e.g. data/qm)")
     root = os.fspath(data["dir"])
-    if not os.path.isdir(root):
+    windows = os.fspath(data["windows"]) if data.get("windows") else None
+    if windows is not None and not os.path.isdir(windows):
+        raise InputError(f"no window directory {windows}: build it with `jkstep dataset --data {root} --out {windows}`")
+    if not os.path.isdir(root) and (windows is None or not data.get("splits")):
         raise InputError(f"no data directory {root}: generate it first (jkstep generate / generate-mm)")
     stride = int(data.get("stride", k))
     buckets = tuple(data.get("buckets", DEFAULT_BUCKETS))
@@ -242,26 +246,44 @@ def datasets_from_config(data: dict, k: int) -> tuple["WindowDataset", "WindowDa
         paths = []
         for name in split_names[split]:
             directory = os.path.join(root, name)
+            if windows is not None:
+                paths += _window_files(windows, directory, runs, k)
+                continue
             if not os.path.isdir(directory):
                 continue  # not generated (yet)
             wanted = sorted(os.listdir(directory)) if runs == "all" else runs
             for run in wanted:
                 store = TrajectoryStore(os.path.join(directory, run))
-                if not (store.exists and store.n_frames > k):
-                    continue
-                if data.get("windows"):
-                    from jkstep.data.dataset import dataset_file_name
-
-                    file = os.path.join(os.fspath(data["windows"]), dataset_file_name(store.path))
-                    if not os.path.exists(file):
-                        raise InputError(f"no window file {file} for {store.path}: run `jkstep dataset` first")
-                    paths.append(file)
-                else:
+                if store.exists and store.n_frames > k:
                     paths.append(store.path)
         if not paths:
             raise InputError(f"no {split} trajectories with more than k = {k} frames under {root}")
         out.append(WindowDataset(paths, k, stride, buckets))
     return out[0], out[1]
+
+
+def _window_files(windows: str, directory: str, runs, k: int) -> list[str]:
+    """The window files of one molecule (``directory`` = its trajectories under the data root).
+    The window files alone suffice (the trajectories may be absent, e.g. on another machine);
+    a trajectory that exists without its window file is an error (the files are stale)."""
+    from jkstep.data.dataset import dataset_file_name
+
+    name = os.path.basename(directory)
+    if runs == "all":
+        stores = sorted(os.listdir(directory)) if os.path.isdir(directory) else []
+        files = {os.path.join(windows, f) for f in os.listdir(windows) if f.startswith(name + "__") and f.endswith(".npz")}
+        wanted = sorted(files | {os.path.join(windows, dataset_file_name(os.path.join(directory, r))) for r in stores})
+    else:
+        wanted = [os.path.join(windows, dataset_file_name(os.path.join(directory, r))) for r in runs]
+    out = []
+    for file in wanted:
+        run = file[len(os.path.join(windows, name + "__")):-len(".npz")]
+        store = TrajectoryStore(os.path.join(directory, run))
+        if os.path.exists(file):
+            out.append(file)
+        elif store.exists and store.n_frames > k:
+            raise InputError(f"no window file {file} for {store.path}: run `jkstep dataset` first")
+    return out
 
 
 def provenance(data: dict, k: int, datasets: tuple["WindowDataset", "WindowDataset"] | None = None) -> dict:
