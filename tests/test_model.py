@@ -346,6 +346,28 @@ def test_transfer_conversion(trained):
         transfer.convert_params(mm.params, SMALL, ModelConfig(features=32, layers=2, n_rbf=8))
 
 
+def test_transfer_to_another_k_keeps_the_input_layers_exact(trained):
+    """A model converted to twice the k (and bound) gives the input layers the same
+    pre-activations for the same physical velocities and forces (inputs v·T/b and ½aT²/b)."""
+    _, mm_dir, _ = trained
+    mm = load_pretrained(str(mm_dir))
+    dst = dataclasses.replace(SMALL, k=2 * SMALL.k, max_correction_a=3.0 * SMALL.max_correction_a,
+                              max_velocity_correction=None)
+    params = transfer.convert_params(mm.params, SMALL, dst)
+    rng = np.random.default_rng(0)
+    v, acc = rng.normal(size=3) * 0.01, rng.normal(size=3) * 1e-3
+
+    def pre(cfg, p):
+        t, b = cfg.jump_fs, cfg.max_correction_a
+        vin, fin = v * t / b, 0.5 * acc * t**2 / b
+        vec = np.stack([vin, fin], -1) @ np.asarray(p["vector_in"]["kernel"], np.float64)
+        inv = np.array([np.linalg.norm(vin), np.linalg.norm(fin), vin @ fin, 0.0])
+        return vec, inv @ np.asarray(p["scalar_in"]["kernel"], np.float64)
+
+    for a, b in zip(pre(SMALL, mm.params), pre(dst, params)):
+        np.testing.assert_allclose(b, a, rtol=1e-5, atol=1e-9)
+
+
 FREEZE = ("embedding", "interaction_0")
 
 

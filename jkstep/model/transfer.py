@@ -7,8 +7,10 @@ displacement bound, k or dt is rescaled so that the converted network maps the s
 inputs to the same physical outputs:
 
 - the input layers see ballistic displacements in units of the bound b (v·T/b, ½aT²/b, T = k·dt):
-  ``vector_in`` and the |v|, |F| rows of ``scalar_in`` are multiplied by b_qm/b_mm, the v·F row by
-  (b_qm/b_mm)² — exact, as these layers are linear in those inputs;
+  their kernel rows for v (``vector_in`` and the |v| row of ``scalar_in``) are multiplied by
+  (b'/b)/(T'/T), those for a by (b'/b)/(T'/T)², the v·a row by the product — exact, as these
+  layers are linear in those inputs, also when k or dt differ (a k = 8 model can start a k = 16
+  one; its heads then still predict a 2 fs-shaped correction, which fine-tuning must relearn);
 - the heads' last gate layer (their output is linear in it) is multiplied by old/new output
   scale: b for δx (Å), the velocity bound for δv (Å/fs), ``force_scale_ev_a`` for forces — exact
   while the corrections are small against the bounds (the tanh bound itself is not linear).
@@ -65,9 +67,13 @@ def convert_params(src_params, src_config: ModelConfig, dst_config: ModelConfig,
             gate = dict(params[name]["gate_out"])
             params[name] = dict(params[name], gate_out={k: v * ratio for k, v in gate.items()})
     if rescale:
+        # the inputs are v·T/b and ½aT²/b: a kernel row times (b'/b)/(T'/T)^p keeps the same
+        # pre-activation for the same physical v and a (p = 1 for v, 2 for a)
         r = dst_config.max_correction_a / src_config.max_correction_a
-        params["vector_in"] = {"kernel": params["vector_in"]["kernel"] * r}
-        row_scale = jnp.asarray([r, r, r * r, 1.0], jnp.float32)[:, None]
+        tv = dst_config.jump_fs / src_config.jump_fs
+        sv, sf = r / tv, r / tv**2
+        params["vector_in"] = {"kernel": params["vector_in"]["kernel"] * jnp.asarray([sv, sf], jnp.float32)[:, None]}
+        row_scale = jnp.asarray([sv, sf, sv * sf, 1.0], jnp.float32)[:, None]
         params["scalar_in"] = dict(params["scalar_in"], kernel=params["scalar_in"]["kernel"] * row_scale)
     return params
 
