@@ -12,6 +12,9 @@ without a trained model. Give a model instead with ``jkstep.kstep.model_jump(bun
 Replicas that are done, or need no fallback, cost no xTB call: the integrator passes an
 ``active`` mask to the potential.
 
+Part 3 tightens the guards to show rejections and fallbacks in the counters. Part 4 runs
+different molecules in one padded batch with the shipped model (``jkstep.padded``).
+
 Run:  python examples/batched_rollout.py [REPLICAS]
       (default 4 replicas of ethanol; JKSTEP_EXAMPLE_QUICK=1 shortens the runs)
 """
@@ -80,4 +83,22 @@ states, _ = runner(apply_fn, 3, 1, batched=True)(jax.vmap(init_fn)(x0, v0))
 acc, rej, fb = (int(np.sum(a)) for a in (states.accepted, states.rejected, states.fallbacks))
 print(f"strict guards: accepted {acc}, rejected attempts {rej}, fallbacks {fb}; xTB calls {pot.calls}; "
       f"init + accepted + rejected + k x fallbacks = {n_replicas + acc + rej + fb * k}")
+assert pot.calls == int(np.sum(states.force_calls))
+
+# -- Part 4: different molecules in one batch, padded, with the shipped k = 8 model -----------
+# Each member is padded to the largest atom count (padding: Z = 0, far away, never moving);
+# member i runs molecule i with its own tblite calculator. batched_rollout tells every member
+# its index (jkstep.potentials.xtb.replica_slots), which is how the padded pair finds its molecule.
+from jkstep.padded import pad, padded_kstep, padded_xtb_potential, unpad  # noqa: E402
+from jkstep.rollout import batched_rollout  # noqa: E402
+
+mixed = [jkstep.Molecule.from_smiles(s, seed=0) for s in ("CCO", "O", "CC(=O)N")]
+batch = pad(mixed)
+pot = padded_xtb_potential(mixed)
+init_fn, apply_fn = padded_kstep(jkstep.load_pretrained("gfn2-k8"), pot, batch)
+v_mixed = batch.pad_array([m.thermal_velocities(300.0, seed=i) for i, m in enumerate(mixed)])
+states, frames = batched_rollout(init_fn, apply_fn, batch.positions, v_mixed, 2 if QUICK else 10)
+for m, x, calls, acc in zip(mixed, unpad(frames.positions, batch), states.force_calls, states.accepted):
+    print(f"padded: {m.formula} frames {x.shape}, xTB calls {int(calls)}, accepted {int(acc)}")
+print(f"padded: xTB calls {pot.calls} in all = sum of per-member force_calls {int(np.sum(states.force_calls))}")
 assert pot.calls == int(np.sum(states.force_calls))

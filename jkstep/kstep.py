@@ -45,7 +45,6 @@ from typing import Callable
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 from ase.data import covalent_radii
 from flax import struct
 
@@ -145,11 +144,13 @@ def kstep_integrator(jump: JumpFn, potential, numbers, masses, k: int, dt: float
     tau = k * dt
     max_displacement = 0.025 * k if guards.max_displacement is None else guards.max_displacement
     w = 0.5 * tau if kick_weight is None else float(kick_weight)
-    radii = jnp.asarray(covalent_radii[np.asarray(numbers)])
+    numbers = jnp.asarray(numbers)                 # may be traced (padded batches: 0 = padding)
+    radii = jnp.where(numbers > 0, jnp.asarray(covalent_radii)[numbers], 0.0)   # padding clashes with nothing
     min_dist = guards.clash_ratio * (radii[:, None] + radii[None, :])
     off_diag = ~jnp.eye(len(radii), dtype=bool)
     c1 = jnp.exp(-friction * 0.5 * k * dt)  # O half-step over kΔt/2
     sigma = jnp.sqrt((1.0 - c1**2) * units.KB * temperature * units.ACCEL / masses)[:, None]
+    sigma = sigma * (numbers > 0)[:, None]          # padding atoms get no thermostat noise
 
     def init_fn(positions, velocities, key=None) -> KStepState:
         x = jnp.asarray(positions, jnp.float64)

@@ -43,6 +43,10 @@ def test_batched_rollout(tmp_path):
     assert m and m.group(1) == m.group(2)
     m = re.search(r"strict guards: accepted (\d+), rejected attempts (\d+), fallbacks (\d+); xTB calls (\d+)", out)
     assert m and int(m.group(2)) > 0 and int(m.group(3)) > 0   # the guards did bite
+    padded = re.findall(r"padded: (\w+) frames \((\d+), (\d+), 3\), xTB calls (\d+)", out)
+    assert [(f, int(n)) for f, _, n, _ in padded] == [("C2H6O", 9), ("H2O", 3), ("C2H5NO", 9)]
+    m = re.search(r"padded: xTB calls (\d+) in all = sum of per-member force_calls (\d+)", out)
+    assert m and m.group(1) == m.group(2) and int(m.group(1)) >= 3 * 3
 
 
 def test_differentiate_rollout(tmp_path):

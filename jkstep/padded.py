@@ -1,0 +1,194 @@
+"""Hybrid k-step MD of different molecules in one batch, padded to a common atom count.
+
+Members of a batch are molecules of different sizes (or replicas of them). Each is padded to
+N = the largest atom count: padding atoms have atomic number 0, mass 1 amu, zero velocity and
+force, and sit far from everything (10 Å apart on a line 1000 Å away), so the network (masked),
+the ballistic jump, the guards and the NVT thermostat leave them where they are, and they add
+nothing to the energies.
+
+The member a traced call belongs to is its replica index, the one that
+``jkstep.rollout.batched_rollout`` sets for every member (``jkstep.potentials.xtb.replica_slots``):
+member i runs molecule i's integrator and its own xTB calculator. So::
+
+    batch = pad(molecules)                                   # Padded: numbers, masses, mask, positions
+    pot = padded_xtb_potential(molecules)                    # one tblite calculator per member
+    init_fn, apply_fn = padded_kstep(bundle, pot, batch)      # per-member pair
+    states, frames = batched_rollout(init_fn, apply_fn, batch.positions, velocities, n_frames)
+    x_i = unpad(frames.positions, batch)[i]                  # molecule i's frames, (F, n_i, 3)
+
+A batch of B members makes exactly the xTB calls that B single runs make (inactive members and
+padding cost nothing), and every member's trajectory equals its single run's.
+
+Units: Å, fs, eV, amu.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from concurrent.futures import ThreadPoolExecutor
+from typing import Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from jkstep.errors import InputError
+from jkstep.kstep import kstep_integrator
+from jkstep.molecule import Molecule
+from jkstep.potentials import xtb as xtb_module
+
+#: Padding atoms sit at (PAD_ORIGIN + PAD_SPACING · j, 0, 0) Å.
+PAD_ORIGIN, PAD_SPACING = 1000.0, 10.0
+
+
+@dataclasses.dataclass(frozen=True)
+class Padded:
+    """B molecules padded to N atoms: numbers (B, N) int (0 = padding), masses (B, N) amu (1 on
+    padding), mask (B, N) bool, positions (B, N, 3) Å (each molecule's own, padding far away),
+    n_atoms (B,)."""
+
+    numbers: np.ndarray
+    masses: np.ndarray
+    mask: np.ndarray
+    positions: np.ndarray
+    n_atoms: np.ndarray
+
+    def pad_array(self, arrays: Sequence[np.ndarray], fill: float = 0.0) -> np.ndarray:
+        """Per-member (n_i, 3) arrays (velocities in Å/fs, say) as one (B, N, 3) array."""
+        if len(arrays) != len(self.n_atoms):
+            raise InputError(f"expected {len(self.n_atoms)} arrays, one per member, got {len(arrays)}")
+        out = np.full(self.positions.shape, fill, np.float64)
+        for i, (a, n) in enumerate(zip(arrays, self.n_atoms)):
+            a = np.asarray(a, np.float64)
+            if a.shape != (n, 3):
+                raise InputError(f"member {i} has {n} atoms: its array must be ({n}, 3), got {a.shape}")
+            out[i, :n] = a
+        return out
+
+
+def pad(molecules: Sequence[Molecule], n_atoms: int | None = None) -> Padded:
+    """Pad molecules to ``n_atoms`` (default: the largest) atoms each."""
+    molecules = list(molecules)
+    if not molecules or not all(isinstance(m, Molecule) for m in molecules):
+        raise InputError("pad needs a non-empty list of jkstep.Molecule")
+    sizes = np.array([len(m) for m in molecules])
+    n = int(sizes.max()) if n_atoms is None else int(n_atoms)
+    if n < sizes.max():
+        raise InputError(f"n_atoms = {n} is smaller than the largest molecule ({sizes.max()} atoms)")
+    b = len(molecules)
+    far = np.zeros((n, 3))
+    far[:, 0] = PAD_ORIGIN + PAD_SPACING * np.arange(n)
+    numbers, masses = np.zeros((b, n), np.int32), np.ones((b, n))
+    positions = np.broadcast_to(far, (b, n, 3)).copy()
+    for i, (m, k) in enumerate(zip(molecules, sizes)):
+        numbers[i, :k], masses[i, :k], positions[i, :k] = m.numbers, m.masses, m.positions
+    return Padded(numbers, masses, numbers > 0, positions, sizes)
+
+
+def unpad(array, batch: Padded) -> list[np.ndarray]:
+    """Split a (B, ..., N, 3) array into the members' (..., n_i, 3) arrays."""
+    array = np.asarray(array)
+    return [array[i, ..., :n, :] for i, n in enumerate(batch.n_atoms)]
+
+
+def _member_index():
+    index = xtb_module._REPLICA.get()
+    if index is None:
+        raise InputError("a padded batch needs each member's index: run it with "
+                         "jkstep.rollout.batched_rollout, or trace it inside "
+                         "jkstep.potentials.xtb.replica_slots(index) under your own vmap")
+    return jnp.asarray(index, jnp.int32)
+
+
+class PaddedXTBPotential:
+    """GFN-xTB of a padded batch: member i is molecule i, with its own tblite calculator.
+
+    ``evaluate(positions (N, 3), active)`` → (energy eV, forces eV/Å, ok), traced per member
+    inside ``replica_slots`` (``batched_rollout`` does it); padding atoms get zero force. The
+    calls of a batch are spread over ``workers`` threads. ``calls`` counts tblite single points
+    of all members. Keyword arguments go to ``jkstep.xtb_potential`` (method, accuracy, ...).
+    """
+
+    def __init__(self, molecules: Sequence[Molecule], workers: int | None = None, **xtb_kwargs):
+        self.molecules = list(molecules)
+        self.batch = pad(self.molecules)
+        self.members = [xtb_module.XTBPotential(m, workers=1, **xtb_kwargs) for m in self.molecules]
+        self._slots = [xtb_module._Slot() for _ in self.molecules]
+        self.workers = workers or len(xtb_module.os.sched_getaffinity(0))
+        self._pool = ThreadPoolExecutor(self.workers, thread_name_prefix="jkstep-xtb-pad") if self.workers > 1 else None
+        self._evaluate = xtb_module._make_jax_function(self._host)
+
+    @property
+    def calls(self) -> int:
+        return sum(p.calls for p in self.members)
+
+    def evaluate(self, positions, active=None):
+        positions = jnp.asarray(positions, jnp.float64)
+        if positions.shape != self.batch.positions.shape[1:]:
+            raise InputError(f"positions must be padded to {self.batch.positions.shape[1:]}, got {positions.shape}")
+        active = jnp.ones((), bool) if active is None else jnp.asarray(active, bool)
+        return self._evaluate(positions, active, _member_index())
+
+    def _host(self, positions, active, member):
+        positions = np.asarray(positions, np.float64)
+        shape = np.broadcast_shapes(positions.shape[:-2], np.shape(active), np.shape(member))
+        flat = np.broadcast_to(positions, (*shape, *positions.shape[-2:])).reshape(-1, *positions.shape[-2:])
+        act = np.broadcast_to(active, shape).reshape(-1).astype(bool)
+        idx = np.broadcast_to(member, shape).reshape(-1)
+        if np.any((idx < 0) | (idx >= len(self.members))):
+            raise InputError(f"member index out of range 0..{len(self.members) - 1}: {idx}")
+        energy, forces, ok = np.zeros(len(flat)), np.zeros_like(flat), np.ones(len(flat), bool)
+
+        def run(i):
+            j, n = int(idx[i]), int(self.batch.n_atoms[idx[i]])
+            energy[i], forces[i, :n], ok[i] = self.members[j]._single_point(self._slots[j], flat[i, :n])
+
+        todo = [i for i in range(len(flat)) if act[i]]
+        if self._pool is not None and len(todo) > 1:
+            list(self._pool.map(run, todo))
+        else:
+            for i in todo:
+                run(i)
+        return energy.reshape(shape), forces.reshape(*shape, *positions.shape[-2:]), ok.reshape(shape)
+
+    def close(self):
+        if self._pool is not None:
+            self._pool.shutdown(wait=False)
+        for p in self.members:
+            p.close()
+
+
+def padded_xtb_potential(molecules: Sequence[Molecule], **kwargs) -> PaddedXTBPotential:
+    """The xTB potential of a padded batch of molecules (see ``PaddedXTBPotential``)."""
+    return PaddedXTBPotential(molecules, **kwargs)
+
+
+def padded_kstep(bundle, potential, batch: Padded, **options):
+    """``init_fn, apply_fn`` of the hybrid integrator for the members of a padded batch.
+
+    Each call runs member i's integrator (its atoms, masses and padding mask; the model
+    ``bundle`` with the mask) where i is the traced member index (``batched_rollout`` sets it).
+    ``potential`` is a ``PaddedXTBPotential`` (or anything with ``evaluate(positions, active)``
+    that reads the member index the same way). ``options`` go to ``kstep_integrator``.
+    """
+    bundle.check_elements(batch.numbers)
+    numbers, masses, mask = (jnp.asarray(a) for a in (batch.numbers, batch.masses, batch.mask))
+
+    def member():
+        i = _member_index()
+        z, m, real = numbers[i], masses[i], mask[i]
+
+        def jump(x, v, f):          # the network zeroes padding: keep it where it is
+            px, pv, pf = bundle.apply(None, z, real, m, x, v, f)
+            keep = real[:, None]
+            return jnp.where(keep, px, x), jnp.where(keep, pv, v), jnp.where(keep, pf, f)
+
+        return kstep_integrator(jump, potential, z, m, bundle.k, bundle.dt, **options)
+
+    def init_fn(positions, velocities, key=None):
+        return member()[0](positions, velocities, key)
+
+    def apply_fn(state):
+        return member()[1](state)
+
+    return init_fn, apply_fn
