@@ -2,6 +2,8 @@
 
     .venv/bin/python benchmarks/bench_kstep.py --model PATH_OR_NAME [--molecules test] [--ps 5]
         [--replicas 4] [--timing-steps 50] [--repeats 5] [--batch 64]
+    .venv/bin/python benchmarks/bench_kstep.py --model gfn2-k8 PATH_K16 --ks 4 8 16 32 \
+        --molecules CC(=O)NC(C)C(=O)NC --ps 1 --replicas 2      # the k sweep
 
 Prints, for each molecule (default: the test split of data/qm_splits.json):
 
@@ -13,6 +15,10 @@ Prints, for each molecule (default: the test split of data/qm_splits.json):
    step (the post-jump SCF starts from a poorer guess and costs more: it is counted);
 3. the throughput of a vmap'd hybrid rollout of ``--batch`` replicas with the xTB batch spread
    over ``--workers`` threads (default 1 and 2).
+
+With ``--ks`` it runs the k sweep instead: for each k one evaluation of the first molecule, the
+model of that k where one is given (else the baselines and the zero-network corrector alone),
+a row per k. At k ≥ 16 plain Verlet at k·dt is expected to blow up: that is reported, not hidden.
 
 Numbers are what this machine measured; run it on a quiet machine.
 """
@@ -67,6 +73,29 @@ def accuracy_table(name, smiles, bundle, args):
         print(f"{key:20s}" + "".join(f"{fmt(r['contenders'][n].get(key)):>15s}" for n in names) + f"{floor:>15s}")
     print("one jump: " + ", ".join(f"{k} {fmt(v)}" for k, v in (r["one_jump"] or {}).items()))
     return mol, r
+
+
+def k_sweep(name, smiles, bundles, names_by_k, args):
+    """One evaluation per k of ``--ks`` on one molecule: the model of that k where ``--model``
+    gives one, else the baselines and the zero-network corrector only (kstep null)."""
+    mol = jkstep.Molecule.from_smiles(smiles, seed=0)
+    keys = ("xtb_calls", "mean_temperature_k", "energy_std_kj_mol", "bond_js", "angle_js", "dihedral_js",
+            "xh_band_shift_cm1")
+    print(f"\n{name} ({len(mol)} atoms), {args.replicas} replicas x {args.ps} ps per k; "
+          f"columns: verlet_kdt / corrector_only / kstep" + (" / kstep_rescaled" if args.energy_rescale else ""))
+    print(f"{'k':>3} {'model':>24} {'reference T':>12} " + " ".join(f"{key:>34}" for key in keys))
+    for k in args.ks:
+        bundle = bundles.get(k)
+        config = EvalConfig(k=k, ps=args.ps, n_replicas=args.replicas, seed=args.seed,
+                            energy_rescale=args.energy_rescale and bundle is not None)
+        r = evaluate(mol, lambda: jkstep.xtb_potential(mol), config, bundle=bundle)
+        names = ["verlet_kdt", "corrector_only", "kstep"] + (["kstep_rescaled"] if config.energy_rescale else [])
+        cells = []
+        for key in keys:
+            cells.append("/".join(fmt((r["contenders"][n] or {}).get(key)) for n in names))
+        label = names_by_k.get(k, "none")
+        print(f"{k:>3} {label:>24} {fmt(r['contenders']['reference']['mean_temperature_k']):>12} "
+              + " ".join(f"{c:>34}" for c in cells), flush=True)
 
 
 def timing(mol, bundle, args):
@@ -138,7 +167,11 @@ def throughput(mol, bundle, args):
 
 def main():
     ap = argparse.ArgumentParser()
-    ap.add_argument("--model", required=True)
+    ap.add_argument("--model", nargs="+", required=True,
+                    help="model(s): a shipped name or checkpoint directory; with --ks, one per k at most")
+    ap.add_argument("--ks", type=int, nargs="+", default=None,
+                    help="k sweep instead of the full report: one evaluation per k on the first molecule")
+    ap.add_argument("--energy-rescale", action="store_true", help="with --ks: also kstep_rescaled")
     ap.add_argument("--molecules", default="test", help="train|val|test or comma-separated SMILES")
     ap.add_argument("--ps", type=float, default=5.0)
     ap.add_argument("--replicas", type=int, default=4)
@@ -150,7 +183,13 @@ def main():
     ap.add_argument("--skip-accuracy", action="store_true")
     ap.add_argument("--skip-timing", action="store_true", help="only the batched throughput")
     args = ap.parse_args()
-    bundle = jkstep.load_pretrained(args.model)
+    bundles = [jkstep.load_pretrained(m) for m in args.model]
+    if args.ks:
+        by_k = {b.k: b for b in bundles}
+        name, smiles = read_molecules(args.molecules)[0]
+        k_sweep(name, smiles, by_k, {b.k: m for b, m in zip(bundles, args.model)}, args)
+        return
+    bundle = bundles[0]
     for name, smiles in read_molecules(args.molecules):
         mol = jkstep.Molecule.from_smiles(smiles, seed=0)
         if not args.skip_accuracy:
