@@ -67,6 +67,12 @@ def build_parser() -> argparse.ArgumentParser:
                          "more than this RMS, eV/Å (default off)")
     kg.add_argument("--energy-rescale", action="store_true",
                     help="FlashMD-style velocity rescale to the initial total energy (off by default)")
+    kg.add_argument("--reversal-correction", type=float, default=0.5,
+                    help="share of the jump's time-reversal error removed, 0-1 (one more network call, "
+                         "no xTB call; default 0.5, 0 = off)")
+    kg.add_argument("--no-angular-momentum", action="store_true",
+                    help="do not restore the angular momentum after a learned jump (it is restored by "
+                         "default: an isolated molecule conserves it)")
     run.add_argument("--dt", type=float, default=None,
                      help="time step in fs (default 0.25; kstep uses its model's base step)")
     run.add_argument("--ps", type=float, default=0.5, help="simulated time in ps (default 0.5)")
@@ -98,6 +104,8 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--method", default="GFN2-xTB", choices=["GFN2-xTB", "GFN1-xTB", "IPEA1-xTB"])
     ev.add_argument("--accuracy", type=float, default=None, help="tblite SCF accuracy (default 0.01)")
     ev.add_argument("--seed", type=int, default=0)
+    ev.add_argument("--reversal-correction", type=float, default=0.5,
+                    help="the model's time-reversal correction, 0-1 (default 0.5, as jkstep run)")
     ev.add_argument("--energy-rescale", action="store_true",
                     help="also run kstep_rescaled: the model with the FlashMD-style velocity rescale to the "
                          "initial total energy (reported beside kstep, never instead of it)")
@@ -187,7 +195,8 @@ def cmd_run(args) -> int:
         bundle = load_pretrained(args.model or DEFAULT_MODEL)
         if args.dt is not None and abs(args.dt - bundle.dt) > 1e-12:
             raise InputError(f"--dt {args.dt} differs from the model's base step {bundle.dt} fs; leave --dt out")
-        jump, k, dt = model_jump(bundle, molecule.numbers, molecule.masses), bundle.k, bundle.dt
+        jump, k, dt = (model_jump(bundle, molecule.numbers, molecule.masses, args.reversal_correction),
+                       bundle.k, bundle.dt)
     elif args.model:
         raise InputError("--model is only used with --integrator kstep")
     from jkstep.kstep import Guards
@@ -200,7 +209,8 @@ def cmd_run(args) -> int:
                        temperature=args.temperature, friction=args.friction,
                        equilibrate_ps=args.equilibrate_ps, save_every=args.save_every, seed=args.seed,
                        kstep_options=dict(guards=guards, delta_scale=args.delta_scale,
-                                          energy_rescale=args.energy_rescale))
+                                          energy_rescale=args.energy_rescale,
+                                          conserve_angular_momentum=not args.no_angular_momentum))
     pot = xtb_potential(molecule, method=args.method, fallback_method=args.fallback_method,
                         accuracy=DEFAULT_ACCURACY if args.accuracy is None else args.accuracy)
     with tqdm(total=config.n_steps, unit="step", desc=f"{args.integrator} {molecule.formula}",
@@ -232,7 +242,8 @@ def cmd_evaluate(args) -> int:
         bundle = load_pretrained(args.model)
     config = EvalConfig(k=args.k, ps=args.ps, n_replicas=args.replicas, temperature=args.temperature,
                         equilibrate_ps=args.equilibrate_ps, seed=args.seed,
-                        energy_rescale=bool(args.energy_rescale and bundle is not None))
+                        energy_rescale=bool(args.energy_rescale and bundle is not None),
+                        reversal_correction=args.reversal_correction)
     accuracy = DEFAULT_ACCURACY if args.accuracy is None else args.accuracy
     xtb_potential(molecule, method=args.method, accuracy=accuracy)  # bad input fails here, before any run
     bars = {}

@@ -118,9 +118,29 @@ def ballistic_jump(masses, k: int, dt: float) -> JumpFn:
     return jump
 
 
+def angular_momentum(positions, velocities, masses):
+    """Angular momentum about the centre of mass, amu·Å²/fs (atoms of mass 0 are ignored)."""
+    m = masses[:, None]
+    r = positions - jnp.sum(m * positions, 0) / jnp.sum(m)
+    return jnp.sum(m * jnp.cross(r, velocities - jnp.sum(m * velocities, 0) / jnp.sum(m)), 0)
+
+
+def with_angular_momentum(positions, velocities, masses, target):
+    """Velocities (Å/fs) changed by the smallest rigid rotation ω × r (mass-weighted) that gives
+    them the angular momentum ``target`` (amu·Å²/fs) about the centre of mass; linear momentum
+    is unchanged. Atoms of mass 0 (padding) are left alone; linear molecules use the
+    pseudo-inverse of their singular inertia tensor."""
+    m = masses[:, None]
+    real = (masses > 0)[:, None]
+    r = (positions - jnp.sum(m * positions, 0) / jnp.sum(m)) * real
+    inertia = jnp.eye(3) * jnp.sum(m * r**2) - jnp.einsum("i,ij,ik->jk", masses, r, r)
+    omega = jnp.linalg.pinv(inertia, rtol=1e-10) @ (target - angular_momentum(positions, velocities, masses))
+    return velocities + jnp.cross(omega, r) * real
+
+
 def kstep_integrator(jump: JumpFn, potential, numbers, masses, k: int, dt: float,
                      guards: Guards = Guards(), delta_scale: float = 1.0, kick_weight: float | None = None,
-                     energy_rescale: bool = False,
+                     energy_rescale: bool = False, conserve_angular_momentum: bool = True,
                      ensemble: str = "nve", temperature: float = 300.0, friction: float = 0.01):
     """``init_fn, apply_fn`` of the hybrid integrator around any jump function.
 
@@ -128,7 +148,13 @@ def kstep_integrator(jump: JumpFn, potential, numbers, masses, k: int, dt: float
     ``apply_fn(state) -> KStepState`` advances one macro-step of k base steps.
     ``dt`` in fs; ``delta_scale``: scale of the learned correction on the first attempt (halved
     on each retry); ``kick_weight`` w in fs (default k·dt/2); ``temperature`` K and
-    ``friction`` 1/fs are used with ``ensemble="nvt"``.
+    ``friction`` 1/fs are used with ``ensemble="nvt"``. ``conserve_angular_momentum``: the
+    velocity after each learned jump and its corrector kick gets the angular momentum it had
+    before the jump (not after the zero network's jump, which stays exactly Verlet at τ) (the smallest rigid-rotation change, ``with_angular_momentum``). The network
+    conserves linear momentum by construction but not angular momentum; uncorrected, a model
+    spins a molecule up over hundreds of jumps (measured: 1-propanol, rotational kinetic energy
+    2.3 → 19.6 kJ/mol in 400 jumps), which reads as heating. Exact dynamics conserve it (the
+    xTB forces exert no net torque), and plain Verlet does to round-off.
     """
     if ensemble not in ("nve", "nvt"):
         raise InputError(f"ensemble must be 'nve' or 'nvt', got {ensemble!r}")
@@ -151,6 +177,7 @@ def kstep_integrator(jump: JumpFn, potential, numbers, masses, k: int, dt: float
     c1 = jnp.exp(-friction * 0.5 * k * dt)  # O half-step over kΔt/2
     sigma = jnp.sqrt((1.0 - c1**2) * units.KB * temperature * units.ACCEL / masses)[:, None]
     sigma = sigma * (numbers > 0)[:, None]          # padding atoms get no thermostat noise
+    real_masses = jnp.where(numbers > 0, masses, 0.0)
 
     def init_fn(positions, velocities, key=None) -> KStepState:
         x = jnp.asarray(positions, jnp.float64)
@@ -166,7 +193,7 @@ def kstep_integrator(jump: JumpFn, potential, numbers, masses, k: int, dt: float
         d = jnp.linalg.norm(x[:, None] - x[None, :] + jnp.eye(len(radii))[..., None], axis=-1)
         return jnp.all(jnp.where(off_diag, d >= min_dist, True))
 
-    def attempt(state: KStepState, prediction, scale, active):
+    def attempt(state: KStepState, prediction, scale, active, learned):
         """Scaled jump + one xTB call (for active members) → candidate and its verdict."""
         x0, v0 = state.positions, state.velocities
         bx, bu, px, pu, pf = prediction
@@ -176,6 +203,8 @@ def kstep_integrator(jump: JumpFn, potential, numbers, masses, k: int, dt: float
         call = active & geometry_ok
         e, f, ok = evaluate(x, call)
         v = u + w * f * inv_m
+        if conserve_angular_momentum:   # (the zero network is Verlet at τ: left exactly as it is)
+            v = jnp.where(learned, with_angular_momentum(x, v, real_masses, angular_momentum(x0, v0, real_masses)), v)
         ke0, ke = kinetic_energy(v0, masses), kinetic_energy(v, masses)
         # the guards judge the jump itself, before any rescale (a rescale would hide its error)
         good = (call & ok & jnp.isfinite(e)
@@ -222,7 +251,9 @@ def kstep_integrator(jump: JumpFn, potential, numbers, masses, k: int, dt: float
         prediction = (x0 + v0 * tau + 0.5 * a0 * tau**2, v0 + a0 * (tau - w), px, pv - w * pf * inv_m, pf)
 
         # halving a correction that is zero (the zero network) gives the same jump again: no retry
-        learned = (jnp.any(prediction[2] != prediction[0]) | jnp.any(prediction[3] != prediction[1]))
+        # (beyond round-off: the zero network's u' = v + aτ − w·a differs from v + a(τ − w) in the last bit)
+        learned = (jnp.any(jnp.abs(prediction[2] - prediction[0]) > 1e-12)
+                   | jnp.any(jnp.abs(prediction[3] - prediction[1]) > 1e-14))
 
         def cond(c):
             n, done, *_ = c
@@ -231,7 +262,7 @@ def kstep_integrator(jump: JumpFn, potential, numbers, masses, k: int, dt: float
         def body(c):
             n, done, accepted, escalated, calls, cand = c
             scale = delta_scale * 0.5 ** n.astype(jnp.float64)
-            new, good, called, escalate = attempt(state, prediction, scale, ~done)
+            new, good, called, escalate = attempt(state, prediction, scale, ~done, learned)
             cand = jax.tree.map(lambda a, b: jnp.where(good, a, b), new, cand)
             return (n + 1, done | good | escalate, accepted | good, escalated | escalate,
                     calls + called.astype(jnp.int32), cand)
@@ -259,8 +290,40 @@ def kstep_integrator(jump: JumpFn, potential, numbers, masses, k: int, dt: float
     return init_fn, apply_fn
 
 
-def model_jump(bundle, numbers, masses) -> JumpFn:
-    """The jump of a loaded model (``load_pretrained``) for one molecule."""
+#: Default share of the round-trip error removed from a learned jump (``reversal_corrected``).
+REVERSAL_CORRECTION = 0.5
+
+
+def reversal_corrected(jump: JumpFn, alpha: float = REVERSAL_CORRECTION) -> JumpFn:
+    """A jump corrected by its own time-reversal error, for one more network call (no xTB call).
+
+    Exact dynamics are reversible: jumping back from (x', −v') returns to (x, −v). The network
+    jumps back to (x_b, −v_b) instead; the corrected jump is x' − α(x_b − x), v' − α(−v_b − v).
+    With α = ½ this removes, to first order, the part of the error that is even under time
+    reversal (the same forwards and backwards: e.g. a regression-to-the-mean shrinkage of
+    vibrations, which MSE training produces), and leaves the odd part alone. The back jump
+    starts from the forward jump's own force estimate F̂'. Centre of mass and linear momentum
+    are unchanged (both jumps conserve them). Measured (val molecules, 800–1200 jumps, with
+    angular momentum conserved): fallbacks 110 → 37 (cytosine) and 133 → 43 (1-propanol),
+    mean temperature +4 % → +3 % and +3 % → +2 % against the 0.25 fs reference.
+    """
+    alpha = float(alpha)
+    if not 0.0 <= alpha <= 1.0:
+        raise InputError(f"the reversal correction must be in [0, 1], got {alpha}")
+    if alpha == 0.0:
+        return jump
+
+    def corrected(x, v, f):
+        px, pv, pf = jump(x, v, f)
+        bx, bv, _ = jump(px, -pv, pf)
+        return px - alpha * (bx - x), pv - alpha * (-bv - v), pf
+
+    return corrected
+
+
+def model_jump(bundle, numbers, masses, reversal_correction: float = REVERSAL_CORRECTION) -> JumpFn:
+    """The jump of a loaded model (``load_pretrained``) for one molecule, with the
+    time-reversal correction ``reversal_correction`` (α of ``reversal_corrected``; 0 = off)."""
     bundle.check_elements(numbers)
     numbers = jnp.asarray(numbers)
     masses = jnp.asarray(masses, jnp.float64)
@@ -268,7 +331,7 @@ def model_jump(bundle, numbers, masses) -> JumpFn:
     def jump(x, v, f):
         return bundle.apply(None, numbers, None, masses, x, v, f)
 
-    return jump
+    return reversal_corrected(jump, reversal_correction)
 
 
 def kstep(bundle, potential, molecule, k: int | None = None, dt: float | None = None, **options):
@@ -276,12 +339,14 @@ def kstep(bundle, potential, molecule, k: int | None = None, dt: float | None = 
 
     ``init_fn, apply_fn = kstep(bundle, pot, mol)``; ``state = init_fn(positions, velocities)``;
     ``state = apply_fn(state)`` advances one macro-step of ``bundle.k`` base steps of
-    ``bundle.dt`` fs. ``options`` go to ``kstep_integrator`` (guards, kick_weight,
-    energy_rescale, ensemble, temperature, friction). ``k`` and ``dt``, if given, must be the
+    ``bundle.dt`` fs. ``options``: ``reversal_correction`` (α, default 0.5, see
+    ``reversal_corrected``; 0 turns it off) and those of ``kstep_integrator`` (guards,
+    kick_weight, energy_rescale, conserve_angular_momentum, ensemble, temperature, friction). ``k`` and ``dt``, if given, must be the
     model's own: a model trained for one jump length cannot make another.
     """
     if (k is not None and k != bundle.k) or (dt is not None and abs(dt - bundle.dt) > 1e-12):
         raise InputError(f"the model jumps k = {bundle.k} steps of dt = {bundle.dt} fs; "
                          f"it cannot run k = {k}, dt = {dt}")
-    jump = model_jump(bundle, molecule.numbers, molecule.masses)
+    jump = model_jump(bundle, molecule.numbers, molecule.masses,
+                      options.pop("reversal_correction", REVERSAL_CORRECTION))
     return kstep_integrator(jump, potential, molecule.numbers, molecule.masses, bundle.k, bundle.dt, **options)

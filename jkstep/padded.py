@@ -33,7 +33,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from jkstep.errors import InputError
-from jkstep.kstep import kstep_integrator
+from jkstep.kstep import REVERSAL_CORRECTION, kstep_integrator, reversal_corrected
 from jkstep.molecule import Molecule
 from jkstep.potentials import xtb as xtb_module
 
@@ -169,9 +169,11 @@ def padded_kstep(bundle, potential, batch: Padded, **options):
     Each call runs member i's integrator (its atoms, masses and padding mask; the model
     ``bundle`` with the mask) where i is the traced member index (``batched_rollout`` sets it).
     ``potential`` is a ``PaddedXTBPotential`` (or anything with ``evaluate(positions, active)``
-    that reads the member index the same way). ``options`` go to ``kstep_integrator``.
+    that reads the member index the same way). ``options``: ``reversal_correction`` (as in
+    ``jkstep.kstep``) and those of ``kstep_integrator``.
     """
     bundle.check_elements(batch.numbers)
+    alpha = options.pop("reversal_correction", REVERSAL_CORRECTION)
     numbers, masses, mask = (jnp.asarray(a) for a in (batch.numbers, batch.masses, batch.mask))
 
     def member():
@@ -183,7 +185,7 @@ def padded_kstep(bundle, potential, batch: Padded, **options):
             keep = real[:, None]
             return jnp.where(keep, px, x), jnp.where(keep, pv, v), jnp.where(keep, pf, f)
 
-        return kstep_integrator(jump, potential, z, m, bundle.k, bundle.dt, **options)
+        return kstep_integrator(reversal_corrected(jump, alpha), potential, z, m, bundle.k, bundle.dt, **options)
 
     def init_fn(positions, velocities, key=None):
         return member()[0](positions, velocities, key)

@@ -49,7 +49,8 @@ class EvalConfig:
     velocity rescale to the run's initial total energy after every accepted jump. Its energy
     drift and fluctuation are zero by construction for accepted jumps, so only its temperature,
     distributions, spectrum and flip rates say anything; it is reported beside ``kstep``, never
-    instead of it."""
+    instead of it. ``reversal_correction``: α of the model's time-reversal correction
+    (``jkstep.kstep.reversal_corrected``), as ``jkstep run`` uses it by default."""
 
     k: int = 8
     dt: float = 0.25
@@ -61,6 +62,7 @@ class EvalConfig:
     seed: int = 0
     chunk_frames: int = 250
     energy_rescale: bool = False
+    reversal_correction: float = 0.5
 
     def __post_init__(self):
         if self.k < 1 or self.dt <= 0 or self.ps <= 0:
@@ -205,9 +207,12 @@ def evaluate(molecule: Molecule, potential_factory: Callable[[], object], config
         "corrector_only": (lambda pot: hybrid(pot, ballistic_jump(masses, k, dt)), 1),
     }
     if bundle is not None:
-        contenders["kstep"] = (lambda pot: hybrid(pot, model_jump(bundle, molecule.numbers, masses)), 1)
+        def learned():
+            return model_jump(bundle, molecule.numbers, masses, config.reversal_correction)
+
+        contenders["kstep"] = (lambda pot: hybrid(pot, learned()), 1)
         if config.energy_rescale:
-            contenders["kstep_rescaled"] = (lambda pot: hybrid(pot, model_jump(bundle, molecule.numbers, masses),
+            contenders["kstep_rescaled"] = (lambda pot: hybrid(pot, learned(),
                                                                energy_rescale=True), 1)
 
     runs = {}
@@ -220,7 +225,7 @@ def evaluate(molecule: Molecule, potential_factory: Callable[[], object], config
     ref = runs["reference"]["frames"]
     out = {"molecule": molecule.name, "k": k, "simulated_fs": config.n_frames * frame_fs,
            "n_replicas": config.n_replicas, "dt_fs": dt, "temperature_k": config.temperature}
-    out["one_jump"] = None if bundle is None else one_jump(model_jump(bundle, molecule.numbers, masses), ref, terms)
+    out["one_jump"] = None if bundle is None else one_jump(learned(), ref, terms)
     # the same errors for Verlet at k·dt's positions (= the ballistic jump), on the same windows
     out["one_jump_verlet_kdt"] = one_jump(ballistic_jump(masses, k, dt), ref, terms)
     out["noise_floor"] = distribution_metrics(ref, ref, masses, terms, frame_fs)[0]
