@@ -2,7 +2,8 @@
 
 One macro-step from (x_t, v_t, F_t):
 
-1. **Jump.** A jump function predicts (x', v', F̂') at t + τ, τ = k·dt. The velocity is
+1. **Jump.** A jump function predicts (x', v', F̂') at t + τ, τ = k·dt (a model's jump is
+   corrected by its own time-reversal error by default: ``reversal_corrected``). The velocity is
    split into its "pre-kick" part u' = v' − w·F̂'/m and the final kick w·F/m, w = τ/2 by
    default. The learned part is measured against the ballistic baseline
    (x + v·τ + ½aτ², u = v + a·(τ − w)) and scaled by ``delta_scale`` s on retries:
@@ -10,7 +11,8 @@ One macro-step from (x_t, v_t, F_t):
 2. **Guards before the call** (free): largest atom displacement ≤ ``max_displacement`` Å;
    every atom pair farther apart than ``clash_ratio`` × the sum of covalent radii.
 3. **Corrector: one xTB call** at x' gives the real (E', F'); the final kick is made with
-   it: v ← u' + w·F'/m. F' also feeds the next jump. With the ballistic jump ("zero
+   it: v ← u' + w·F'/m. F' also feeds the next jump. After a learned jump the velocities get
+   back the angular momentum they had before it (``conserve_angular_momentum``, default on). With the ballistic jump ("zero
    network", F̂' = F_t) this is exactly velocity Verlet at τ, the equal-cost baseline, so a
    model is judged by what its learned correction adds to that.
 4. **Guards after the call**: the SCF converged; the total energy rose by at most
@@ -150,7 +152,8 @@ def kstep_integrator(jump: JumpFn, potential, numbers, masses, k: int, dt: float
     on each retry); ``kick_weight`` w in fs (default k·dt/2); ``temperature`` K and
     ``friction`` 1/fs are used with ``ensemble="nvt"``. ``conserve_angular_momentum``: the
     velocity after each learned jump and its corrector kick gets the angular momentum it had
-    before the jump (not after the zero network's jump, which stays exactly Verlet at τ) (the smallest rigid-rotation change, ``with_angular_momentum``). The network
+    before the jump, by the smallest rigid-rotation change (``with_angular_momentum``); the zero
+    network's jump is left alone, so it stays exactly Verlet at τ. The network
     conserves linear momentum by construction but not angular momentum; uncorrected, a model
     spins a molecule up over hundreds of jumps (measured: 1-propanol, rotational kinetic energy
     2.3 → 19.6 kJ/mol in 400 jumps), which reads as heating. Exact dynamics conserve it (the
