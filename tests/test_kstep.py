@@ -284,3 +284,24 @@ def test_reversal_correction_removes_an_even_error_and_keeps_an_exact_jump():
     assert np.abs(hv - ev).max() < 0.9 * np.abs(sv - ev).max()
     with pytest.raises(InputError, match="reversal correction"):
         reversal_corrected(exact, 1.5)
+
+
+def springs(x):
+    """Harmonic springs between every pair (rotation invariant: no net torque), eV."""
+    d = jnp.linalg.norm(x[:, None] - x[None, :] + jnp.eye(len(x))[..., None], axis=-1)
+    return 0.5 * 2.0 * jnp.sum(jnp.triu((d - 1.5) ** 2, 1))
+
+
+def test_exact_verlet_model_reproduces_verlet_with_default_options():
+    """With a rotation-invariant potential the angular-momentum restore (on by default) changes
+    an exact Verlet model's trajectory only at round-off."""
+    masses = np.array([12.0, 1.0, 16.0, 1.0])
+    x0 = np.array([[0.0, 0, 0], [1.4, 0, 0], [0.2, 1.5, 0], [0.1, 0.3, 1.4]])
+    v0 = 0.01 * np.random.default_rng(1).normal(size=(4, 3))
+    init, apply = kstep_integrator(verlet_jump(springs, masses, K, DT), springs, [6, 1, 8, 1], masses, K, DT)
+    state, _ = runner(apply, 25, 1)(init(x0, v0))
+    vinit, vapply = jkstep.verlet(springs, masses, dt=DT)
+    ref, _ = runner(vapply, 25, K)(vinit(x0, v0))
+    assert int(state.accepted) == 25
+    np.testing.assert_allclose(state.positions, ref.positions, atol=1e-11)
+    np.testing.assert_allclose(state.velocities, ref.velocities, atol=1e-12)
