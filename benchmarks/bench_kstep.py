@@ -2,8 +2,8 @@
 
     .venv/bin/python benchmarks/bench_kstep.py --model PATH_OR_NAME [--molecules test] [--ps 5]
         [--replicas 4] [--timing-steps 50] [--repeats 5] [--batch 64]
-    .venv/bin/python benchmarks/bench_kstep.py --model gfn2-k8 PATH_K16 --ks 4 8 16 32 \
-        --molecules CC(=O)NC(C)C(=O)NC --ps 1 --replicas 2      # the k sweep
+    .venv/bin/python benchmarks/bench_kstep.py --model gfn2-k8 gfn2-k16 --ks 4 8 16 32 \
+        [--molecules test] --ps 1 --replicas 2                  # the k sweep
 
 Prints, for each molecule (default: the test split of data/qm_splits.json):
 
@@ -16,7 +16,7 @@ Prints, for each molecule (default: the test split of data/qm_splits.json):
 3. the throughput of a vmap'd hybrid rollout of ``--batch`` replicas with the xTB batch spread
    over ``--workers`` threads (default 1 and 2).
 
-With ``--ks`` it runs the k sweep instead: for each k one evaluation of the first molecule, the
+With ``--ks`` it runs the k sweep instead: for each molecule and k one evaluation, the
 model of that k where one is given (else the baselines and the zero-network corrector alone),
 a row per k. At k ≥ 16 plain Verlet at k·dt is expected to blow up: that is reported, not hidden.
 
@@ -170,7 +170,7 @@ def main():
     ap.add_argument("--model", nargs="+", required=True,
                     help="model(s): a shipped name or checkpoint directory; with --ks, one per k at most")
     ap.add_argument("--ks", type=int, nargs="+", default=None,
-                    help="k sweep instead of the full report: one evaluation per k on the first molecule")
+                    help="k sweep instead of the full report: one evaluation per k and molecule")
     ap.add_argument("--energy-rescale", action="store_true", help="with --ks: also kstep_rescaled")
     ap.add_argument("--molecules", default="test", help="train|val|test or comma-separated SMILES")
     ap.add_argument("--ps", type=float, default=5.0)
@@ -186,8 +186,8 @@ def main():
     bundles = [jkstep.load_pretrained(m) for m in args.model]
     if args.ks:
         by_k = {b.k: b for b in bundles}
-        name, smiles = read_molecules(args.molecules)[0]
-        k_sweep(name, smiles, by_k, {b.k: m for b, m in zip(bundles, args.model)}, args)
+        for name, smiles in read_molecules(args.molecules):
+            k_sweep(name, smiles, by_k, {b.k: m for b, m in zip(bundles, args.model)}, args)
         return
     bundle = bundles[0]
     for name, smiles in read_molecules(args.molecules):
