@@ -140,6 +140,9 @@ def test_interfragment_terms_are_included():
     (e, _), terms = evaluate(pot, x)
     waters = [list(f) for f in fragments(mol) if sorted(mol.numbers[list(f)]) == [1, 1, 8]]
     assert len(waters) == 2 and all(set(w) <= set(atoms["ethanol_two_waters"]) for w in waters)
+    # a new array: JAX may still be reading x (CPU arrays can be aliased, dispatch is async),
+    # so x must not be changed in place after the call above
+    x = x.copy()
     x[waters[0]] += 100.0  # pull the waters away from ethanol and from each other
     x[waters[1]] -= 100.0
     (e_far, _), terms_far = evaluate(pot, x)
