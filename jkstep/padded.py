@@ -28,7 +28,6 @@ import dataclasses
 from concurrent.futures import ThreadPoolExecutor
 from typing import Sequence
 
-import jax
 import jax.numpy as jnp
 import numpy as np
 
