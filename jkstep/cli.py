@@ -67,7 +67,7 @@ def build_parser() -> argparse.ArgumentParser:
                          "more than this RMS, eV/Å (default off)")
     kg.add_argument("--energy-rescale", action="store_true",
                     help="FlashMD-style velocity rescale to the initial total energy (off by default)")
-    kg.add_argument("--reversal-correction", type=float, default=0.5,
+    kg.add_argument("--reversal-correction", type=float, default=None,
                     help="share of the jump's time-reversal error removed, 0-1 (one more network call, "
                          "no xTB call; default 0.5, 0 = off)")
     kg.add_argument("--no-angular-momentum", action="store_true",
@@ -104,7 +104,7 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--method", default="GFN2-xTB", choices=["GFN2-xTB", "GFN1-xTB", "IPEA1-xTB"])
     ev.add_argument("--accuracy", type=float, default=None, help="tblite SCF accuracy (default 0.01)")
     ev.add_argument("--seed", type=int, default=0)
-    ev.add_argument("--reversal-correction", type=float, default=0.5,
+    ev.add_argument("--reversal-correction", type=float, default=None,
                     help="the model's time-reversal correction, 0-1 (default 0.5, as jkstep run)")
     ev.add_argument("--energy-rescale", action="store_true",
                     help="also run kstep_rescaled: the model with the FlashMD-style velocity rescale to the "
@@ -195,7 +195,7 @@ def cmd_run(args) -> int:
         bundle = load_pretrained(args.model or DEFAULT_MODEL)
         if args.dt is not None and abs(args.dt - bundle.dt) > 1e-12:
             raise InputError(f"--dt {args.dt} differs from the model's base step {bundle.dt} fs; leave --dt out")
-        jump, k, dt = (model_jump(bundle, molecule.numbers, molecule.masses, args.reversal_correction),
+        jump, k, dt = (model_jump(bundle, molecule.numbers, molecule.masses, _reversal_correction(args)),
                        bundle.k, bundle.dt)
     elif args.model:
         raise InputError("--model is only used with --integrator kstep")
@@ -228,6 +228,13 @@ def cmd_run(args) -> int:
     return 1 if summary["blew_up"] else 0
 
 
+def _reversal_correction(args) -> float:
+    """--reversal-correction, or the integrator's default (jkstep.kstep.REVERSAL_CORRECTION)."""
+    from jkstep.kstep import REVERSAL_CORRECTION
+
+    return REVERSAL_CORRECTION if args.reversal_correction is None else args.reversal_correction
+
+
 def cmd_evaluate(args) -> int:
     from tqdm import tqdm
 
@@ -243,7 +250,7 @@ def cmd_evaluate(args) -> int:
     config = EvalConfig(k=args.k, ps=args.ps, n_replicas=args.replicas, temperature=args.temperature,
                         equilibrate_ps=args.equilibrate_ps, seed=args.seed,
                         energy_rescale=bool(args.energy_rescale and bundle is not None),
-                        reversal_correction=args.reversal_correction)
+                        reversal_correction=_reversal_correction(args))
     accuracy = DEFAULT_ACCURACY if args.accuracy is None else args.accuracy
     xtb_potential(molecule, method=args.method, accuracy=accuracy)  # bad input fails here, before any run
     bars = {}

@@ -33,7 +33,7 @@ from jkstep import analysis, integrate
 from jkstep.data.replicas import same_energy_velocities
 from jkstep.errors import InputError
 from jkstep.evaluate import metrics
-from jkstep.kstep import ballistic_jump, kstep_integrator, model_jump
+from jkstep.kstep import REVERSAL_CORRECTION, ballistic_jump, kstep_integrator, model_jump
 from jkstep.molecule import Molecule
 from jkstep.rollout import concat, frames_of, runner
 
@@ -62,7 +62,7 @@ class EvalConfig:
     seed: int = 0
     chunk_frames: int = 250
     energy_rescale: bool = False
-    reversal_correction: float = 0.5
+    reversal_correction: float = REVERSAL_CORRECTION
 
     def __post_init__(self):
         if self.k < 1 or self.dt <= 0 or self.ps <= 0:
