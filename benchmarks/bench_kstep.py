@@ -3,7 +3,7 @@
     .venv/bin/python benchmarks/bench_kstep.py --model PATH_OR_NAME [--molecules test] [--ps 5]
         [--replicas 4] [--timing-steps 50] [--repeats 5] [--batch 64]
     .venv/bin/python benchmarks/bench_kstep.py --model gfn2-k8 gfn2-k16 --ks 4 8 16 32 \
-        [--molecules test] --ps 1 --replicas 2                  # the k sweep
+        [--molecules test] --ps 1 --replicas 4 [--json sweep.json]   # the k sweep
 
 Prints, for each molecule (default: the test split of data/qm_splits.json):
 
@@ -16,9 +16,9 @@ Prints, for each molecule (default: the test split of data/qm_splits.json):
 3. the throughput of a vmap'd hybrid rollout of ``--batch`` replicas with the xTB batch spread
    over ``--workers`` threads (default 1 and 2).
 
-With ``--ks`` it runs the k sweep instead: for each molecule and k one evaluation, the
-model of that k where one is given (else the baselines and the zero-network corrector alone),
-a row per k. At k ≥ 16 plain Verlet at k·dt is expected to blow up: that is reported, not hidden.
+With ``--ks`` it runs the k sweep instead (``jkstep.evaluate.compare.evaluate_ks``): per molecule
+one thermalisation and one reference run shared by every k, then for each k Verlet at k·dt, the
+zero-network corrector and the model of that k where one is given, a row per k. At k ≥ 16 plain Verlet at k·dt is expected to blow up: that is reported, not hidden.
 
 Numbers are what this machine measured; run it on a quiet machine.
 """
@@ -37,7 +37,7 @@ import jax  # noqa: E402
 import numpy as np  # noqa: E402
 
 import jkstep  # noqa: E402
-from jkstep.evaluate.compare import EvalConfig, evaluate  # noqa: E402
+from jkstep.evaluate.compare import EvalConfig, evaluate, evaluate_ks  # noqa: E402
 from jkstep.kstep import kstep_integrator, model_jump  # noqa: E402
 from jkstep.rollout import runner  # noqa: E402
 
@@ -75,27 +75,38 @@ def accuracy_table(name, smiles, bundle, args):
     return mol, r
 
 
-def k_sweep(name, smiles, bundles, names_by_k, args):
-    """One evaluation per k of ``--ks`` on one molecule: the model of that k where ``--model``
-    gives one, else the baselines and the zero-network corrector only (kstep null)."""
+def k_sweep(name, smiles, bundles, names_by_k, args) -> dict:
+    """The k sweep on one molecule (``evaluate_ks``): one reference run and starting states shared
+    by every k; per k Verlet at k·dt, the zero-network corrector and the model of that k where
+    ``--model`` gives one (else kstep is null)."""
     mol = jkstep.Molecule.from_smiles(smiles, seed=0)
     keys = ("xtb_calls", "mean_temperature_k", "energy_std_kj_mol", "bond_js", "angle_js", "dihedral_js",
-            "xh_band_shift_cm1")
-    print(f"\n{name} ({len(mol)} atoms), {args.replicas} replicas x {args.ps} ps per k; "
-          f"columns: verlet_kdt / corrector_only / kstep" + (" / kstep_rescaled" if args.energy_rescale else ""))
-    print(f"{'k':>3} {'model':>24} {'reference T':>12} " + " ".join(f"{key:>34}" for key in keys))
+            "spectrum_overlap", "xh_band_shift_cm1")
+    models = {k: bundles.get(k) for k in args.ks}
+    config = EvalConfig(ps=args.ps, n_replicas=args.replicas, seed=args.seed,
+                        energy_rescale=args.energy_rescale)
+    t0 = time.perf_counter()
+    results = evaluate_ks(mol, lambda: jkstep.xtb_potential(mol), config, models)
+    ref = results[args.ks[0]]["contenders"]["reference"]
+    print(f"\n{name} ({len(mol)} atoms), {args.replicas} replicas x {args.ps} ps per k, {time.perf_counter() - t0:.0f} s; "
+          f"reference (Verlet 0.25 fs, shared by every k): {ref['xtb_calls']} xTB calls, "
+          f"mean T {fmt(ref['mean_temperature_k'])} K, E std {fmt(ref['energy_std_kj_mol'])} kJ/mol")
+    print("columns: verlet_kdt / corrector_only / kstep" + (" / kstep_rescaled" if args.energy_rescale else "")
+          + "; floor = the reference's replicas against each other at that frame spacing")
+    print(f"{'k':>3} {'model':>10} " + " ".join(f"{key:>34}" for key in keys))
     for k in args.ks:
-        bundle = bundles.get(k)
-        config = EvalConfig(k=k, ps=args.ps, n_replicas=args.replicas, seed=args.seed,
-                            energy_rescale=args.energy_rescale and bundle is not None)
-        r = evaluate(mol, lambda: jkstep.xtb_potential(mol), config, bundle=bundle)
-        names = ["verlet_kdt", "corrector_only", "kstep"] + (["kstep_rescaled"] if config.energy_rescale else [])
+        r = results[k]
+        names = ["verlet_kdt", "corrector_only", "kstep"]
+        if r["contenders"].get("kstep_rescaled") is not None:
+            names.append("kstep_rescaled")
         cells = []
         for key in keys:
-            cells.append("/".join(fmt((r["contenders"][n] or {}).get(key)) for n in names))
-        label = names_by_k.get(k, "none")
-        print(f"{k:>3} {label:>24} {fmt(r['contenders']['reference']['mean_temperature_k']):>12} "
-              + " ".join(f"{c:>34}" for c in cells), flush=True)
+            cell = "/".join(fmt((r["contenders"][n] or {}).get(key)) for n in names)
+            if key in r["noise_floor"]:
+                cell += f" (floor {fmt(r['noise_floor'][key])})"
+            cells.append(cell)
+        print(f"{k:>3} {names_by_k.get(k, 'none'):>10} " + " ".join(f"{c:>34}" for c in cells), flush=True)
+    return {str(k): r for k, r in results.items()}
 
 
 def timing(mol, bundle, args):
@@ -172,6 +183,7 @@ def main():
     ap.add_argument("--ks", type=int, nargs="+", default=None,
                     help="k sweep instead of the full report: one evaluation per k and molecule")
     ap.add_argument("--energy-rescale", action="store_true", help="with --ks: also kstep_rescaled")
+    ap.add_argument("--json", default=None, help="with --ks: write every summary here ({molecule: {k: summary}})")
     ap.add_argument("--molecules", default="test", help="train|val|test or comma-separated SMILES")
     ap.add_argument("--ps", type=float, default=5.0)
     ap.add_argument("--replicas", type=int, default=4)
@@ -186,8 +198,13 @@ def main():
     bundles = [jkstep.load_pretrained(m) for m in args.model]
     if args.ks:
         by_k = {b.k: b for b in bundles}
+        out = {}
         for name, smiles in read_molecules(args.molecules):
-            k_sweep(name, smiles, by_k, {b.k: m for b, m in zip(bundles, args.model)}, args)
+            out[name] = k_sweep(name, smiles, by_k, {b.k: m for b, m in zip(bundles, args.model)}, args)
+            if args.json:
+                with open(args.json + ".tmp", "w") as f:
+                    json.dump(out, f, indent=1)
+                os.replace(args.json + ".tmp", args.json)
         return
     bundle = bundles[0]
     for name, smiles in read_molecules(args.molecules):

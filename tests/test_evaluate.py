@@ -67,3 +67,36 @@ def test_bad_input(capsys):
         cli.main(["evaluate", "--smiles", "CCO", "--replicas", "1"])
     assert exc.value.code == 2
     assert "at least 2 replicas" in capsys.readouterr().err
+
+
+def _without_wall(x):
+    if isinstance(x, dict):
+        return {k: _without_wall(v) for k, v in x.items() if k != "wall_s"}
+    return x
+
+
+def test_k_sweep_shares_one_reference_run():
+    """evaluate_ks runs the reference once (frames every gcd(ks) steps) and reads every k/g-th
+    frame: each k's summary equals a separate evaluation at that k, and the reference's calls
+    are counted once."""
+    import jkstep
+    from jkstep.evaluate.compare import EvalConfig, evaluate, evaluate_ks
+
+    mol = jkstep.Molecule.from_smiles("CCO", seed=0)
+    made = []
+
+    def factory():
+        made.append(jkstep.xtb_potential(mol))
+        return made[-1]
+
+    config = EvalConfig(ps=0.04, n_replicas=2, equilibrate_ps=0.01)
+    sweep = evaluate_ks(mol, factory, config, {8: None, 4: None})
+    assert sorted(sweep) == [4, 8] and sweep[4]["k"] == 4 and sweep[8]["simulated_fs"] == 40.0
+    # thermalisation + one reference + (Verlet at k·dt + corrector) per k
+    assert len(made) == 1 + 1 + 2 * 2
+    alone = evaluate(mol, lambda: jkstep.xtb_potential(mol), config)  # k = 8
+    assert _without_wall(sweep[8]) == _without_wall(alone)
+    assert sweep[4]["contenders"]["reference"]["xtb_calls"] == 2 * (1 + 160)
+    assert sweep[4]["contenders"]["verlet_kdt"]["xtb_calls"] == 2 * (1 + 40)
+    with pytest.raises(jkstep.InputError, match="ks ≥ 1"):
+        evaluate_ks(mol, factory, config, {})

@@ -21,6 +21,7 @@ cannot be measured is None (JSON null).
 from __future__ import annotations
 
 import dataclasses
+import math
 import os
 import time
 from typing import Callable
@@ -186,46 +187,90 @@ def evaluate(molecule: Molecule, potential_factory: Callable[[], object], config
     ``kstep`` contender and ``one_jump`` are None and k comes from ``config.k``.
     """
     if bundle is not None:
-        bundle.check_elements(molecule.numbers)
         config = dataclasses.replace(config, k=bundle.k, dt=bundle.dt)
-    k, dt, masses = config.k, config.dt, molecule.masses
-    frame_fs = k * dt
+    return evaluate_ks(molecule, potential_factory, config, {config.k: bundle}, plots, progress)[config.k]
+
+
+def evaluate_ks(molecule: Molecule, potential_factory: Callable[[], object], config: EvalConfig,
+                models: dict, plots: str | os.PathLike | None = None,
+                progress: Callable[[str, int, int], None] | None = None) -> dict:
+    """The k sweep: one summary per k of ``models`` ({k: bundle or None}), all from the same
+    starting states and **one** reference run.
+
+    The reference (Verlet at ``config.dt``) is run once with frames every g steps, g the
+    greatest common divisor of the ks, and read every k/g-th frame for each k: the same frames
+    that a separate evaluation at that k would have stored. Each k then gets its own Verlet at
+    k·dt, zero-network corrector and (where its model is given) ``kstep``. A bundle's k and dt
+    must match its key and ``config.dt``. Returns {k: summary}, each as ``evaluate``'s; with
+    several ks, plots go to ``plots``/k{k}.
+    """
+    ks = sorted(models)
+    if not ks or min(ks) < 1:
+        raise InputError(f"the k sweep needs ks ≥ 1, got {ks}")
+    for k, bundle in models.items():
+        if bundle is None:
+            continue
+        bundle.check_elements(molecule.numbers)
+        if bundle.k != k or abs(bundle.dt - config.dt) > 1e-12:
+            raise InputError(f"the model given for k = {k} was trained for k = {bundle.k}, dt = {bundle.dt} fs; "
+                             f"the evaluation runs dt = {config.dt} fs: give each model under its own k")
+    base = math.gcd(*ks)
+    dt, masses = config.dt, molecule.masses
     starts = thermalised_starts(molecule, potential_factory(), config)
     terms = metrics.internal_coordinates(molecule.numbers, starts[0][0], molecule.mol_block)
     rotatable = metrics.rotatable_dihedrals(molecule.numbers, starts[0][0], molecule.mol_block)
 
-    def verlet(pot, step):
-        return integrate.verlet(pot, masses, step)
+    def tick(name, cfg):
+        return (lambda n: progress(name, n, cfg.n_frames)) if progress else None
+
+    def run(name, cfg, build, per_frame):
+        pot = potential_factory()
+        init, apply = build(pot)
+        return run_contender(init, apply, per_frame, starts, cfg, lambda: pot.calls, tick(name, cfg))
+
+    ref_config = dataclasses.replace(config, k=base)
+    reference = run("reference", ref_config, lambda pot: integrate.verlet(pot, masses, dt), base)
+    out = {}
+    for k in ks:
+        cfg = dataclasses.replace(config, k=k)
+        ref_run = dict(reference, frames=jax.tree.map(lambda a: a[:, ::k // base], reference["frames"]))
+        runs = {"reference": ref_run}
+        runs.update(_k_runs(molecule, cfg, models[k], lambda name, build: run(name, cfg, build, 1)))
+        directory = None if not plots else plots if len(ks) == 1 else os.path.join(plots, f"k{k}")
+        out[k] = _summary(molecule, cfg, models[k], runs, starts, terms, rotatable, directory)
+    return out
+
+
+def _k_runs(molecule, config, bundle, run) -> dict:
+    """Verlet at k·dt, the zero-network corrector and the model's contenders at ``config.k``."""
+    k, dt, masses = config.k, config.dt, molecule.masses
 
     def hybrid(pot, jump, **options):
         init, apply = kstep_integrator(jump, pot, molecule.numbers, masses, k, dt, **options)
         return (lambda x, v: init(x, v)), apply
 
-    contenders = {
-        "reference": (lambda pot: verlet(pot, dt), k),
-        "verlet_kdt": (lambda pot: verlet(pot, k * dt), 1),
-        "corrector_only": (lambda pot: hybrid(pot, ballistic_jump(masses, k, dt)), 1),
-    }
+    runs = {"verlet_kdt": run("verlet_kdt", lambda pot: integrate.verlet(pot, masses, k * dt)),
+            "corrector_only": run("corrector_only", lambda pot: hybrid(pot, ballistic_jump(masses, k, dt)))}
     if bundle is not None:
-        def learned():
-            return model_jump(bundle, molecule.numbers, masses, config.reversal_correction)
-
-        contenders["kstep"] = (lambda pot: hybrid(pot, learned()), 1)
+        runs["kstep"] = run("kstep", lambda pot: hybrid(pot, _learned(bundle, molecule, config)))
         if config.energy_rescale:
-            contenders["kstep_rescaled"] = (lambda pot: hybrid(pot, learned(),
-                                                               energy_rescale=True), 1)
+            runs["kstep_rescaled"] = run("kstep_rescaled", lambda pot: hybrid(
+                pot, _learned(bundle, molecule, config), energy_rescale=True))
+    return runs
 
-    runs = {}
-    for name, (build, per_frame) in contenders.items():
-        pot = potential_factory()
-        init, apply = build(pot)
-        tick = (lambda n, name=name: progress(name, n, config.n_frames)) if progress else None
-        runs[name] = run_contender(init, apply, per_frame, starts, config, lambda pot=pot: pot.calls, tick)
 
+def _learned(bundle, molecule, config):
+    return model_jump(bundle, molecule.numbers, molecule.masses, config.reversal_correction)
+
+
+def _summary(molecule, config, bundle, runs, starts, terms, rotatable, plots) -> dict:
+    """The summary of one k from its runs (the reference's frames k·dt apart)."""
+    k, dt, masses = config.k, config.dt, molecule.masses
+    frame_fs = k * dt
     ref = runs["reference"]["frames"]
     out = {"molecule": molecule.name, "k": k, "simulated_fs": config.n_frames * frame_fs,
            "n_replicas": config.n_replicas, "dt_fs": dt, "temperature_k": config.temperature}
-    out["one_jump"] = None if bundle is None else one_jump(learned(), ref, terms)
+    out["one_jump"] = None if bundle is None else one_jump(_learned(bundle, molecule, config), ref, terms)
     # the same errors for Verlet at k·dt's positions (= the ballistic jump), on the same windows
     out["one_jump_verlet_kdt"] = one_jump(ballistic_jump(masses, k, dt), ref, terms)
     out["noise_floor"] = distribution_metrics(ref, ref, masses, terms, frame_fs)[0]
