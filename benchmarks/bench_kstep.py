@@ -46,15 +46,17 @@ KEYS = ("xtb_calls", "blew_up", "drift_kj_mol_ps", "energy_std_kj_mol", "mean_te
 
 
 def read_molecules(which: str) -> list[tuple[str, str]]:
-    """(name, SMILES) of a split of data/qm_splits.json, or a comma-separated list of SMILES."""
-    if which in ("train", "val", "test"):
-        smiles = {}
+    """(name, SMILES): a split of data/qm_splits.json, or a comma-separated list of names of
+    data/qm_molecules.smi and SMILES (a SMILES is its own name)."""
+    smiles = {}
+    if os.path.exists("data/qm_molecules.smi"):
         for line in open("data/qm_molecules.smi"):
             if line.strip() and not line.startswith("#"):
                 s, name = line.split()[:2]
                 smiles[name] = s
+    if which in ("train", "val", "test"):
         return [(n, smiles[n]) for n in json.load(open("data/qm_splits.json"))[which]]
-    return [(s, s) for s in which.split(",")]
+    return [(s, smiles.get(s, s)) for s in which.split(",")]
 
 
 def fmt(x):
@@ -184,7 +186,8 @@ def main():
                     help="k sweep instead of the full report: one evaluation per k and molecule")
     ap.add_argument("--energy-rescale", action="store_true", help="with --ks: also kstep_rescaled")
     ap.add_argument("--json", default=None, help="with --ks: write every summary here ({molecule: {k: summary}})")
-    ap.add_argument("--molecules", default="test", help="train|val|test or comma-separated SMILES")
+    ap.add_argument("--molecules", default="test",
+                    help="train|val|test, or comma-separated names (data/qm_molecules.smi) or SMILES")
     ap.add_argument("--ps", type=float, default=5.0)
     ap.add_argument("--replicas", type=int, default=4)
     ap.add_argument("--seed", type=int, default=0)
