@@ -18,7 +18,8 @@ Prints, for each molecule (default: the test split of data/qm_splits.json):
 
 With ``--ks`` it runs the k sweep instead (``jkstep.evaluate.compare.evaluate_ks``): per molecule
 one thermalisation and one reference run shared by every k, then for each k Verlet at k·dt, the
-zero-network corrector and the model of that k where one is given, a row per k. At k ≥ 16 plain Verlet at k·dt is expected to blow up: that is reported, not hidden.
+zero-network corrector and the model of that k where one is given, a row per k. At k ≥ 16
+plain Verlet at k·dt is expected to blow up: that is reported, not hidden.
 
 Numbers are what this machine measured; run it on a quiet machine.
 """
@@ -90,7 +91,8 @@ def k_sweep(name, smiles, bundles, names_by_k, args) -> dict:
     t0 = time.perf_counter()
     results = evaluate_ks(mol, lambda: jkstep.xtb_potential(mol), config, models)
     ref = results[args.ks[0]]["contenders"]["reference"]
-    print(f"\n{name} ({len(mol)} atoms), {args.replicas} replicas x {args.ps} ps per k, {time.perf_counter() - t0:.0f} s; "
+    print(f"\n{name} ({len(mol)} atoms), {args.replicas} replicas x {args.ps} ps per k, "
+          f"{time.perf_counter() - t0:.0f} s; "
           f"reference (Verlet 0.25 fs, shared by every k): {ref['xtb_calls']} xTB calls, "
           f"mean T {fmt(ref['mean_temperature_k'])} K, E std {fmt(ref['energy_std_kj_mol'])} kJ/mol")
     print("columns: verlet_kdt / corrector_only / kstep" + (" / kstep_rescaled" if args.energy_rescale else "")

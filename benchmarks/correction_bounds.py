@@ -68,7 +68,8 @@ def main():
         bv = cfg.get("max_velocity_correction") or (bx / (cfg["k"] * cfg["dt_fs"]) if bx else None)
         bounds[int(cfg["k"])] = (bx, bv, path)
     print(f"{len(stores)} production runs ({args.split}), first {args.ps} ps, a window every {args.every} steps")
-    print(f"{'k':>3} {'|δx| max':>9} {'p99.9':>7} {'p99':>7} {'|δv| max':>9} {'p99.9':>7} {'p99':>7}  worst element  bounds")
+    print(f"{'k':>3} {'|δx| max':>9} {'p99.9':>7} {'p99':>7} {'|δv| max':>9} {'p99.9':>7} {'p99':>7}  "
+          "worst element  bounds")
     for k in args.ks:
         xs, vs, worst = [], [], {}
         for s in stores:

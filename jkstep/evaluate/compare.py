@@ -13,6 +13,8 @@
    against the reference on the second half; the noise floor is the reference's first half
    against its second half: the same statistics, so a contender at the floor is as good as a
    second reference run.
+4. ``evaluate_ks`` does the same for several k at once (the k sweep): one thermalisation and one
+   reference run per molecule, read at every k's frame spacing; ``evaluate`` is its one-k case.
 
 Units: Å, fs, eV, K; drift kJ/mol/ps, fluctuation kJ/mol, wavenumbers cm⁻¹. A metric that
 cannot be measured is None (JSON null).
