@@ -129,26 +129,17 @@ class PaddedXTBPotential:
         return self._evaluate(positions, active, _member_index())
 
     def _host(self, positions, active, member):
-        positions = np.asarray(positions, np.float64)
-        shape = np.broadcast_shapes(positions.shape[:-2], np.shape(active), np.shape(member))
-        flat = np.broadcast_to(positions, (*shape, *positions.shape[-2:])).reshape(-1, *positions.shape[-2:])
-        act = np.broadcast_to(active, shape).reshape(-1).astype(bool)
-        idx = np.broadcast_to(member, shape).reshape(-1)
+        shape, flat, act, idx = xtb_module.broadcast_batch(positions, active, member)
         if np.any((idx < 0) | (idx >= len(self.members))):
             raise InputError(f"member index out of range 0..{len(self.members) - 1}: {idx}")
-        energy, forces, ok = np.zeros(len(flat)), np.zeros_like(flat), np.ones(len(flat), bool)
 
-        def run(i):
+        def single_point(i):
             j, n = int(idx[i]), int(self.batch.n_atoms[idx[i]])
-            energy[i], forces[i, :n], ok[i] = self.members[j]._single_point(self._slots[j], flat[i, :n])
+            forces = np.zeros_like(flat[i])
+            energy, forces[:n], ok = self.members[j]._single_point(self._slots[j], flat[i, :n])
+            return energy, forces, ok
 
-        todo = [i for i in range(len(flat)) if act[i]]
-        if self._pool is not None and len(todo) > 1:
-            list(self._pool.map(run, todo))
-        else:
-            for i in todo:
-                run(i)
-        return energy.reshape(shape), forces.reshape(*shape, *positions.shape[-2:]), ok.reshape(shape)
+        return xtb_module.run_batch(shape, flat, act, single_point, self._pool)
 
     def close(self):
         if self._pool is not None:

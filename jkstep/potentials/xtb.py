@@ -147,33 +147,15 @@ class XTBPotential:
     def _host(self, positions: np.ndarray, active: np.ndarray, replica: np.ndarray):
         """Numpy callback: positions (..., N, 3) Å, active (...), replica (...) → energy,
         forces, ok. Member i restarts from slot ``replica[i]``, or slot i where that is -1."""
-        positions = np.asarray(positions, np.float64)
-        batch_shape = np.broadcast_shapes(positions.shape[:-2], np.shape(active), np.shape(replica))
-        positions = np.broadcast_to(positions, (*batch_shape, *positions.shape[-2:]))
-        flat = positions.reshape(-1, *positions.shape[-2:])
-        act = np.broadcast_to(active, batch_shape).reshape(-1).astype(bool)
-        rep = np.broadcast_to(replica, batch_shape).reshape(-1)
+        shape, flat, act, rep = broadcast_batch(positions, active, replica)
         slot = np.where(rep >= 0, rep, np.arange(len(flat)))
-        energy = np.zeros(len(flat))
-        forces = np.zeros_like(flat)
-        ok = np.ones(len(flat), bool)
         with self._lock:
             while len(self._slots) <= slot.max(initial=-1):
                 self._slots.append(_Slot())
             slots = [self._slots[j] for j in slot]
             if self._pool is None and self.workers > 1:
                 self._pool = ThreadPoolExecutor(self.workers, thread_name_prefix="jkstep-xtb")
-        todo = [i for i in range(len(flat)) if act[i]]
-
-        def run(i):
-            energy[i], forces[i], ok[i] = self._single_point(slots[i], flat[i])
-
-        if len(todo) > 1 and self.workers > 1:
-            list(self._pool.map(run, todo))
-        else:
-            for i in todo:
-                run(i)
-        return (energy.reshape(batch_shape), forces.reshape(positions.shape), ok.reshape(batch_shape))
+        return run_batch(shape, flat, act, lambda i: self._single_point(slots[i], flat[i]), self._pool)
 
     def _single_point(self, slot: "_Slot", positions: np.ndarray):
         """One request: tblite single point(s) under the SCF failure policy."""
@@ -273,6 +255,34 @@ SECOND_DERIVATIVE_ERROR = (
     "the xTB potential gives first derivatives only: jax.grad of the energy is minus the forces, "
     "but there is no Hessian (derivatives of the forces are NaN, second derivatives of the energy "
     "raise this error); differentiate through the MMFF potential (jkstep.mmff_potential) instead")
+
+
+def broadcast_batch(positions, active, index):
+    """Host side of a batched call: positions (..., N, 3) Å, active (...) and a per-member index
+    (...) broadcast to one batch shape → (shape, positions (B, N, 3), active (B,), index (B,))."""
+    positions = np.asarray(positions, np.float64)
+    shape = np.broadcast_shapes(positions.shape[:-2], np.shape(active), np.shape(index))
+    flat = np.broadcast_to(positions, (*shape, *positions.shape[-2:])).reshape(-1, *positions.shape[-2:])
+    return (shape, flat, np.broadcast_to(active, shape).reshape(-1).astype(bool),
+            np.broadcast_to(index, shape).reshape(-1))
+
+
+def run_batch(shape, flat, active, single_point, pool=None):
+    """``single_point(i)`` → (energy eV, forces (N, 3) eV/Å, ok) for every active member i of a
+    flat batch, over ``pool``'s threads where there are several; inactive members get zeros and
+    ok True (no call). Returns energy, forces and ok in the batch ``shape``."""
+    energy, forces, ok = np.zeros(len(flat)), np.zeros_like(flat), np.ones(len(flat), bool)
+
+    def run(i):
+        energy[i], forces[i], ok[i] = single_point(i)
+
+    todo = [i for i in range(len(flat)) if active[i]]
+    if pool is not None and len(todo) > 1:
+        list(pool.map(run, todo))
+    else:
+        for i in todo:
+            run(i)
+    return energy.reshape(shape), forces.reshape(*shape, *flat.shape[1:]), ok.reshape(shape)
 
 
 def _make_jax_function(host):
