@@ -12,7 +12,7 @@ the network then cannot represent the jump, however long it trains. With ``--mod
 bounds of those YAML files are printed beside the figures of their k.
 
 δx = x_{t+k} − (x_t + v_t T + ½ a_t T²),  δv = v_{t+k} − (v_t + a_t T),  T = k·dt,
-a_t = ACCEL·(F_t − F̄_t)/m (net force removed), as in ``jkstep.model.network.ballistic_jump``.
+a_t = ACCEL·(F_t − F̄_t)/m (net force removed): ``jkstep.model.network.ballistic_jump`` itself.
 """
 
 from __future__ import annotations
@@ -25,8 +25,8 @@ import numpy as np
 import yaml
 from ase.data import chemical_symbols
 
-from jkstep import units
 from jkstep.data.store import TrajectoryStore
+from jkstep.model.network import ballistic_jump
 
 
 def deviations(store: TrajectoryStore, k: int, every: int, n_frames: int):
@@ -38,12 +38,10 @@ def deviations(store: TrajectoryStore, k: int, every: int, n_frames: int):
     starts = np.arange(0, min(n_frames, store.n_frames) - steps, every)
     a = store.load(starts)
     b = store.load(starts + steps, arrays=("positions", "velocities"))
-    m = a["masses"][:, None]
-    force = a["forces"] - a["forces"].mean(axis=1, keepdims=True)
-    acc = units.ACCEL * force / m
-    t = k * float(store.meta["dt_fs"])
-    dx = b["positions"] - (a["positions"] + a["velocities"] * t + 0.5 * acc * t**2)
-    dv = b["velocities"] - (a["velocities"] + acc * t)
+    w, n = len(starts), len(a["numbers"])
+    x, v = ballistic_jump(np.broadcast_to(a["masses"], (w, n)), np.ones((w, n), bool), a["positions"],
+                          a["velocities"], a["forces"], k, float(store.meta["dt_fs"]))
+    dx, dv = b["positions"] - np.asarray(x), b["velocities"] - np.asarray(v)
     return np.linalg.norm(dx, axis=-1), np.linalg.norm(dv, axis=-1), a["numbers"]
 
 
