@@ -4,7 +4,8 @@
 #   -> stage 2: transfer and fine-tuning on xTB -> evaluation on two validation molecules.
 # As run, on 2 CPU cores: MM data 17 min, stage 1 38 min, stage 2 19 min, evaluation 10 min; the
 # xTB data (configs/qm.yaml, 20 ps per training molecule) takes several hours if it is not there.
-# Every step resumes if interrupted (a finished step is skipped or returns at once).
+# Generation and training resume if interrupted (a finished run returns after loading its data);
+# the two evaluations rerun in full.
 #   bash benchmarks/make_gfn2_k8_mm.sh
 set -euo pipefail
 cd "$(dirname "$0")/.."
