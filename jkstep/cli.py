@@ -67,6 +67,9 @@ def build_parser() -> argparse.ArgumentParser:
                          "more than this RMS, eV/Å (default off)")
     kg.add_argument("--energy-rescale", action="store_true",
                     help="FlashMD-style velocity rescale to the initial total energy (off by default)")
+    kg.add_argument("--energy-relaxation", type=float, default=None, metavar="FS",
+                    help="NVE: after each accepted jump, take kΔt/FS of the total energy's excursion "
+                         "back by a velocity rescale (weak coupling; default off)")
     kg.add_argument("--reversal-correction", type=float, default=None,
                     help="share of the jump's time-reversal error removed, 0-1 (one more network call, "
                          "no xTB call; default 0.5, 0 = off)")
@@ -109,6 +112,9 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--energy-rescale", action="store_true",
                     help="also run kstep_rescaled: the model with the FlashMD-style velocity rescale to the "
                          "initial total energy (reported beside kstep, never instead of it)")
+    ev.add_argument("--energy-relaxation", type=float, default=None, metavar="FS",
+                    help="also run kstep_relaxed: the model with the weak-coupling energy rescale of "
+                         "jkstep run --energy-relaxation FS (reported beside kstep)")
     ev.add_argument("--summary", help="write the evaluation as JSON to this path")
     ev.add_argument("--plots", help="directory for the energy, spectrum and distribution plots")
     ev.set_defaults(handler=cmd_evaluate)
@@ -210,6 +216,7 @@ def cmd_run(args) -> int:
                        equilibrate_ps=args.equilibrate_ps, save_every=args.save_every, seed=args.seed,
                        kstep_options=dict(guards=guards, delta_scale=args.delta_scale,
                                           energy_rescale=args.energy_rescale,
+                                          energy_relaxation=args.energy_relaxation,
                                           conserve_angular_momentum=not args.no_angular_momentum))
     pot = xtb_potential(molecule, method=args.method, fallback_method=args.fallback_method,
                         accuracy=DEFAULT_ACCURACY if args.accuracy is None else args.accuracy)
@@ -250,6 +257,7 @@ def cmd_evaluate(args) -> int:
     config = EvalConfig(k=args.k, ps=args.ps, n_replicas=args.replicas, temperature=args.temperature,
                         equilibrate_ps=args.equilibrate_ps, seed=args.seed,
                         energy_rescale=bool(args.energy_rescale and bundle is not None),
+                        energy_relaxation=args.energy_relaxation if bundle is not None else None,
                         reversal_correction=_reversal_correction(args))
     accuracy = DEFAULT_ACCURACY if args.accuracy is None else args.accuracy
     xtb_potential(molecule, method=args.method, accuracy=accuracy)  # bad input fails here, before any run
@@ -448,6 +456,12 @@ def _print_summary(s: dict):
         print(f"  k {s['k']}: jumps accepted {s['accepted']}, rejected attempts {s['rejected']}, "
               f"fallbacks to Verlet {s['fallbacks']}; Verlet at {s['dt_fs']} fs would make {plain} xTB calls "
               f"({plain / max(1, s['xtb_calls']):.1f}x more)")
+        from jkstep.md import call_rates
+
+        rates = call_rates(s.get("timeline", []))
+        if rates and s["simulated_fs"] >= 2000.0:
+            print(f"  xTB calls per ps: {rates[0]:.0f} in the first fifth of the run, {rates[1]:.0f} in the last "
+                  f"(Verlet at {s['k'] * s['dt_fs']:g} fs: {1000.0 / (s['k'] * s['dt_fs']):.0f})")
     print(f"  energy drift {fmt(s['drift_kj_mol_ps'], '.4f')} kJ/mol/ps, "
           f"fluctuation {fmt(s['energy_std_kj_mol'], '.4f')} kJ/mol, "
           f"mean T {fmt(s['mean_temperature_k'], '.1f')} K")

@@ -27,6 +27,10 @@ One macro-step from (x_t, v_t, F_t):
 Optional, off by default and reported separately: ``energy_rescale`` (FlashMD style) rescales
 the velocities after an accepted jump so that the total energy equals the one at the start of
 the run (the guards judge the jump before the rescale, so a bad jump is still rejected);
+``energy_relaxation`` (fs, NVE) is its weak-coupling form: each accepted jump's velocities are
+scaled so that the total energy moves only kΔt/τ_E of the way back to its start, which takes
+out the slow random walk of the jumps' energy errors but leaves the fast, bounded energy
+oscillation of a kΔt integrator alone;
 ``Guards.max_force_error`` (uncertainty-triggered escalation) compares the jump's own force estimate F̂' with the real F' of the corrector call — a signal that costs no extra call
 — and where their RMS difference exceeds the bound the macro-step skips its retries and takes
 k real Verlet steps. ``ensemble="nvt"`` makes the thermostat act at the macro level, BAOAB
@@ -142,7 +146,8 @@ def with_angular_momentum(positions, velocities, masses, target):
 
 def kstep_integrator(jump: JumpFn, potential, numbers, masses, k: int, dt: float,
                      guards: Guards = Guards(), delta_scale: float = 1.0, kick_weight: float | None = None,
-                     energy_rescale: bool = False, conserve_angular_momentum: bool = True,
+                     energy_rescale: bool = False, energy_relaxation: float | None = None,
+                     conserve_angular_momentum: bool = True,
                      ensemble: str = "nve", temperature: float = 300.0, friction: float = 0.01):
     """``init_fn, apply_fn`` of the hybrid integrator around any jump function.
 
@@ -150,7 +155,10 @@ def kstep_integrator(jump: JumpFn, potential, numbers, masses, k: int, dt: float
     ``apply_fn(state) -> KStepState`` advances one macro-step of k base steps.
     ``dt`` in fs; ``delta_scale``: scale of the learned correction on the first attempt (halved
     on each retry); ``kick_weight`` w in fs (default k·dt/2); ``temperature`` K and
-    ``friction`` 1/fs are used with ``ensemble="nvt"``. ``conserve_angular_momentum``: the
+    ``friction`` 1/fs are used with ``ensemble="nvt"``. ``energy_relaxation`` τ_E in fs (NVE
+    only; None = off): after each accepted jump the velocities are scaled so that the total
+    energy moves min(1, kΔt/τ_E) of the way back to its value at init (``energy_rescale`` is
+    the τ_E ≤ kΔt case). ``conserve_angular_momentum``: the
     velocity after each learned jump and its corrector kick gets the angular momentum it had
     before the jump, by the smallest rigid-rotation change (``with_angular_momentum``); the zero
     network's jump is left alone, so it stays exactly Verlet at τ. The network
@@ -167,10 +175,17 @@ def kstep_integrator(jump: JumpFn, potential, numbers, masses, k: int, dt: float
         raise InputError(f"delta_scale must be in (0, 1], got {delta_scale}")
     if guards.max_attempts < 1:
         raise InputError(f"max_attempts must be ≥ 1, got {guards.max_attempts}")
+    if energy_relaxation is not None and not energy_relaxation > 0:
+        raise InputError(f"energy_relaxation is a time constant in fs and must be > 0, got {energy_relaxation}")
+    if energy_relaxation is not None and ensemble != "nve":
+        raise InputError("energy_relaxation pulls the total energy back to its start: NVE only "
+                         "(in NVT the thermostat sets the energy); leave it out")
     evaluate = evaluator(potential)
     masses = jnp.asarray(masses, jnp.float64)
     inv_m = units.ACCEL / masses[:, None]
     tau = k * dt
+    # share of the total energy's excursion taken back after an accepted jump (None: none)
+    relax = 1.0 if energy_rescale else (None if energy_relaxation is None else min(1.0, tau / energy_relaxation))
     max_displacement = 0.025 * k if guards.max_displacement is None else guards.max_displacement
     w = 0.5 * tau if kick_weight is None else float(kick_weight)
     numbers = jnp.asarray(numbers)                 # may be traced (padded batches: 0 = padding)
@@ -215,8 +230,8 @@ def kstep_integrator(jump: JumpFn, potential, numbers, masses, k: int, dt: float
                 & (ke - ke0 <= guards.max_kinetic_rise))
         if guards.max_energy_drift is not None and ensemble == "nve":
             good = good & (jnp.abs(e + ke - state.reference_energy) <= guards.max_energy_drift)
-        if energy_rescale:
-            target = state.reference_energy - e
+        if relax is not None:
+            target = ke + relax * (state.reference_energy - e - ke)   # kinetic energy after the rescale
             good = good & (target > 0)
             v = v * jnp.sqrt(jnp.maximum(target, 0.0) / jnp.maximum(ke, 1e-30))
         escalate = jnp.zeros((), bool)

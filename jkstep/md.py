@@ -125,12 +125,16 @@ def run_md(molecule: Molecule, potential: Callable, config: RunConfig, jump=None
     chunk = min(config.chunk_frames, n_frames)
     run_chunk = runner(apply, chunk, every)
     done = 0
+    kstep = config.integrator == "kstep"
+    timeline = [_progress_point(state, config.dt)] if kstep else []
     while done < n_frames:
         if n_frames - done < chunk:
             run_chunk = runner(apply, n_frames - done, every)
         state, fr = run_chunk(state)
         frames.append(fr)
         done += fr.energy.shape[0]
+        if kstep:
+            timeline.append(_progress_point(state, config.dt))
         if progress:
             progress(fr.energy.shape[0] * every * steps_per_apply)
         if bool(state.failed):
@@ -143,7 +147,6 @@ def run_md(molecule: Molecule, potential: Callable, config: RunConfig, jump=None
     e_total = np.asarray(frames.energy) + analysis.kinetic_energy(frames.velocities, masses)
     temps = analysis.temperature(frames.velocities, masses, dof=None if nve else 3 * len(masses))
     exploded = blew_up(frames, masses, max(1000.0, 10.0 * config.temperature))
-    kstep = config.integrator == "kstep"
     summary = {
         "molecule": molecule.name,
         "integrator": config.integrator,
@@ -166,7 +169,27 @@ def run_md(molecule: Molecule, potential: Callable, config: RunConfig, jump=None
         "steps": int(frames.step[-1]),
         "integrator_force_calls": int(state.force_calls),
     }
+    if kstep:
+        # [simulated fs, integrator calls, fallbacks] so far, every chunk_frames frames: over long
+        # runs the fallbacks (and so the cost) need not stay at the rate of the first picoseconds
+        summary["timeline"] = timeline
     return summary, frames
+
+
+def _progress_point(state, dt: float) -> list:
+    return [float(state.step) * dt, int(state.force_calls), int(state.fallbacks)]
+
+
+def call_rates(timeline: list, fraction: float = 0.2) -> tuple[float, float] | None:
+    """xTB calls per ps over the first and the last ``fraction`` of a run's ``timeline``
+    (points at chunk ends, so the spans are rounded to them); None if it is too short."""
+    t = np.array([p[0] for p in timeline])
+    c = np.array([p[1] for p in timeline])
+    if len(t) < 3 or t[-1] <= 0:
+        return None
+    i = max(1, int(np.searchsorted(t, fraction * t[-1])))
+    j = min(len(t) - 2, int(np.searchsorted(t, (1 - fraction) * t[-1])))
+    return (1000.0 * (c[i] - c[0]) / (t[i] - t[0]), 1000.0 * (c[-1] - c[j]) / (t[-1] - t[j]))
 
 
 def _finite_or_none(x: float):

@@ -168,6 +168,39 @@ def test_energy_rescale_restores_the_total_energy():
     np.testing.assert_allclose(e, e0, atol=1e-10)
 
 
+def test_energy_relaxation_takes_back_its_share_of_the_excursion():
+    """Weak coupling: after an accepted jump the total energy's distance from its start shrinks
+    by exactly kΔt/τ_E; positions are untouched; τ_E ≤ kΔt is the full rescale."""
+    masses = np.full(6, 12.0)
+    x0 = np.arange(18, dtype=float).reshape(6, 3) * 3.0 + 0.05
+    v0 = 0.01 * np.ones((6, 3))
+    tau = K * DT
+
+    def one_step(**options):
+        init, apply = kstep_integrator(ballistic_jump(masses, K, DT), harmonic, np.full(6, 6), masses, K, DT,
+                                       guards=Guards(max_energy_drift=None), **options)
+        state = apply(init(x0, v0))
+        return state, float(state.energy + analysis.kinetic_energy(state.velocities, masses))
+
+    e0 = float(harmonic(x0) + analysis.kinetic_energy(v0, masses))
+    free, e_free = one_step()
+    assert abs(e_free - e0) > 1e-4                              # Verlet at 2 fs errs on this well
+    relaxed, e_relaxed = one_step(energy_relaxation=4 * tau)
+    np.testing.assert_allclose(relaxed.positions, free.positions, atol=1e-12)
+    assert e_relaxed - e0 == pytest.approx(0.75 * (e_free - e0), rel=1e-9)
+    full, e_full = one_step(energy_relaxation=tau)
+    rescaled, _ = one_step(energy_rescale=True)
+    assert e_full == pytest.approx(e0, abs=1e-12)
+    np.testing.assert_allclose(full.velocities, rescaled.velocities, atol=1e-14)
+
+
+@pytest.mark.parametrize("options, match", [(dict(energy_relaxation=0.0), "time constant"),
+                                            (dict(energy_relaxation=100.0, ensemble="nvt"), "NVE only")])
+def test_energy_relaxation_bad_input(options, match):
+    with pytest.raises(InputError, match=match):
+        kstep_integrator(ballistic_jump(np.ones(2), K, DT), harmonic, [1, 1], np.ones(2), K, DT, **options)
+
+
 def test_nvt_thermalises():
     masses = np.full(30, 12.0)
     x0 = np.arange(90, dtype=float).reshape(30, 3) * 3.0
@@ -305,3 +338,23 @@ def test_exact_verlet_model_reproduces_verlet_with_default_options():
     assert int(state.accepted) == 25
     np.testing.assert_allclose(state.positions, ref.positions, atol=1e-11)
     np.testing.assert_allclose(state.velocities, ref.velocities, atol=1e-12)
+
+
+def test_run_summary_timeline_counts_every_call(ethanol):
+    """``run_md`` records [fs, calls, fallbacks] after every chunk of a kstep run; the last point
+    is the run's own count, and ``call_rates`` reads calls per ps off it."""
+    from jkstep.md import RunConfig, call_rates, run_md
+
+    pot = jkstep.xtb_potential(ethanol)
+    config = RunConfig(integrator="kstep", dt=DT, ps=0.1, save_every=K, chunk_frames=10,
+                       kstep_options=dict(guards=Guards(max_displacement=0.2)))
+    summary, _ = run_md(ethanol, pot, config, jump=noisy_jump(ethanol.masses, 0.08), k=K,
+                        calls=lambda: pot.calls)
+    timeline = np.array(summary["timeline"])
+    np.testing.assert_allclose(timeline[:, 0], [0, 20, 40, 60, 80, 100])
+    assert timeline[0, 1] == 1 and timeline[-1, 1] == summary["integrator_force_calls"] == summary["xtb_calls"]
+    assert timeline[-1, 2] == summary["fallbacks"] > 0      # this noisy 'model' is rejected now and then
+    assert np.all(np.diff(timeline[:, 1]) >= 10)           # at least one call per macro-step
+    first, last = call_rates(summary["timeline"])
+    assert first == pytest.approx(1000 * (timeline[1, 1] - 1) / 20)
+    assert last == pytest.approx(1000 * (timeline[-1, 1] - timeline[-2, 1]) / 20)

@@ -48,9 +48,13 @@ def test_run_kstep_with_the_trained_model(trained):
 
 def test_evaluate_with_the_trained_model(trained):
     rc = cli.main(["evaluate", "--smiles", "CCO", "--model", str(trained / "ckpt"), "--ps", "0.04",
-                   "--replicas", "2", "--equilibrate-ps", "0.01", "--summary", str(trained / "eval.json")])
+                   "--replicas", "2", "--equilibrate-ps", "0.01", "--energy-relaxation", "100",
+                   "--summary", str(trained / "eval.json")])
     r = json.loads((trained / "eval.json").read_text())
     assert rc == 0 and r["contenders"]["kstep"] is not None
+    relaxed = r["contenders"]["kstep_relaxed"]       # the weak-coupling variant, beside kstep
+    assert relaxed["xtb_calls"] == relaxed["integrator_force_calls"] >= 2 * (160 // 8 + 1)
+    assert relaxed["accepted"] + relaxed["fallbacks"] == 2 * 160 // 8
     assert set(r["one_jump"]) == {"position_rmse_a", "bond_rmse_a", "angle_rmse_deg", "dihedral_rmse_deg",
                                   "force_rmse_ev_a"}
     assert all(v is None or np.isfinite(v) for v in r["one_jump"].values())

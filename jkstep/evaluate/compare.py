@@ -41,6 +41,7 @@ from jkstep.molecule import Molecule
 from jkstep.rollout import concat, frames_of, runner
 
 CONTENDERS = ("reference", "verlet_kdt", "corrector_only", "kstep")
+VARIANTS = ("kstep_rescaled", "kstep_relaxed")   # the model with an energy rescale, reported beside kstep
 DISTRIBUTION_KEYS = ("bond_js", "angle_js", "dihedral_js", "spectrum_overlap", "xh_band_shift_cm1")
 
 
@@ -52,7 +53,9 @@ class EvalConfig:
     velocity rescale to the run's initial total energy after every accepted jump. Its energy
     drift and fluctuation are zero by construction for accepted jumps, so only its temperature,
     distributions, spectrum and flip rates say anything; it is reported beside ``kstep``, never
-    instead of it. ``reversal_correction``: α of the model's time-reversal correction
+    instead of it. ``energy_relaxation`` (τ_E in fs, None = off) adds ``kstep_relaxed``: the model
+    with the weak-coupling form of that rescale (``kstep_integrator(energy_relaxation=...)``), also
+    reported beside ``kstep``; its drift is held down in part by construction. ``reversal_correction``: α of the model's time-reversal correction
     (``jkstep.kstep.reversal_corrected``), as ``jkstep run`` uses it by default."""
 
     k: int = 8
@@ -65,6 +68,7 @@ class EvalConfig:
     seed: int = 0
     chunk_frames: int = 250
     energy_rescale: bool = False
+    energy_relaxation: float | None = None
     reversal_correction: float = REVERSAL_CORRECTION
 
     def __post_init__(self):
@@ -74,6 +78,8 @@ class EvalConfig:
             raise InputError(f"at least 2 replicas are needed for a noise floor, got {self.n_replicas}")
         if self.temperature <= 0 or self.equilibrate_ps < 0:
             raise InputError("temperature must be > 0 K and equilibrate_ps ≥ 0")
+        if self.energy_relaxation is not None and not self.energy_relaxation > 0:
+            raise InputError(f"energy_relaxation is a time constant in fs and must be > 0, got {self.energy_relaxation}")
 
     @property
     def n_frames(self) -> int:
@@ -258,6 +264,9 @@ def _k_runs(molecule, config, bundle, run) -> dict:
         if config.energy_rescale:
             runs["kstep_rescaled"] = run("kstep_rescaled", lambda pot: hybrid(
                 pot, _learned(bundle, molecule, config), energy_rescale=True))
+        if config.energy_relaxation is not None:
+            runs["kstep_relaxed"] = run("kstep_relaxed", lambda pot: hybrid(
+                pot, _learned(bundle, molecule, config), energy_relaxation=config.energy_relaxation))
     return runs
 
 
@@ -277,7 +286,7 @@ def _summary(molecule, config, bundle, runs, starts, terms, rotatable, plots) ->
     out["one_jump_verlet_kdt"] = one_jump(ballistic_jump(masses, k, dt), ref, terms)
     out["noise_floor"] = distribution_metrics(ref, ref, masses, terms, frame_fs)[0]
     spectra, results = {}, {}
-    for name in CONTENDERS + (("kstep_rescaled",) if "kstep_rescaled" in runs else ()):
+    for name in CONTENDERS + tuple(name for name in VARIANTS if name in runs):
         if name not in runs:
             results[name] = None
             continue
