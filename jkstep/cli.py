@@ -115,6 +115,9 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--energy-relaxation", type=float, default=None, metavar="FS",
                     help="also run kstep_relaxed: the model with the weak-coupling energy rescale of "
                          "jkstep run --energy-relaxation FS (reported beside kstep)")
+    ev.add_argument("--relaxed-max-energy-drift", type=float, default=-1.0, metavar="EV",
+                    help="kstep_relaxed's total-energy excursion guard, eV (default off: the coupling "
+                         "bounds the energy instead; 0.05 is kstep's)")
     ev.add_argument("--summary", help="write the evaluation as JSON to this path")
     ev.add_argument("--plots", help="directory for the energy, spectrum and distribution plots")
     ev.set_defaults(handler=cmd_evaluate)
@@ -258,6 +261,8 @@ def cmd_evaluate(args) -> int:
                         equilibrate_ps=args.equilibrate_ps, seed=args.seed,
                         energy_rescale=bool(args.energy_rescale and bundle is not None),
                         energy_relaxation=args.energy_relaxation if bundle is not None else None,
+                        relaxed_max_energy_drift=(None if args.relaxed_max_energy_drift < 0
+                                                  else args.relaxed_max_energy_drift),
                         reversal_correction=_reversal_correction(args))
     accuracy = DEFAULT_ACCURACY if args.accuracy is None else args.accuracy
     xtb_potential(molecule, method=args.method, accuracy=accuracy)  # bad input fails here, before any run

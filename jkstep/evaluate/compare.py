@@ -36,7 +36,7 @@ from jkstep import analysis, integrate
 from jkstep.data.replicas import same_energy_velocities
 from jkstep.errors import InputError
 from jkstep.evaluate import metrics
-from jkstep.kstep import REVERSAL_CORRECTION, ballistic_jump, kstep_integrator, model_jump
+from jkstep.kstep import REVERSAL_CORRECTION, Guards, ballistic_jump, kstep_integrator, model_jump
 from jkstep.molecule import Molecule
 from jkstep.rollout import concat, frames_of, runner
 
@@ -55,7 +55,9 @@ class EvalConfig:
     distributions, spectrum and flip rates say anything; it is reported beside ``kstep``, never
     instead of it. ``energy_relaxation`` (τ_E in fs, None = off) adds ``kstep_relaxed``: the model
     with the weak-coupling form of that rescale (``kstep_integrator(energy_relaxation=...)``), also
-    reported beside ``kstep``; its drift is held down in part by construction. ``reversal_correction``: α of the model's time-reversal correction
+    reported beside ``kstep``; its drift is held down in part by construction. Its total-energy
+    excursion guard is ``relaxed_max_energy_drift`` eV (default None: off, the coupling bounds
+    the energy's walk instead, and the cost stays that of Verlet at k·dt). ``reversal_correction``: α of the model's time-reversal correction
     (``jkstep.kstep.reversal_corrected``), as ``jkstep run`` uses it by default."""
 
     k: int = 8
@@ -69,6 +71,7 @@ class EvalConfig:
     chunk_frames: int = 250
     energy_rescale: bool = False
     energy_relaxation: float | None = None
+    relaxed_max_energy_drift: float | None = None
     reversal_correction: float = REVERSAL_CORRECTION
 
     def __post_init__(self):
@@ -266,7 +269,8 @@ def _k_runs(molecule, config, bundle, run) -> dict:
                 pot, _learned(bundle, molecule, config), energy_rescale=True))
         if config.energy_relaxation is not None:
             runs["kstep_relaxed"] = run("kstep_relaxed", lambda pot: hybrid(
-                pot, _learned(bundle, molecule, config), energy_relaxation=config.energy_relaxation))
+                pot, _learned(bundle, molecule, config), energy_relaxation=config.energy_relaxation,
+                guards=Guards(max_energy_drift=config.relaxed_max_energy_drift)))
     return runs
 
 

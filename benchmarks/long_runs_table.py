@@ -1,0 +1,43 @@
+"""Table of benchmarks/long_runs.sh: per molecule and seed, each setting's xTB calls, fallbacks,
+calls per ps in the first and last fifth of the run, energy drift and fluctuation, and mean
+kinetic temperature against the 0.25 fs reference from the same start.
+
+    python benchmarks/long_runs_table.py outputs/long
+"""
+
+import glob
+import json
+import os
+import sys
+
+from jkstep.md import call_rates
+
+SETTINGS = [("ref", "reference (Verlet 0.25 fs)"), ("default", "kstep, default guards"),
+            ("t1000", "kstep, relaxation 1000 fs"), ("t500", "kstep, relaxation 500 fs"),
+            ("t1000_noguard", "kstep, relaxation 1000 fs, no excursion guard"),
+            ("t500_noguard", "kstep, relaxation 500 fs, no excursion guard"),
+            ("t250_noguard", "kstep, relaxation 250 fs, no excursion guard")]
+
+
+def main(directory: str) -> None:
+    runs = sorted({os.path.basename(p).rsplit("_ref.json", 1)[0] for p in glob.glob(f"{directory}/*_ref.json")})
+    print("| run | setting | xTB calls | fallbacks | calls/ps first → last fifth | drift kJ/mol/ps | "
+          "fluct. kJ/mol | mean T K (vs ref) |")
+    print("|---|---|---|---|---|---|---|---|")
+    for run in runs:
+        ref = json.load(open(f"{directory}/{run}_ref.json"))
+        for key, label in SETTINGS:
+            path = f"{directory}/{run}_{key}.json"
+            if not os.path.exists(path):
+                continue
+            s = json.load(open(path))
+            rates = call_rates(s["timeline"]) if "timeline" in s else None
+            rate = f"{rates[0]:.0f} → {rates[1]:.0f}" if rates else ""
+            dt = 100.0 * (s["mean_temperature_k"] / ref["mean_temperature_k"] - 1.0)
+            vs = "" if key == "ref" else f" ({dt:+.1f} %)"
+            print(f"| {run} | {label} | {s['xtb_calls']} | {s['fallbacks'] if key != 'ref' else ''} | {rate} | "
+                  f"{s['drift_kj_mol_ps']:+.3f} | {s['energy_std_kj_mol']:.2f} | {s['mean_temperature_k']:.1f}{vs} |")
+
+
+if __name__ == "__main__":
+    main(sys.argv[1] if len(sys.argv) > 1 else "outputs/long")
