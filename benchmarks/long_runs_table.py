@@ -39,5 +39,27 @@ def main(directory: str) -> None:
                   f"{s['drift_kj_mol_ps']:+.3f} | {s['energy_std_kj_mol']:.2f} | {s['mean_temperature_k']:.1f}{vs} |")
 
 
+def evaluations(directory: str) -> None:
+    """The 2 × 5 ps evaluations: Verlet at 2 fs, the hybrid as shipped and with the coupling."""
+    keys = ("xtb_calls", "energy_std_kj_mol", "bond_js", "angle_js", "dihedral_js", "spectrum_overlap",
+            "xh_band_shift_cm1")
+    print("\n| evaluation | contender | xTB calls | E std kJ/mol | mean T (vs ref) | bond JS | angle JS | "
+          "dihedral JS | spectrum overlap | X–H shift cm⁻¹ |")
+    print("|---|---|---|---|---|---|---|---|---|---|")
+    for path in sorted(glob.glob(f"{directory}/eval_*.json")):
+        r = json.load(open(path))
+        t_ref = r["contenders"]["reference"]["mean_temperature_k"]
+        name = os.path.basename(path)[5:-5]
+        for c in ("reference", "verlet_kdt", "kstep", "kstep_relaxed"):
+            x = r["contenders"][c]
+            t = x["mean_temperature_k"]
+            cells = [f"{x[k]:.3g}" if isinstance(x[k], float) else str(x[k]) for k in keys]
+            cells.insert(2, f"{t:.1f}" + ("" if c == "reference" else f" ({100 * (t / t_ref - 1):+.1f} %)"))
+            print(f"| {name} | {c} | " + " | ".join(cells) + " |")
+        floor = r["noise_floor"]
+        print(f"| {name} | noise floor | | | | " + " | ".join(f"{floor[k]:.3g}" for k in keys[2:]) + " |")
+
+
 if __name__ == "__main__":
     main(sys.argv[1] if len(sys.argv) > 1 else "outputs/long")
+    evaluations(sys.argv[1] if len(sys.argv) > 1 else "outputs/long")
