@@ -177,6 +177,8 @@ def kstep_integrator(jump: JumpFn, potential, numbers, masses, k: int, dt: float
         raise InputError(f"max_attempts must be ≥ 1, got {guards.max_attempts}")
     if energy_relaxation is not None and not energy_relaxation > 0:
         raise InputError(f"energy_relaxation is a time constant in fs and must be > 0, got {energy_relaxation}")
+    if energy_relaxation is not None and energy_rescale:
+        raise InputError("energy_rescale is the full rescale and energy_relaxation its weak form: give one of them")
     if energy_relaxation is not None and ensemble != "nve":
         raise InputError("energy_relaxation pulls the total energy back to its start: NVE only "
                          "(in NVT the thermostat sets the energy); leave it out")

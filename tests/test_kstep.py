@@ -195,7 +195,8 @@ def test_energy_relaxation_takes_back_its_share_of_the_excursion():
 
 
 @pytest.mark.parametrize("options, match", [(dict(energy_relaxation=0.0), "time constant"),
-                                            (dict(energy_relaxation=100.0, ensemble="nvt"), "NVE only")])
+                                            (dict(energy_relaxation=100.0, ensemble="nvt"), "NVE only"),
+                                            (dict(energy_relaxation=100.0, energy_rescale=True), "one of them")])
 def test_energy_relaxation_bad_input(options, match):
     with pytest.raises(InputError, match=match):
         kstep_integrator(ballistic_jump(np.ones(2), K, DT), harmonic, [1, 1], np.ones(2), K, DT, **options)

@@ -57,7 +57,8 @@ class EvalConfig:
     with the weak-coupling form of that rescale (``kstep_integrator(energy_relaxation=...)``), also
     reported beside ``kstep``; its drift is held down in part by construction. Its total-energy
     excursion guard is ``relaxed_max_energy_drift`` eV (default None: off, the coupling bounds
-    the energy's walk instead, and the cost stays that of Verlet at k·dt). ``reversal_correction``: α of the model's time-reversal correction
+    the energy's walk instead, and the cost stays that of Verlet at k·dt).
+    ``reversal_correction``: α of the model's time-reversal correction
     (``jkstep.kstep.reversal_corrected``), as ``jkstep run`` uses it by default."""
 
     k: int = 8
