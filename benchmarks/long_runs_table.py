@@ -33,8 +33,8 @@ def main(directory: str) -> None:
             s = json.load(open(path))
             rates = call_rates(s["timeline"]) if "timeline" in s else None
             rate = f"{rates[0]:.0f} → {rates[1]:.0f}" if rates else ""
-            dt = 100.0 * (s["mean_temperature_k"] / ref["mean_temperature_k"] - 1.0)
-            vs = "" if key == "ref" else f" ({dt:+.1f} %)"
+            off = 100.0 * (s["mean_temperature_k"] / ref["mean_temperature_k"] - 1.0)   # % from the reference
+            vs = "" if key == "ref" else f" ({off:+.1f} %)"
             print(f"| {run} | {label} | {s['xtb_calls']} | {s['fallbacks'] if key != 'ref' else ''} | {rate} | "
                   f"{s['drift_kj_mol_ps']:+.3f} | {s['energy_std_kj_mol']:.2f} | {s['mean_temperature_k']:.1f}{vs} |")
 
@@ -61,5 +61,6 @@ def evaluations(directory: str) -> None:
 
 
 if __name__ == "__main__":
-    main(sys.argv[1] if len(sys.argv) > 1 else "outputs/long")
-    evaluations(sys.argv[1] if len(sys.argv) > 1 else "outputs/long")
+    directory = sys.argv[1] if len(sys.argv) > 1 else "outputs/long"
+    main(directory)
+    evaluations(directory)
