@@ -34,9 +34,10 @@ from jkstep.rollout import runner  # noqa: E402
 from bench_kstep import read_molecules  # noqa: E402
 
 
-def run(bundle, mol, starts, guards, rescale, n_macro):
+def run(bundle, mol, starts, guards, rescale, n_macro, fallback_steps=None):
     pot = jkstep.xtb_potential(mol)
-    init, apply = jkstep.kstep(bundle, pot, mol, guards=guards, energy_rescale=rescale)
+    init, apply = jkstep.kstep(bundle, pot, mol, guards=guards, energy_rescale=rescale,
+                               fallback_steps=fallback_steps)
     state = jax.vmap(init)(*starts)
     state, frames = runner(apply, n_macro, 1, batched=True)(state)
     ke = jax.vmap(lambda v: kinetic_energy(v, mol.masses))(frames.velocities.reshape(-1, len(mol), 3))
@@ -59,6 +60,8 @@ def main():
     p.add_argument("--max-force-error", type=float, default=0.4)
     p.add_argument("--rescale", action="store_true")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--fallback-steps", type=int, default=None,
+                   help="Verlet steps per fallback macro-step (default: steps of at most 0.5 fs)")
     args = p.parse_args()
     bundle = jkstep.load_pretrained(args.model)
     n_macro = int(round(args.ps * 1000 / (bundle.k * bundle.dt)))
@@ -71,7 +74,7 @@ def main():
         config = EvalConfig(k=bundle.k, dt=bundle.dt, n_replicas=args.replicas, seed=args.seed)
         starts = thermalised_starts(mol, jkstep.xtb_potential(mol), config)
         for label, guards in (("default", Guards()), ("escalation", Guards(max_force_error=args.max_force_error))):
-            r = run(bundle, mol, starts, guards, args.rescale, n_macro)
+            r = run(bundle, mol, starts, guards, args.rescale, n_macro, args.fallback_steps)
             per_jump = r["calls"] / (args.replicas * n_macro)
             print(f"{name:18s} {label:12s} {r['calls']:7d} {per_jump:6.2f} {r['accepted']:6d} {r['rejected']:6d} "
                   f"{r['fallbacks']:6d} {r['escalations']:6d} {r['failed']:6d} {r['abs_de_kj_mol']:11.2f} "

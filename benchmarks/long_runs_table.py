@@ -1,6 +1,7 @@
 """Table of benchmarks/long_runs.sh: per molecule and seed, each setting's xTB calls, fallbacks,
 calls per ps in the first and last fifth of the run, energy drift and fluctuation, and mean
-kinetic temperature against the 0.25 fs reference from the same start.
+kinetic temperature against the 0.25 fs reference from the same start (blown-up runs: how far
+they got). Then the 2 × 5 ps evaluations.
 
     python benchmarks/long_runs_table.py outputs/long
 """
@@ -12,11 +13,16 @@ import sys
 
 from jkstep.md import call_rates
 
-SETTINGS = [("ref", "reference (Verlet 0.25 fs)"), ("default", "kstep, default guards"),
-            ("t1000", "kstep, relaxation 1000 fs"), ("t500", "kstep, relaxation 500 fs"),
-            ("t1000_noguard", "kstep, relaxation 1000 fs, no excursion guard"),
-            ("t500_noguard", "kstep, relaxation 500 fs, no excursion guard"),
-            ("t250_noguard", "kstep, relaxation 250 fs, no excursion guard")]
+SETTINGS = [("ref", "reference (Verlet 0.25 fs)"),
+            ("fb4", "kstep, defaults (fallback 4 × 0.5 fs)"),
+            ("default", "kstep, fallback 8 × 0.25 fs (the defaults before)"),
+            ("fb2", "kstep, fallback 2 × 1 fs"), ("fb1", "kstep, fallback 1 × 2 fs"),
+            ("fb2_a1", "kstep, fallback 2 × 1 fs, no retries"),
+            ("t1000", "kstep, fallback 8 × 0.25 fs, relaxation 1000 fs"),
+            ("t500", "kstep, fallback 8 × 0.25 fs, relaxation 500 fs"),
+            ("t1000_noguard", "kstep, fallback 8 × 0.25 fs, relaxation 1000 fs, no excursion guard"),
+            ("t500_noguard", "kstep, fallback 8 × 0.25 fs, relaxation 500 fs, no excursion guard"),
+            ("t250_noguard", "kstep, fallback 8 × 0.25 fs, relaxation 250 fs, no excursion guard")]
 
 
 def main(directory: str) -> None:
@@ -33,6 +39,10 @@ def main(directory: str) -> None:
             s = json.load(open(path))
             rates = call_rates(s["timeline"]) if "timeline" in s else None
             rate = f"{rates[0]:.0f} → {rates[1]:.0f}" if rates else ""
+            if s["blew_up"]:
+                print(f"| {run} | {label} | {s['xtb_calls']} | {s['fallbacks']} | {rate} | blew up "
+                      f"(stopped at {s['simulated_fs'] / 1000:.2f} ps) | | |")
+                continue
             off = 100.0 * (s["mean_temperature_k"] / ref["mean_temperature_k"] - 1.0)   # % from the reference
             vs = "" if key == "ref" else f" ({off:+.1f} %)"
             print(f"| {run} | {label} | {s['xtb_calls']} | {s['fallbacks'] if key != 'ref' else ''} | {rate} | "
@@ -40,7 +50,8 @@ def main(directory: str) -> None:
 
 
 def evaluations(directory: str) -> None:
-    """The 2 × 5 ps evaluations: Verlet at 2 fs, the hybrid as shipped and with the coupling."""
+    """The 2 × 5 ps evaluations: Verlet at 2 fs, the hybrid and, where run, with the coupling
+    (eval_<molecule>_<setting>.json; fb4 and fb2: fallback 4 × 0.5 fs and 2 × 1 fs, the others 8 × 0.25 fs)."""
     keys = ("xtb_calls", "energy_std_kj_mol", "bond_js", "angle_js", "dihedral_js", "spectrum_overlap",
             "xh_band_shift_cm1")
     print("\n| evaluation | contender | xTB calls | E std kJ/mol | mean T (vs ref) | bond JS | angle JS | "
@@ -51,7 +62,9 @@ def evaluations(directory: str) -> None:
         t_ref = r["contenders"]["reference"]["mean_temperature_k"]
         name = os.path.basename(path)[5:-5]
         for c in ("reference", "verlet_kdt", "kstep", "kstep_relaxed"):
-            x = r["contenders"][c]
+            x = r["contenders"].get(c)
+            if x is None:
+                continue
             t = x["mean_temperature_k"]
             cells = [f"{x[k]:.3g}" if isinstance(x[k], float) else str(x[k]) for k in keys]
             cells.insert(2, f"{t:.1f}" + ("" if c == "reference" else f" ({100 * (t / t_ref - 1):+.1f} %)"))

@@ -55,6 +55,8 @@ def build_parser() -> argparse.ArgumentParser:
     kg.add_argument("--delta-scale", type=float, default=1.0,
                     help="scale of the learned correction on the first attempt, halved per retry (default 1)")
     kg.add_argument("--max-attempts", type=int, default=3, help="attempts per jump before the Verlet fallback")
+    kg.add_argument("--fallback-steps", type=int, default=None, metavar="N",
+                    help="a fallback macro-step is N Verlet steps of k·dt/N (N xTB calls; default k, steps of dt)")
     kg.add_argument("--max-displacement", type=float, default=None, help="Å per atom per jump (default 0.025·k)")
     kg.add_argument("--max-energy-rise", type=float, default=0.1, help="total-energy rise per jump, eV (0.1)")
     kg.add_argument("--max-energy-drift", type=float, default=0.05,
@@ -118,6 +120,9 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--relaxed-max-energy-drift", type=float, default=-1.0, metavar="EV",
                     help="kstep_relaxed's total-energy excursion guard, eV (default off: the coupling "
                          "bounds the energy instead; 0.05 is kstep's)")
+    ev.add_argument("--fallback-steps", type=int, default=None, metavar="N",
+                    help="every hybrid contender's fallback macro-step is N Verlet steps of k·dt/N "
+                         "(default k, steps of dt; as jkstep run --fallback-steps)")
     ev.add_argument("--summary", help="write the evaluation as JSON to this path")
     ev.add_argument("--plots", help="directory for the energy, spectrum and distribution plots")
     ev.set_defaults(handler=cmd_evaluate)
@@ -220,6 +225,7 @@ def cmd_run(args) -> int:
                        kstep_options=dict(guards=guards, delta_scale=args.delta_scale,
                                           energy_rescale=args.energy_rescale,
                                           energy_relaxation=args.energy_relaxation,
+                                          fallback_steps=args.fallback_steps,
                                           conserve_angular_momentum=not args.no_angular_momentum))
     pot = xtb_potential(molecule, method=args.method, fallback_method=args.fallback_method,
                         accuracy=DEFAULT_ACCURACY if args.accuracy is None else args.accuracy)
@@ -263,7 +269,7 @@ def cmd_evaluate(args) -> int:
                         energy_relaxation=args.energy_relaxation if bundle is not None else None,
                         relaxed_max_energy_drift=(None if args.relaxed_max_energy_drift < 0
                                                   else args.relaxed_max_energy_drift),
-                        reversal_correction=_reversal_correction(args))
+                        reversal_correction=_reversal_correction(args), fallback_steps=args.fallback_steps)
     accuracy = DEFAULT_ACCURACY if args.accuracy is None else args.accuracy
     xtb_potential(molecule, method=args.method, accuracy=accuracy)  # bad input fails here, before any run
     bars = {}

@@ -19,7 +19,7 @@ import numpy as np
 
 from jkstep import analysis, integrate, units
 from jkstep.errors import InputError
-from jkstep.kstep import kstep_integrator
+from jkstep.kstep import fallback_step_count, kstep_integrator
 from jkstep.molecule import Molecule
 from jkstep.rollout import Frames, concat, frames_of, runner
 
@@ -170,6 +170,7 @@ def run_md(molecule: Molecule, potential: Callable, config: RunConfig, jump=None
         "integrator_force_calls": int(state.force_calls),
     }
     if kstep:
+        summary["fallback_steps"] = fallback_step_count(k, config.dt, config.kstep_options.get("fallback_steps"))
         # [simulated fs, integrator calls, fallbacks] so far, every chunk_frames frames: over long
         # runs the fallbacks (and so the cost) need not stay at the rate of the first picoseconds
         summary["timeline"] = timeline

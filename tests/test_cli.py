@@ -51,6 +51,8 @@ def test_run_langevin_has_no_drift(tmp_path):
     (["run", "--integrator", "leapfrog"], "invalid choice: 'leapfrog'"),
     (["run", "--smiles", "CCO", "--file", "x.xyz"], "not allowed with argument"),
     (["run", "--smiles", "[Fr]F", "--integrator", "verlet"], "no parameters for atomic number"),
+    (["run", "--smiles", "CCO", "--fallback-steps", "0"], "fallback_steps must be an integer ≥ 1"),
+    (["evaluate", "--smiles", "CCO", "--fallback-steps", "0"], "fallback_steps must be an integer ≥ 1"),
 ])
 def test_bad_input_is_one_line_and_status_2(argv, message, capsys):
     with pytest.raises(SystemExit) as exc:

@@ -9,10 +9,11 @@ from tblite.interface import Calculator
 
 import jkstep
 from jkstep import InputError, analysis
-from jkstep.kstep import Guards, ballistic_jump, kstep_integrator
+from jkstep.kstep import Guards, ballistic_jump, fallback_step_count, kstep_integrator
 from jkstep.rollout import runner
 
 K, DT = 8, 0.25
+NF = fallback_step_count(K, DT)   # calls of a fallback macro-step by default (4 × 0.5 fs)
 
 
 def test_corrector_only_is_velocity_verlet_at_k_dt(ethanol):
@@ -47,20 +48,52 @@ def noisy_jump(masses, scale, seed=0):
 
 def test_rejected_jumps_retry_then_fall_back_to_verlet(ethanol):
     """A jump beyond the displacement bound is rejected before any call, retried at half
-    and quarter scale, then the macro-step is k plain Verlet steps (k calls)."""
+    and quarter scale, then the macro-step is plain Verlet over k·dt, by default in steps of
+    0.5 fs (4 calls at k = 8, dt = 0.25 fs)."""
+    assert NF == 4
     v0 = ethanol.thermal_velocities(300.0, seed=1)
     pot = jkstep.xtb_potential(ethanol)
     init, apply = kstep_integrator(noisy_jump(ethanol.masses, 2.0), pot, ethanol.numbers, ethanol.masses,
                                    K, DT, guards=Guards(max_displacement=0.2, max_attempts=3))
     state, _ = runner(apply, 3, 1)(init(ethanol.positions, v0))
     assert (int(state.accepted), int(state.rejected), int(state.fallbacks)) == (0, 9, 3)
-    assert pot.calls == 1 + 3 * K == int(state.force_calls)
+    assert pot.calls == 1 + 3 * NF == int(state.force_calls) and int(state.step) == 3 * K
 
     ref_pot = jkstep.xtb_potential(ethanol)
-    vinit, vapply = jkstep.verlet(ref_pot, ethanol.masses, dt=DT)
-    ref, _ = runner(vapply, 1, 3 * K)(vinit(ethanol.positions, v0))
+    vinit, vapply = jkstep.verlet(ref_pot, ethanol.masses, dt=0.5)
+    ref, _ = runner(vapply, 1, 3 * NF)(vinit(ethanol.positions, v0))
     np.testing.assert_allclose(state.positions, ref.positions, atol=1e-8)
 
+
+@pytest.mark.parametrize("n", [K, 2, 1])
+def test_fallback_steps_make_verlet_at_k_dt_over_n(ethanol, n):
+    """``fallback_steps=n``: every failed macro-step is n Verlet steps of k·dt/n (n calls;
+    n = k: steps of the base dt)."""
+    v0 = ethanol.thermal_velocities(300.0, seed=1)
+    pot = jkstep.xtb_potential(ethanol)
+    init, apply = kstep_integrator(noisy_jump(ethanol.masses, 2.0), pot, ethanol.numbers, ethanol.masses,
+                                   K, DT, guards=Guards(max_displacement=0.2, max_attempts=3), fallback_steps=n)
+    state, _ = runner(apply, 3, 1)(init(ethanol.positions, v0))
+    assert (int(state.accepted), int(state.rejected), int(state.fallbacks)) == (0, 9, 3)
+    assert pot.calls == 1 + 3 * n == int(state.force_calls) and int(state.step) == 3 * K
+
+    ref_pot = jkstep.xtb_potential(ethanol)
+    vinit, vapply = jkstep.verlet(ref_pot, ethanol.masses, dt=K * DT / n)
+    ref, _ = runner(vapply, 1, 3 * n)(vinit(ethanol.positions, v0))
+    np.testing.assert_allclose(state.positions, ref.positions, atol=1e-8)
+    np.testing.assert_allclose(state.velocities, ref.velocities, atol=1e-9)
+
+
+def test_default_fallback_step_count():
+    """Steps of at most 0.5 fs that span k·dt; an explicit count wins."""
+    assert [fallback_step_count(k, 0.25) for k in (1, 2, 4, 8, 16, 32)] == [1, 1, 2, 4, 8, 16]
+    assert fallback_step_count(8, 0.5) == 8 and fallback_step_count(8, 0.25, 8) == 8
+
+
+@pytest.mark.parametrize("n", [0, 2.5, -1])
+def test_bad_fallback_steps(n):
+    with pytest.raises(InputError, match="fallback_steps"):
+        kstep_integrator(ballistic_jump(np.ones(2), K, DT), harmonic, [1, 1], np.ones(2), K, DT, fallback_steps=n)
 
 def test_a_smaller_delta_scale_can_be_accepted(ethanol):
     """Noise of ~0.1 Å fails the 0.2 Å bound on some atom at full scale, passes at a smaller one."""
@@ -91,7 +124,7 @@ def test_heating_jump_is_rejected_after_its_call(ethanol, rescale):
                                    energy_rescale=rescale)
     state = apply(init(ethanol.positions, ethanol.thermal_velocities(600.0, seed=2)))
     assert int(state.rejected) == 2 and int(state.fallbacks) == 1
-    assert pot.calls == int(state.force_calls) == 1 + 2 + K
+    assert pot.calls == int(state.force_calls) == 1 + 2 + NF
 
 
 def test_clash_is_rejected_without_a_call(ethanol):
@@ -105,7 +138,7 @@ def test_clash_is_rejected_without_a_call(ethanol):
     init, apply = kstep_integrator(clash, pot, ethanol.numbers, ethanol.masses, K, DT,
                                    guards=Guards(max_displacement=100.0, max_attempts=1))
     state = apply(init(ethanol.positions, np.zeros((9, 3))))
-    assert int(state.fallbacks) == 1 and pot.calls == 1 + K
+    assert int(state.fallbacks) == 1 and pot.calls == 1 + NF
 
 
 def test_scf_failure_rejects_the_jump(ethanol, monkeypatch):
@@ -125,8 +158,8 @@ def test_scf_failure_rejects_the_jump(ethanol, monkeypatch):
     state = apply(state)
     assert int(state.fallbacks) == 1 and not bool(state.failed)
     assert pot.scf_failures == 1 and pot.failed == 1
-    assert int(state.force_calls) == 1 + 1 + K  # the failed request counts once in the state
-    assert pot.calls == 1 + 2 + K              # ... and as two tblite runs on the host
+    assert int(state.force_calls) == 1 + 1 + NF  # the failed request counts once in the state
+    assert pot.calls == 1 + 2 + NF             # ... and as two tblite runs on the host
 
 
 def test_vmap_batch_makes_exactly_the_calls_of_single_runs(ethanol):
@@ -252,13 +285,13 @@ def test_exact_verlet_model_reproduces_verlet():
 
 def test_force_disagreement_escalates_to_real_steps(ethanol):
     """The ballistic jump's force estimate (F_t) disagrees with the corrector's F' by more
-    than 0.01 eV/Å: every macro-step skips its retries and takes k Verlet steps."""
+    than 0.01 eV/Å: every macro-step skips its retries and takes the Verlet fallback."""
     pot = jkstep.xtb_potential(ethanol)
     init, apply = kstep_integrator(ballistic_jump(ethanol.masses, K, DT), pot, ethanol.numbers, ethanol.masses,
                                    K, DT, guards=Guards(max_force_error=0.01))
     state, _ = runner(apply, 2, 1)(init(ethanol.positions, ethanol.thermal_velocities(300.0, 0)))
     assert int(state.escalations) == 2 == int(state.fallbacks) and int(state.rejected) == 2
-    assert pot.calls == int(state.force_calls) == 1 + 2 * (1 + K)
+    assert pot.calls == int(state.force_calls) == 1 + 2 * (1 + NF)
 
 
 def test_learned_jumps_conserve_angular_momentum(ethanol):

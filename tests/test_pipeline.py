@@ -38,12 +38,14 @@ def test_train_writes_a_loadable_checkpoint(trained):
 
 def test_run_kstep_with_the_trained_model(trained):
     rc = cli.main(["run", "--smiles", "CCO", "--integrator", "kstep", "--model", str(trained / "ckpt"),
-                   "--ps", "0.02", "--summary", str(trained / "run.json")])
+                   "--ps", "0.02", "--fallback-steps", "2", "--summary", str(trained / "run.json")])
     s = json.loads((trained / "run.json").read_text())
     assert rc == 0 and s["integrator"] == "kstep" and s["k"] == 8 and s["simulated_fs"] == 20.0
-    assert s["accepted"] + s["fallbacks"] == 10
-    # one call per accepted jump, one per retry that reached the corrector, k per fallback, one at start
-    assert s["accepted"] + 1 + 8 * s["fallbacks"] <= s["xtb_calls"] == s["integrator_force_calls"]
+    assert s["accepted"] + s["fallbacks"] == 10 and s["fallback_steps"] == 2
+    # one call per accepted jump, one per attempt that reached the corrector (3 at most per
+    # macro-step), 2 per fallback, one at the start
+    assert s["accepted"] + 1 + 2 * s["fallbacks"] <= s["xtb_calls"] == s["integrator_force_calls"]
+    assert s["xtb_calls"] <= 1 + 3 * 10 + 2 * s["fallbacks"]
 
 
 def test_evaluate_with_the_trained_model(trained):
@@ -51,7 +53,7 @@ def test_evaluate_with_the_trained_model(trained):
                    "--replicas", "2", "--equilibrate-ps", "0.01", "--energy-relaxation", "100",
                    "--summary", str(trained / "eval.json")])
     r = json.loads((trained / "eval.json").read_text())
-    assert rc == 0 and r["contenders"]["kstep"] is not None
+    assert rc == 0 and r["contenders"]["kstep"] is not None and r["fallback_steps"] == 4   # 4 × 0.5 fs
     relaxed = r["contenders"]["kstep_relaxed"]       # the weak-coupling variant, beside kstep
     assert relaxed["xtb_calls"] == relaxed["integrator_force_calls"] >= 2 * (160 // 8 + 1)
     assert relaxed["accepted"] + relaxed["fallbacks"] == 2 * 160 // 8

@@ -36,7 +36,8 @@ from jkstep import analysis, integrate
 from jkstep.data.replicas import same_energy_velocities
 from jkstep.errors import InputError
 from jkstep.evaluate import metrics
-from jkstep.kstep import REVERSAL_CORRECTION, Guards, ballistic_jump, kstep_integrator, model_jump
+from jkstep.kstep import (REVERSAL_CORRECTION, Guards, ballistic_jump, fallback_step_count, kstep_integrator,
+                          model_jump)
 from jkstep.molecule import Molecule
 from jkstep.rollout import concat, frames_of, runner
 
@@ -59,7 +60,9 @@ class EvalConfig:
     excursion guard is ``relaxed_max_energy_drift`` eV (default None: off, the coupling bounds
     the energy's walk instead, and the cost stays that of Verlet at k·dt).
     ``reversal_correction``: α of the model's time-reversal correction
-    (``jkstep.kstep.reversal_corrected``), as ``jkstep run`` uses it by default."""
+    (``jkstep.kstep.reversal_corrected``), as ``jkstep run`` uses it by default.
+    ``fallback_steps``: Verlet steps per fallback macro-step of every hybrid contender
+    (``kstep_integrator(fallback_steps=...)``; None = k, steps of dt)."""
 
     k: int = 8
     dt: float = 0.25
@@ -74,6 +77,7 @@ class EvalConfig:
     energy_relaxation: float | None = None
     relaxed_max_energy_drift: float | None = None
     reversal_correction: float = REVERSAL_CORRECTION
+    fallback_steps: int | None = None
 
     def __post_init__(self):
         if self.k < 1 or self.dt <= 0 or self.ps <= 0:
@@ -84,6 +88,7 @@ class EvalConfig:
             raise InputError("temperature must be > 0 K and equilibrate_ps ≥ 0")
         if self.energy_relaxation is not None and not self.energy_relaxation > 0:
             raise InputError(f"energy_relaxation is a time constant in fs and must be > 0, got {self.energy_relaxation}")
+        fallback_step_count(self.k, self.dt, self.fallback_steps)   # an integer ≥ 1, or None
 
     @property
     def n_frames(self) -> int:
@@ -258,7 +263,8 @@ def _k_runs(molecule, config, bundle, run) -> dict:
     k, dt, masses = config.k, config.dt, molecule.masses
 
     def hybrid(pot, jump, **options):
-        init, apply = kstep_integrator(jump, pot, molecule.numbers, masses, k, dt, **options)
+        init, apply = kstep_integrator(jump, pot, molecule.numbers, masses, k, dt,
+                                       fallback_steps=config.fallback_steps, **options)
         return (lambda x, v: init(x, v)), apply
 
     runs = {"verlet_kdt": run("verlet_kdt", lambda pot: integrate.verlet(pot, masses, k * dt)),
@@ -285,7 +291,8 @@ def _summary(molecule, config, bundle, runs, starts, terms, rotatable, plots) ->
     frame_fs = k * dt
     ref = runs["reference"]["frames"]
     out = {"molecule": molecule.name, "k": k, "simulated_fs": config.n_frames * frame_fs,
-           "n_replicas": config.n_replicas, "dt_fs": dt, "temperature_k": config.temperature}
+           "n_replicas": config.n_replicas, "dt_fs": dt, "temperature_k": config.temperature,
+           "fallback_steps": fallback_step_count(k, dt, config.fallback_steps)}
     out["one_jump"] = None if bundle is None else one_jump(_learned(bundle, molecule, config), ref, terms)
     # the same errors for Verlet at k·dt's positions (= the ballistic jump), on the same windows
     out["one_jump_verlet_kdt"] = one_jump(ballistic_jump(masses, k, dt), ref, terms)
