@@ -37,6 +37,15 @@ for pair in "1-propanol CCCO" "cytosine Nc1cc[nH]c(=O)n1"; do
         --fallback-steps 8 --max-energy-drift -1 --summary "${P}_t${T}_noguard.json" > "${P}_t${T}_noguard.log" 2>&1
   done
 done
+# k = 16 (gfn2-k16): the fallback as 16 steps of 0.25 fs against the default 8 of 0.5 fs, 2 ps each
+for pair in "1-propanol CCCO" "cytosine Nc1cc[nH]c(=O)n1"; do
+  set -- $pair
+  for N in 16 8; do
+    P="$OUT/k16_$1_fb$N"
+    [ -f "$P.json" ] || $J run --model gfn2-k16 --smiles $2 --ps 2 --equilibrate-ps 1 --fallback-steps $N \
+        --summary "$P.json" > "$P.log" 2>&1
+  done
+done
 # distributions against Verlet at 2 fs and the 0.25 fs reference, 2 replicas x 5 ps (kstep_relaxed
 # with the excursion guard off at 250 fs, then on at 1000 fs; then the fallback at 0.5 and 1 fs):
 for pair in "1-propanol CCCO" "cytosine Nc1cc[nH]c(=O)n1"; do

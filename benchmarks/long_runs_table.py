@@ -73,7 +73,22 @@ def evaluations(directory: str) -> None:
         print(f"| {name} | noise floor | | | | " + " | ".join(f"{floor[k]:.3g}" for k in keys[2:]) + " |")
 
 
+def k16(directory: str) -> None:
+    """gfn2-k16, 2 ps: the fallback as 16 × 0.25 fs and as 8 × 0.5 fs (the default)."""
+    paths = sorted(glob.glob(f"{directory}/k16_*.json"))
+    if not paths:
+        return
+    print("\n| k = 16 run | xTB calls | accepted / rejected / fallbacks | drift kJ/mol/ps | fluct. kJ/mol | mean T K |")
+    print("|---|---|---|---|---|---|")
+    for path in paths:
+        s = json.load(open(path))
+        print(f"| {os.path.basename(path)[4:-5]} | {s['xtb_calls']} | {s['accepted']} / {s['rejected']} / "
+              f"{s['fallbacks']} | {s['drift_kj_mol_ps']:+.3f} | {s['energy_std_kj_mol']:.2f} | "
+              f"{s['mean_temperature_k']:.1f} |")
+
+
 if __name__ == "__main__":
     directory = sys.argv[1] if len(sys.argv) > 1 else "outputs/long"
     main(directory)
     evaluations(directory)
+    k16(directory)
