@@ -4,6 +4,7 @@ kinetic temperature against the 0.25 fs reference from the same start (blown-up 
 they got). Then the 2 × 5 ps evaluations.
 
     python benchmarks/long_runs_table.py outputs/long
+    python benchmarks/long_runs_table.py --test outputs/test10     (benchmarks/test_long_runs.sh)
 """
 
 import glob
@@ -87,7 +88,28 @@ def k16(directory: str) -> None:
               f"{s['mean_temperature_k']:.1f} |")
 
 
+def test_runs(directory: str) -> None:
+    """benchmarks/test_long_runs.sh: the test molecules, fallback 4 × 0.5 fs against 8 × 0.25 fs."""
+    print("| molecule, seed | fallback | xTB calls (Verlet 2 fs: 5001) | rejected / fallbacks | "
+          "calls/ps first → last fifth | drift kJ/mol/ps | fluct. kJ/mol | mean T K |")
+    print("|---|---|---|---|---|---|---|---|")
+    for path in sorted(glob.glob(f"{directory}/*_s*_fb*.json")):
+        s = json.load(open(path))
+        run, n = os.path.basename(path)[:-5].rsplit("_fb", 1)
+        rates = call_rates(s["timeline"])
+        rate = f"{rates[0]:.0f} → {rates[1]:.0f}" if rates else ""
+        label = {"4": "4 × 0.5 fs (default)", "8": "8 × 0.25 fs (before)"}.get(n, f"{n} steps")
+        if s["blew_up"]:
+            print(f"| {run} | {label} | {s['xtb_calls']} | blew up at {s['simulated_fs'] / 1000:.2f} ps | | | | |")
+            continue
+        print(f"| {run} | {label} | {s['xtb_calls']} | {s['rejected']} / {s['fallbacks']} | {rate} | "
+              f"{s['drift_kj_mol_ps']:+.3f} | {s['energy_std_kj_mol']:.2f} | {s['mean_temperature_k']:.1f} |")
+
+
 if __name__ == "__main__":
+    if len(sys.argv) > 1 and sys.argv[1] == "--test":
+        test_runs(sys.argv[2] if len(sys.argv) > 2 else "outputs/test10")
+        sys.exit(0)
     directory = sys.argv[1] if len(sys.argv) > 1 else "outputs/long"
     main(directory)
     evaluations(directory)

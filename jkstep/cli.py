@@ -56,7 +56,7 @@ def build_parser() -> argparse.ArgumentParser:
                     help="scale of the learned correction on the first attempt, halved per retry (default 1)")
     kg.add_argument("--max-attempts", type=int, default=3, help="attempts per jump before the Verlet fallback")
     kg.add_argument("--fallback-steps", type=int, default=None, metavar="N",
-                    help="a fallback macro-step is N Verlet steps of k·dt/N (N xTB calls; default k, steps of dt)")
+                    help="a fallback macro-step is N Verlet steps of k·dt/N (N xTB calls; default: steps of at most 0.5 fs, 4 at k = 8; k gives steps of dt)")
     kg.add_argument("--max-displacement", type=float, default=None, help="Å per atom per jump (default 0.025·k)")
     kg.add_argument("--max-energy-rise", type=float, default=0.1, help="total-energy rise per jump, eV (0.1)")
     kg.add_argument("--max-energy-drift", type=float, default=0.05,
@@ -122,7 +122,7 @@ def build_parser() -> argparse.ArgumentParser:
                          "bounds the energy instead; 0.05 is kstep's)")
     ev.add_argument("--fallback-steps", type=int, default=None, metavar="N",
                     help="every hybrid contender's fallback macro-step is N Verlet steps of k·dt/N "
-                         "(default k, steps of dt; as jkstep run --fallback-steps)")
+                         "(default: steps of at most 0.5 fs; as jkstep run --fallback-steps)")
     ev.add_argument("--summary", help="write the evaluation as JSON to this path")
     ev.add_argument("--plots", help="directory for the energy, spectrum and distribution plots")
     ev.set_defaults(handler=cmd_evaluate)

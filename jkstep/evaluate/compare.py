@@ -62,7 +62,8 @@ class EvalConfig:
     ``reversal_correction``: α of the model's time-reversal correction
     (``jkstep.kstep.reversal_corrected``), as ``jkstep run`` uses it by default.
     ``fallback_steps``: Verlet steps per fallback macro-step of every hybrid contender
-    (``kstep_integrator(fallback_steps=...)``; None = k, steps of dt)."""
+    (``kstep_integrator(fallback_steps=...)``; None: steps of at most 0.5 fs,
+    ``jkstep.kstep.fallback_step_count``)."""
 
     k: int = 8
     dt: float = 0.25
