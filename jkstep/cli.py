@@ -56,7 +56,8 @@ def build_parser() -> argparse.ArgumentParser:
                     help="scale of the learned correction on the first attempt, halved per retry (default 1)")
     kg.add_argument("--max-attempts", type=int, default=3, help="attempts per jump before the Verlet fallback")
     kg.add_argument("--fallback-steps", type=int, default=None, metavar="N",
-                    help="a fallback macro-step is N Verlet steps of k·dt/N (N xTB calls; default: steps of at most 0.5 fs, 4 at k = 8; k gives steps of dt)")
+                    help="a fallback macro-step is N Verlet steps of k·dt/N (N xTB calls; default: steps "
+                         "of at most 0.5 fs, 4 at k = 8; N = k gives steps of dt)")
     kg.add_argument("--max-displacement", type=float, default=None, help="Å per atom per jump (default 0.025·k)")
     kg.add_argument("--max-energy-rise", type=float, default=0.1, help="total-energy rise per jump, eV (0.1)")
     kg.add_argument("--max-energy-drift", type=float, default=0.05,
