@@ -8,15 +8,17 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 OUT=${1:-outputs/test10}
 mkdir -p "$OUT"
-jobs=()
+run() {   # run SEED N SMILES NAME: one 10 ps run, skipped if its summary exists
+  local P="$OUT/$4_s$1_fb$2"
+  [ -f "$P.json" ] || OMP_NUM_THREADS=1 .venv/bin/jkstep run --smiles "$3" --ps 10 --equilibrate-ps 1 --seed "$1" \
+      --fallback-steps "$2" --summary "$P.json" > "$P.log" 2>&1
+}
 for pair in "alanine_dipeptide CC(=O)NC(C)C(=O)NC" "adenine Nc1ncnc2[nH]cnc12" "cysteine NC(CS)C(=O)O" \
             "paracetamol CC(=O)Nc1ccc(O)cc1"; do
   set -- $pair
   for SEED in 0 1; do
-    for N in 4 8; do
-      P="$OUT/$1_s${SEED}_fb$N"
-      [ -f "$P.json" ] || jobs+=("OMP_NUM_THREADS=1 .venv/bin/jkstep run --smiles '$2' --ps 10 --equilibrate-ps 1 --seed $SEED --fallback-steps $N --summary $P.json > $P.log 2>&1")
-    done
+    run $SEED 4 "$2" "$1" &    # two runs at a time: the two fallbacks from the same start
+    run $SEED 8 "$2" "$1" &
+    wait
   done
 done
-[ ${#jobs[@]} -eq 0 ] || printf '%s\n' "${jobs[@]}" | xargs -P 2 -I{} bash -c "{}"
