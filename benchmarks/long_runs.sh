@@ -24,8 +24,7 @@ for pair in "1-propanol CCCO" "cytosine Nc1cc[nH]c(=O)n1"; do
       [ -f "${P}_t$T.json" ] || $R --fallback-steps 8 --energy-relaxation $T --summary "${P}_t$T.json" > "${P}_t$T.log" 2>&1
     done
     # the fallback: 4 steps of 0.5 fs (the default now), 2 of 1 fs, 1 of 2 fs, and 2 of 1 fs without retries
-    [ -f "${P}_fb4.json" ] || $R --summary "${P}_fb4.json" > "${P}_fb4.log" 2>&1
-    for N in 2 1; do
+    for N in 4 2 1; do
       [ -f "${P}_fb$N.json" ] || $R --fallback-steps $N --summary "${P}_fb$N.json" > "${P}_fb$N.log" 2>&1
     done
     [ -f "${P}_fb2_a1.json" ] || $R --fallback-steps 2 --max-attempts 1 --summary "${P}_fb2_a1.json" > "${P}_fb2_a1.log" 2>&1

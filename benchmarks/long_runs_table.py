@@ -26,6 +26,12 @@ SETTINGS = [("ref", "reference (Verlet 0.25 fs)"),
             ("t250_noguard", "kstep, fallback 8 × 0.25 fs, relaxation 250 fs, no excursion guard")]
 
 
+def _rate(summary: dict) -> str:
+    """'first → last' calls per ps of a kstep run's timeline ('' for runs without one)."""
+    rates = call_rates(summary["timeline"]) if "timeline" in summary else None
+    return f"{rates[0]:.0f} → {rates[1]:.0f}" if rates else ""
+
+
 def main(directory: str) -> None:
     runs = sorted({os.path.basename(p).rsplit("_ref.json", 1)[0] for p in glob.glob(f"{directory}/*_ref.json")})
     print("| run | setting | xTB calls | fallbacks | calls/ps first → last fifth | drift kJ/mol/ps | "
@@ -38,8 +44,7 @@ def main(directory: str) -> None:
             if not os.path.exists(path):
                 continue
             s = json.load(open(path))
-            rates = call_rates(s["timeline"]) if "timeline" in s else None
-            rate = f"{rates[0]:.0f} → {rates[1]:.0f}" if rates else ""
+            rate = _rate(s)
             if s["blew_up"]:
                 print(f"| {run} | {label} | {s['xtb_calls']} | {s['fallbacks']} | {rate} | blew up "
                       f"(stopped at {s['simulated_fs'] / 1000:.2f} ps) | | |")
@@ -96,8 +101,7 @@ def test_runs(directory: str) -> None:
     for path in sorted(glob.glob(f"{directory}/*_s*_fb*.json")):
         s = json.load(open(path))
         run, n = os.path.basename(path)[:-5].rsplit("_fb", 1)
-        rates = call_rates(s["timeline"])
-        rate = f"{rates[0]:.0f} → {rates[1]:.0f}" if rates else ""
+        rate = _rate(s)
         label = {"4": "4 × 0.5 fs (default)", "8": "8 × 0.25 fs (before)"}.get(n, f"{n} steps")
         if s["blew_up"]:
             print(f"| {run} | {label} | {s['xtb_calls']} | blew up at {s['simulated_fs'] / 1000:.2f} ps | | | | |")
