@@ -7,8 +7,9 @@
 
 Prints, for each molecule (default: the test split of data/qm_splits.json):
 
-1. the accuracy/cost table of ``jkstep evaluate`` (reference Verlet 0.25 fs, Verlet at k·dt with
-   the same xTB calls, the zero-network corrector and the model, next to the noise floor);
+1. the accuracy/cost table of ``jkstep evaluate`` (reference Verlet 0.25 fs, Verlet at k·dt, the
+   zero-network corrector, the model, and Verlet at the time step that makes as many xTB calls
+   as the model did, next to the noise floor);
 2. wall clock per simulated ps of the hybrid and of Verlet at 0.25 fs on the same molecule
    (median of ``--repeats`` runs of ``--timing-steps`` macro-steps, after a warm-up), and the
    cost split: the jump alone, one xTB call after a jump, one xTB call after a single 0.25 fs
@@ -95,14 +96,14 @@ def k_sweep(name, smiles, bundles, names_by_k, args) -> dict:
           f"{time.perf_counter() - t0:.0f} s; "
           f"reference (Verlet 0.25 fs, shared by every k): {ref['xtb_calls']} xTB calls, "
           f"mean T {fmt(ref['mean_temperature_k'])} K, E std {fmt(ref['energy_std_kj_mol'])} kJ/mol")
-    print("columns: verlet_kdt / corrector_only / kstep" + (" / kstep_rescaled" if args.energy_rescale else "")
+    print("columns: verlet_kdt / corrector_only / kstep / verlet_equal_cost (where a model runs: Verlet at the "
+          "time step that makes kstep's calls)" + (" / kstep_rescaled" if args.energy_rescale else "")
           + "; floor = the reference's replicas against each other at that frame spacing")
     print(f"{'k':>3} {'model':>10} " + " ".join(f"{key:>34}" for key in keys))
     for k in args.ks:
         r = results[k]
         names = ["verlet_kdt", "corrector_only", "kstep"]
-        if r["contenders"].get("kstep_rescaled") is not None:
-            names.append("kstep_rescaled")
+        names += [n for n in ("verlet_equal_cost", "kstep_rescaled") if r["contenders"].get(n) is not None]
         cells = []
         for key in keys:
             cell = "/".join(fmt((r["contenders"][n] or {}).get(key)) for n in names)

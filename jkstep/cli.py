@@ -124,6 +124,9 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--fallback-steps", type=int, default=None, metavar="N",
                     help="every hybrid contender's fallback macro-step is N Verlet steps of k·dt/N "
                          "(default: steps of at most 0.5 fs; as jkstep run --fallback-steps)")
+    ev.add_argument("--equal-cost", action=argparse.BooleanOptionalAction, default=True,
+                    help="with --model, also run verlet_equal_cost: Verlet at the time step that makes as many "
+                         "xTB calls as kstep made (default on; --no-equal-cost skips it)")
     ev.add_argument("--summary", help="write the evaluation as JSON to this path")
     ev.add_argument("--plots", help="directory for the energy, spectrum and distribution plots")
     ev.set_defaults(handler=cmd_evaluate)
@@ -270,7 +273,8 @@ def cmd_evaluate(args) -> int:
                         energy_relaxation=args.energy_relaxation if bundle is not None else None,
                         relaxed_max_energy_drift=(None if args.relaxed_max_energy_drift < 0
                                                   else args.relaxed_max_energy_drift),
-                        reversal_correction=_reversal_correction(args), fallback_steps=args.fallback_steps)
+                        reversal_correction=_reversal_correction(args), fallback_steps=args.fallback_steps,
+                        equal_cost=args.equal_cost)
     accuracy = DEFAULT_ACCURACY if args.accuracy is None else args.accuracy
     xtb_potential(molecule, method=args.method, accuracy=accuracy)  # bad input fails here, before any run
     bars = {}
@@ -307,6 +311,10 @@ def _print_evaluation(r: dict):
         row = [fmt(r["contenders"][n].get(key)) for n in names]
         floor = fmt(r["noise_floor"].get(key)) if key in r["noise_floor"] else ""
         print(f"{key:20s}" + "".join(f"{v:>16s}" for v in row) + f"{floor:>16s}")
+    equal = r["contenders"].get("verlet_equal_cost")
+    if equal:
+        print(f"verlet_equal_cost: Verlet at {equal['dt_fs']:.3f} fs, as many xTB calls as kstep made "
+              f"({equal['xtb_calls']} against {r['contenders']['kstep']['xtb_calls']})")
     if r["one_jump"]:
         print("one jump: " + ", ".join(f"{k} {fmt(v)}" for k, v in r["one_jump"].items()))
     if r.get("one_jump_verlet_kdt"):

@@ -100,3 +100,14 @@ def test_k_sweep_shares_one_reference_run():
     assert sweep[4]["contenders"]["verlet_kdt"]["xtb_calls"] == 2 * (1 + 40)
     with pytest.raises(jkstep.InputError, match="ks ≥ 1"):
         evaluate_ks(mol, factory, config, {})
+
+
+def test_equal_cost_time_step():
+    """Verlet's time step for the calls a hybrid made: one call per replica at the start, one per
+    step, the step count rounded, never finer than the reference's step."""
+    from jkstep.evaluate.compare import equal_cost_dt
+
+    assert equal_cost_dt(2 * (1 + 20), 2, 40.0, 0.25) == 2.0          # Verlet at k·dt's own calls
+    assert equal_cost_dt(2 * (1 + 24), 2, 40.0, 0.25) == pytest.approx(40.0 / 24)
+    assert equal_cost_dt(4797, 4, 2000.0, 0.25) == pytest.approx(2000.0 / 1198)
+    assert equal_cost_dt(10**6, 2, 40.0, 0.25) == 0.25                 # dearer than the reference

@@ -57,6 +57,12 @@ def test_evaluate_with_the_trained_model(trained):
     relaxed = r["contenders"]["kstep_relaxed"]       # the weak-coupling variant, beside kstep
     assert relaxed["xtb_calls"] == relaxed["integrator_force_calls"] >= 2 * (160 // 8 + 1)
     assert relaxed["accepted"] + relaxed["fallbacks"] == 2 * 160 // 8
+    # Verlet at the time step that makes as many xTB calls as kstep made, over the same 40 fs
+    kstep, equal = r["contenders"]["kstep"], r["contenders"]["verlet_equal_cost"]
+    steps = (kstep["xtb_calls"] + 1) // 2 - 1     # calls per replica, rounded half up
+    assert equal["dt_fs"] == pytest.approx(max(40.0 / steps, 0.25))
+    assert equal["xtb_calls"] == 2 * (1 + round(40.0 / equal["dt_fs"])) and abs(equal["xtb_calls"] - kstep["xtb_calls"]) <= 1
+    assert not equal["blew_up"] and equal["energy_std_kj_mol"] is not None and equal["bond_js"] is not None
     assert set(r["one_jump"]) == {"position_rmse_a", "bond_rmse_a", "angle_rmse_deg", "dihedral_rmse_deg",
                                   "force_rmse_ev_a"}
     assert all(v is None or np.isfinite(v) for v in r["one_jump"].values())

@@ -8,7 +8,11 @@
    xTB calls as the hybrid), ``corrector_only`` (the hybrid with the zero network: ballistic
    jump + corrector; with jkstep's Verlet-consistent final kick it is Verlet at k·dt by
    construction, so it checks the plumbing) and ``kstep`` (the model). Frames of all of
-   them are k·dt apart, so spectra and distributions see the same sampling.
+   them are k·dt apart, so spectra and distributions see the same sampling. Because rejected
+   jumps and fallbacks make the model dearer than Verlet at k·dt, ``verlet_equal_cost`` then
+   runs Verlet at the time step that makes as many xTB calls as ``kstep`` actually made
+   (frames every step; its ``dt_fs`` is recorded): the equal-cost baseline in fact, not only
+   in name.
 3. Distribution and spectrum metrics compare a contender on the first half of the replicas
    against the reference on the second half; the noise floor is the reference's first half
    against its second half: the same statistics, so a contender at the floor is as good as a
@@ -42,7 +46,7 @@ from jkstep.molecule import Molecule
 from jkstep.rollout import concat, frames_of, runner
 
 CONTENDERS = ("reference", "verlet_kdt", "corrector_only", "kstep")
-VARIANTS = ("kstep_rescaled", "kstep_relaxed")   # the model with an energy rescale, reported beside kstep
+VARIANTS = ("verlet_equal_cost", "kstep_rescaled", "kstep_relaxed")   # reported beside kstep
 DISTRIBUTION_KEYS = ("bond_js", "angle_js", "dihedral_js", "spectrum_overlap", "xh_band_shift_cm1")
 
 
@@ -63,7 +67,9 @@ class EvalConfig:
     (``jkstep.kstep.reversal_corrected``), as ``jkstep run`` uses it by default.
     ``fallback_steps``: Verlet steps per fallback macro-step of every hybrid contender
     (``kstep_integrator(fallback_steps=...)``; None: steps of at most 0.5 fs,
-    ``jkstep.kstep.fallback_step_count``)."""
+    ``jkstep.kstep.fallback_step_count``). ``equal_cost`` (with a model): also run
+    ``verlet_equal_cost``, Verlet at the time step that makes as many xTB calls per replica as
+    ``kstep`` made (``equal_cost_dt``)."""
 
     k: int = 8
     dt: float = 0.25
@@ -79,6 +85,7 @@ class EvalConfig:
     relaxed_max_energy_drift: float | None = None
     reversal_correction: float = REVERSAL_CORRECTION
     fallback_steps: int | None = None
+    equal_cost: bool = True
 
     def __post_init__(self):
         if self.k < 1 or self.dt <= 0 or self.ps <= 0:
@@ -95,6 +102,14 @@ class EvalConfig:
     def n_frames(self) -> int:
         """Frames per replica, k·dt apart (the start excluded)."""
         return max(2, int(round(self.ps * 1000.0 / (self.k * self.dt))))
+
+
+def equal_cost_dt(xtb_calls: int, n_replicas: int, simulated_fs: float, dt: float) -> float:
+    """Time step (fs) of the Verlet run that makes ``xtb_calls`` xTB calls over ``n_replicas``
+    replicas of ``simulated_fs`` each (one call at the start of each, one per step; the step
+    count rounded to the nearest whole one, and never finer than the reference's ``dt``)."""
+    steps = max(1, math.floor(xtb_calls / n_replicas + 0.5) - 1)
+    return max(simulated_fs / steps, dt)
 
 
 def thermalised_starts(molecule: Molecule, potential, config: EvalConfig):
@@ -139,13 +154,16 @@ def _split(x):
     return x[:h], x[h:2 * h]
 
 
-def distribution_metrics(contender, reference, masses, terms, frame_fs: float) -> dict:
-    """Contender's first half of the replicas against the reference's second half."""
+def distribution_metrics(contender, reference, masses, terms, frame_fs: float,
+                         reference_frame_fs: float | None = None) -> dict:
+    """Contender's first half of the replicas against the reference's second half; frames
+    ``frame_fs`` apart (the reference's ``reference_frame_fs``, default the same)."""
     (pa, _), (va, _) = _split(contender.positions), _split(contender.velocities)
     (_, pb), (_, vb) = _split(reference.positions), _split(reference.velocities)
     bonds, angles, dihedrals = terms
+    ref_fs = frame_fs if reference_frame_fs is None else reference_frame_fs
     spec_a = metrics.average_spectra([metrics.vibrational_spectrum(v, masses, frame_fs) for v in va])
-    spec_b = metrics.average_spectra([metrics.vibrational_spectrum(v, masses, frame_fs) for v in vb])
+    spec_b = metrics.average_spectra([metrics.vibrational_spectrum(v, masses, ref_fs) for v in vb])
     return {"bond_js": metrics.distribution_js(pa, pb, bonds, "bond"),
             "angle_js": metrics.distribution_js(pa, pb, angles, "angle"),
             "dihedral_js": metrics.distribution_js(pa, pb, dihedrals, "dihedral"),
@@ -153,15 +171,17 @@ def distribution_metrics(contender, reference, masses, terms, frame_fs: float) -
             "xh_band_shift_cm1": metrics.xh_band_shift(spec_a, spec_b)}, spec_a
 
 
-def flip_metrics(contender, reference, rotatable, frame_fs: float) -> dict:
-    """Torsion transitions per ps of the contender's first half over the reference's second half."""
+def flip_metrics(contender, reference, rotatable, frame_fs: float, reference_frame_fs: float | None = None) -> dict:
+    """Torsion transitions per ps of the contender's first half over the reference's second half
+    (frames ``frame_fs`` apart; the reference's ``reference_frame_fs``, default the same)."""
     if len(rotatable) == 0:
         return {"flip_rate_ratio": None, "flip_rate_ci": None}
     counts = []
-    for positions in (_split(contender.positions)[0], _split(reference.positions)[1]):
+    ref_fs = frame_fs if reference_frame_fs is None else reference_frame_fs
+    for positions, spacing in ((_split(contender.positions)[0], frame_fs), (_split(reference.positions)[1], ref_fs)):
         n, t = 0, 0.0
         for replica in positions:
-            tr = metrics.torsion_transitions(metrics.dihedrals(replica, rotatable), frame_fs)
+            tr = metrics.torsion_transitions(metrics.dihedrals(replica, rotatable), spacing)
             n += tr["n_transitions"]
             t += tr["time_ps"] * len(rotatable)
         counts += [n, t]
@@ -253,14 +273,15 @@ def evaluate_ks(molecule: Molecule, potential_factory: Callable[[], object], con
         cfg = dataclasses.replace(config, k=k)
         ref_run = dict(reference, frames=jax.tree.map(lambda a: a[:, ::k // base], reference["frames"]))
         runs = {"reference": ref_run}
-        runs.update(_k_runs(molecule, cfg, models[k], lambda name, build: run(name, cfg, build, 1)))
+        runs.update(_k_runs(molecule, cfg, models[k], lambda name, build, c=cfg: run(name, c, build, 1)))
         directory = None if not plots else plots if len(ks) == 1 else os.path.join(plots, f"k{k}")
         out[k] = _summary(molecule, cfg, models[k], runs, starts, terms, rotatable, directory)
     return out
 
 
 def _k_runs(molecule, config, bundle, run) -> dict:
-    """Verlet at k·dt, the zero-network corrector and the model's contenders at ``config.k``."""
+    """Verlet at k·dt, the zero-network corrector and the model's contenders at ``config.k``
+    (``run(name, build, config)``: one contender, frames every apply of ``config``)."""
     k, dt, masses = config.k, config.dt, molecule.masses
 
     def hybrid(pot, jump, **options):
@@ -272,6 +293,13 @@ def _k_runs(molecule, config, bundle, run) -> dict:
             "corrector_only": run("corrector_only", lambda pot: hybrid(pot, ballistic_jump(masses, k, dt)))}
     if bundle is not None:
         runs["kstep"] = run("kstep", lambda pot: hybrid(pot, _learned(bundle, molecule, config)))
+        if config.equal_cost:
+            dt_equal = equal_cost_dt(runs["kstep"]["xtb_calls"], config.n_replicas, config.n_frames * k * dt, dt)
+            # frames every step of dt_equal over the same time: k = 1 step of dt_equal per frame
+            every_step = dataclasses.replace(config, k=1, dt=dt_equal, ps=config.n_frames * k * dt / 1000.0)
+            runs["verlet_equal_cost"] = run("verlet_equal_cost",
+                                            lambda pot: integrate.verlet(pot, masses, dt_equal), every_step)
+            runs["verlet_equal_cost"]["frame_fs"] = dt_equal
         if config.energy_rescale:
             runs["kstep_rescaled"] = run("kstep_rescaled", lambda pot: hybrid(
                 pot, _learned(bundle, molecule, config), energy_rescale=True))
@@ -307,14 +335,17 @@ def _summary(molecule, config, bundle, runs, starts, terms, rotatable, plots) ->
         fr, state = run["frames"], run["state"]
         exploded = bool(np.asarray(fr.failed).any()) or metrics.blew_up(fr.positions, terms[0], starts[0][0])
         res = {"xtb_calls": int(run["xtb_calls"]), "blew_up": exploded, "wall_s": run["wall_s"]}
+        spacing = run.get("frame_fs", frame_fs)    # verlet_equal_cost: frames every step of its own dt
+        if "frame_fs" in run:
+            res["dt_fs"] = spacing
         if exploded:
             res.update({key: None for key in ("drift_kj_mol_ps", "energy_std_kj_mol", "mean_temperature_k",
                                               *DISTRIBUTION_KEYS, "flip_rate_ratio")})
         else:
-            res.update(energy_metrics(fr, masses, frame_fs))
-            dist, spectra[name] = distribution_metrics(fr, ref, masses, terms, frame_fs)
+            res.update(energy_metrics(fr, masses, spacing))
+            dist, spectra[name] = distribution_metrics(fr, ref, masses, terms, spacing, frame_fs)
             res.update(dist)
-            res.update(flip_metrics(fr, ref, rotatable, frame_fs))
+            res.update(flip_metrics(fr, ref, rotatable, spacing, frame_fs))
         if hasattr(state, "accepted"):
             res.update(accepted=int(np.sum(state.accepted)), rejected=int(np.sum(state.rejected)),
                        fallbacks=int(np.sum(state.fallbacks)))
@@ -331,7 +362,7 @@ def _plots(directory, runs, spectra, masses, frame_fs, terms):
     energy = {}
     for name, run in runs.items():
         fr = run["frames"]
-        energy[name] = (np.arange(fr.energy.shape[1]) * frame_fs,
+        energy[name] = (np.arange(fr.energy.shape[1]) * run.get("frame_fs", frame_fs),
                         np.asarray(fr.energy[0]) + analysis.kinetic_energy(fr.velocities[0], masses))
     metrics.plot_energy(os.path.join(directory, "energy.png"), energy)
     metrics.plot_spectra(os.path.join(directory, "spectra.png"), spectra)
