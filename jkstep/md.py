@@ -32,7 +32,9 @@ class RunConfig:
 
     ``ensemble`` applies to kstep (nve, or nvt with an exact velocity thermostat step per
     macro-step); verlet is NVE and langevin NVT. ``save_every`` is in base steps (rounded
-    up to whole macro-steps for kstep).
+    up to whole macro-steps for kstep). ``equilibrate_dt``: time step of the Langevin
+    thermalisation (None: ``dt``); give the same one to runs with different time steps to start
+    them from the same state (e.g. Verlet at the hybrid's equal-cost step and the hybrid itself).
     """
 
     integrator: str = "verlet"
@@ -42,6 +44,7 @@ class RunConfig:
     temperature: float = 300.0
     friction: float = 0.01
     equilibrate_ps: float = 0.0
+    equilibrate_dt: float | None = None
     save_every: int = 4
     seed: int = 0
     chunk_frames: int = 100
@@ -58,6 +61,8 @@ class RunConfig:
         for name in ("temperature", "friction", "equilibrate_ps"):
             if not getattr(self, name) >= 0:
                 raise InputError(f"{name} must be ≥ 0, got {getattr(self, name)}")
+        if self.equilibrate_dt is not None and not self.equilibrate_dt > 0:
+            raise InputError(f"equilibrate_dt must be > 0 fs, got {self.equilibrate_dt}")
 
     @property
     def n_steps(self) -> int:
@@ -93,10 +98,11 @@ def run_md(molecule: Molecule, potential: Callable, config: RunConfig, jump=None
     positions, velocities = molecule.positions, molecule.thermal_velocities(config.temperature, config.seed)
 
     if config.equilibrate_ps > 0:
-        init, apply = integrate.langevin(potential, masses, config.dt, config.temperature, config.friction)
+        dt_eq = config.dt if config.equilibrate_dt is None else config.equilibrate_dt
+        init, apply = integrate.langevin(potential, masses, dt_eq, config.temperature, config.friction)
         key, sub = jax.random.split(key)
         state = init(positions, velocities, sub)
-        n_eq = int(round(config.equilibrate_ps * 1000.0 / config.dt))
+        n_eq = int(round(config.equilibrate_ps * 1000.0 / dt_eq))
         state, _ = runner(apply, 1, n_eq)(state)
         positions, velocities = state.positions, state.velocities
         if bool(state.failed):

@@ -44,6 +44,21 @@ def test_run_langevin_has_no_drift(tmp_path):
     assert s["ensemble"] == "nvt" and s["drift_kj_mol_ps"] is None and s["xtb_calls"] == 41
 
 
+def test_equilibrate_dt_starts_runs_of_different_steps_from_one_state(tmp_path):
+    """--equilibrate-dt: Verlet at 0.5 fs starts where a 0.25 fs run with the same thermalisation
+    does (the equal-cost comparison of `jkstep run` needs the same start); without it, not."""
+    starts = {}
+    for name, extra in (("a", ["--dt", "0.25"]), ("b", ["--dt", "0.5", "--equilibrate-dt", "0.25"]),
+                        ("c", ["--dt", "0.5"])):
+        out = tmp_path / f"{name}.traj"
+        assert cli.main(["run", "--smiles", "CO", "--integrator", "verlet", "--ps", "0.005", "--equilibrate-ps",
+                         "0.01", "--save-every", "10", "--out", str(out), *extra]) == 0
+        first = read(out, index=0)
+        starts[name] = np.concatenate([first.positions, first.get_velocities()])
+    np.testing.assert_allclose(starts["b"], starts["a"], atol=1e-12)
+    assert np.abs(starts["c"] - starts["a"]).max() > 1e-4
+
+
 @pytest.mark.parametrize("argv, message", [
     (["run", "--smiles", "C1CC"], "cannot parse SMILES 'C1CC'"),
     (["run", "--file", "/no/such.xyz"], "no such file: /no/such.xyz"),
@@ -53,6 +68,7 @@ def test_run_langevin_has_no_drift(tmp_path):
     (["run", "--smiles", "[Fr]F", "--integrator", "verlet"], "no parameters for atomic number"),
     (["run", "--smiles", "CCO", "--fallback-steps", "0"], "fallback_steps must be an integer ≥ 1"),
     (["evaluate", "--smiles", "CCO", "--fallback-steps", "0"], "fallback_steps must be an integer ≥ 1"),
+    (["run", "--smiles", "CCO", "--equilibrate-ps", "0.1", "--equilibrate-dt", "0"], "equilibrate_dt must be > 0"),
 ])
 def test_bad_input_is_one_line_and_status_2(argv, message, capsys):
     with pytest.raises(SystemExit) as exc:
