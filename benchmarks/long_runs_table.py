@@ -16,6 +16,7 @@ from jkstep.md import call_rates
 
 SETTINGS = [("ref", "reference (Verlet 0.25 fs)"),
             ("fb4", "kstep, defaults (fallback 4 × 0.5 fs)"),
+            ("eq", "Verlet at the equal-cost step of the defaults' run"),
             ("default", "kstep, fallback 8 × 0.25 fs (the defaults before)"),
             ("fb2", "kstep, fallback 2 × 1 fs"), ("fb1", "kstep, fallback 1 × 2 fs"),
             ("fb2_a1", "kstep, fallback 2 × 1 fs, no retries"),
@@ -45,13 +46,15 @@ def main(directory: str) -> None:
                 continue
             s = json.load(open(path))
             rate = _rate(s)
+            if key == "eq":   # benchmarks/equal_cost_runs.py: as many calls as the fb4 run, same start
+                label = f"Verlet at {s['dt_fs']:.2f} fs (equal cost to the defaults)"
             if s["blew_up"]:
                 print(f"| {run} | {label} | {s['xtb_calls']} | {s['fallbacks']} | {rate} | blew up "
                       f"(stopped at {s['simulated_fs'] / 1000:.2f} ps) | | |")
                 continue
             off = 100.0 * (s["mean_temperature_k"] / ref["mean_temperature_k"] - 1.0)   # % from the reference
             vs = "" if key == "ref" else f" ({off:+.1f} %)"
-            print(f"| {run} | {label} | {s['xtb_calls']} | {s['fallbacks'] if key != 'ref' else ''} | {rate} | "
+            print(f"| {run} | {label} | {s['xtb_calls']} | {s['fallbacks'] if s['k'] else ''} | {rate} | "
                   f"{s['drift_kj_mol_ps']:+.3f} | {s['energy_std_kj_mol']:.2f} | {s['mean_temperature_k']:.1f}{vs} |")
 
 
@@ -67,7 +70,7 @@ def evaluations(directory: str) -> None:
         r = json.load(open(path))
         t_ref = r["contenders"]["reference"]["mean_temperature_k"]
         name = os.path.basename(path)[5:-5]
-        for c in ("reference", "verlet_kdt", "kstep", "kstep_relaxed"):
+        for c in ("reference", "verlet_kdt", "kstep", "verlet_equal_cost", "kstep_relaxed"):
             x = r["contenders"].get(c)
             if x is None:
                 continue
@@ -94,19 +97,22 @@ def k16(directory: str) -> None:
 
 
 def test_runs(directory: str) -> None:
-    """benchmarks/test_long_runs.sh: the test molecules, fallback 4 × 0.5 fs against 8 × 0.25 fs."""
-    print("| molecule, seed | fallback | xTB calls (Verlet 2 fs: 5001) | rejected / fallbacks | "
+    """benchmarks/test_long_runs.sh: the test molecules, fallback 4 × 0.5 fs against 8 × 0.25 fs,
+    and (benchmarks/equal_cost_runs.py) plain Verlet with as many calls as the 4 × 0.5 fs run."""
+    print("| molecule, seed | run | xTB calls (Verlet 2 fs: 5001) | rejected / fallbacks | "
           "calls/ps first → last fifth | drift kJ/mol/ps | fluct. kJ/mol | mean T K |")
     print("|---|---|---|---|---|---|---|---|")
-    for path in sorted(glob.glob(f"{directory}/*_s*_fb*.json")):
+    for path in sorted(glob.glob(f"{directory}/*_s*_fb*.json") + glob.glob(f"{directory}/*_s*_eq.json")):
         s = json.load(open(path))
-        run, n = os.path.basename(path)[:-5].rsplit("_fb", 1)
+        run, n = os.path.basename(path)[:-5].rsplit("_", 1)
         rate = _rate(s)
-        label = {"4": "4 × 0.5 fs (default)", "8": "8 × 0.25 fs (before)"}.get(n, f"{n} steps")
+        label = {"fb4": "kstep, fallback 4 × 0.5 fs (default)", "fb8": "kstep, fallback 8 × 0.25 fs (before)",
+                 "eq": f"Verlet at {s['dt_fs']:.2f} fs (equal cost to the default)"}.get(n, n)
         if s["blew_up"]:
             print(f"| {run} | {label} | {s['xtb_calls']} | blew up at {s['simulated_fs'] / 1000:.2f} ps | | | | |")
             continue
-        print(f"| {run} | {label} | {s['xtb_calls']} | {s['rejected']} / {s['fallbacks']} | {rate} | "
+        counts = f"{s['rejected']} / {s['fallbacks']}" if s["k"] else ""
+        print(f"| {run} | {label} | {s['xtb_calls']} | {counts} | {rate} | "
               f"{s['drift_kj_mol_ps']:+.3f} | {s['energy_std_kj_mol']:.2f} | {s['mean_temperature_k']:.1f} |")
 
 
