@@ -71,10 +71,11 @@ def accuracy_table(name, smiles, bundle, args):
     r = evaluate(mol, lambda: jkstep.xtb_potential(mol), config, bundle=bundle)
     names = [n for n, c in r["contenders"].items() if c is not None]
     print(f"\n{name} ({len(mol)} atoms), k = {r['k']}, {r['n_replicas']} replicas x {r['simulated_fs'] / 1000} ps")
-    print(f"{'':20s}" + "".join(f"{n:>15s}" for n in names) + f"{'noise floor':>15s}")
+    w = 2 + max(len(n) for n in names + ["noise floor"])
+    print(f"{'':20s}" + "".join(f"{n:>{w}s}" for n in names) + f"{'noise floor':>{w}s}")
     for key in KEYS:
         floor = fmt(r["noise_floor"].get(key)) if key in r["noise_floor"] else ""
-        print(f"{key:20s}" + "".join(f"{fmt(r['contenders'][n].get(key)):>15s}" for n in names) + f"{floor:>15s}")
+        print(f"{key:20s}" + "".join(f"{fmt(r['contenders'][n].get(key)):>{w}s}" for n in names) + f"{floor:>{w}s}")
     print("one jump: " + ", ".join(f"{k} {fmt(v)}" for k, v in (r["one_jump"] or {}).items()))
     return mol, r
 

@@ -310,11 +310,12 @@ def _print_evaluation(r: dict):
     keys = ("xtb_calls", "blew_up", "drift_kj_mol_ps", "energy_std_kj_mol", "mean_temperature_k", "bond_js",
             "angle_js", "dihedral_js", "spectrum_overlap", "xh_band_shift_cm1", "flip_rate_ratio", "wall_s")
     names = [n for n, c in r["contenders"].items() if c is not None]
-    print(f"{'':20s}" + "".join(f"{n:>16s}" for n in names) + f"{'noise floor':>16s}")
+    width = 2 + max(len(n) for n in names + ["noise floor"])
+    print(f"{'':20s}" + "".join(f"{n:>{width}s}" for n in names) + f"{'noise floor':>{width}s}")
     for key in keys:
         row = [fmt(r["contenders"][n].get(key)) for n in names]
         floor = fmt(r["noise_floor"].get(key)) if key in r["noise_floor"] else ""
-        print(f"{key:20s}" + "".join(f"{v:>16s}" for v in row) + f"{floor:>16s}")
+        print(f"{key:20s}" + "".join(f"{v:>{width}s}" for v in row) + f"{floor:>{width}s}")
     equal = r["contenders"].get("verlet_equal_cost")
     if equal:
         print(f"verlet_equal_cost: Verlet at {equal['dt_fs']:.3f} fs, as many xTB calls as kstep made "
