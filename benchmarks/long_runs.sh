@@ -7,6 +7,8 @@
 # fallback macro-step (--fallback-steps N; the default is N = 4, steps of 0.5 fs; before it was
 # N = 8, steps of 0.25 fs, and the runs measured then pin --fallback-steps 8). Then the tables:
 #   bash benchmarks/long_runs.sh [OUT=outputs/long] ; python benchmarks/long_runs_table.py outputs/long
+# (The last runs, before the tables: plain Verlet at the equal-cost step of each default run, from
+# its start: benchmarks/equal_cost_runs.py.)
 # About 4 h on 2 CPU cores in all (the 10 ps references and the evaluations take most of it).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -58,3 +60,5 @@ for pair in "1-propanol CCCO" "cytosine Nc1cc[nH]c(=O)n1"; do
     [ -f "$OUT/eval_$1_fb$N.json" ] || $E --fallback-steps $N --summary "$OUT/eval_$1_fb$N.json" > "$OUT/eval_$1_fb$N.log" 2>&1
   done
 done
+# plain Verlet at the equal-cost step of each default (fb4) run, from its start
+.venv/bin/python benchmarks/equal_cost_runs.py "$OUT"

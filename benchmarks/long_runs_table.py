@@ -100,20 +100,27 @@ def test_runs(directory: str) -> None:
     """benchmarks/test_long_runs.sh: the test molecules, fallback 4 × 0.5 fs against 8 × 0.25 fs,
     and (benchmarks/equal_cost_runs.py) plain Verlet with as many calls as the 4 × 0.5 fs run."""
     print("| molecule, seed | run | xTB calls (Verlet 2 fs: 5001) | rejected / fallbacks | "
-          "calls/ps first → last fifth | drift kJ/mol/ps | fluct. kJ/mol | mean T K |")
+          "calls/ps first → last fifth | drift kJ/mol/ps | fluct. kJ/mol | mean T K (vs reference, where run) |")
     print("|---|---|---|---|---|---|---|---|")
-    for path in sorted(glob.glob(f"{directory}/*_s*_fb*.json") + glob.glob(f"{directory}/*_s*_eq.json")):
+    paths = glob.glob(f"{directory}/*_s*_fb*.json") + glob.glob(f"{directory}/*_s*_eq.json")
+    paths += glob.glob(f"{directory}/*_s*_ref.json")
+    for path in sorted(paths):
         s = json.load(open(path))
         run, n = os.path.basename(path)[:-5].rsplit("_", 1)
         rate = _rate(s)
         label = {"fb4": "kstep, fallback 4 × 0.5 fs (default)", "fb8": "kstep, fallback 8 × 0.25 fs (before)",
-                 "eq": f"Verlet at {s['dt_fs']:.2f} fs (equal cost to the default)"}.get(n, n)
+                 "eq": f"Verlet at {s['dt_fs']:.2f} fs (equal cost to the default)",
+                 "ref": "reference (Verlet 0.25 fs)"}.get(n, n)
+        ref = f"{directory}/{run}_ref.json"   # where a reference was run from the same start: T against it
+        vs = ""
+        if n != "ref" and os.path.exists(ref) and not s["blew_up"]:
+            vs = f" ({100.0 * (s['mean_temperature_k'] / json.load(open(ref))['mean_temperature_k'] - 1.0):+.1f} %)"
         if s["blew_up"]:
             print(f"| {run} | {label} | {s['xtb_calls']} | blew up at {s['simulated_fs'] / 1000:.2f} ps | | | | |")
             continue
         counts = f"{s['rejected']} / {s['fallbacks']}" if s["k"] else ""
         print(f"| {run} | {label} | {s['xtb_calls']} | {counts} | {rate} | "
-              f"{s['drift_kj_mol_ps']:+.3f} | {s['energy_std_kj_mol']:.2f} | {s['mean_temperature_k']:.1f} |")
+              f"{s['drift_kj_mol_ps']:+.3f} | {s['energy_std_kj_mol']:.2f} | {s['mean_temperature_k']:.1f}{vs} |")
 
 
 if __name__ == "__main__":

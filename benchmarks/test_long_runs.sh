@@ -1,9 +1,11 @@
 #!/usr/bin/env bash
 # 10 ps NVE runs of the shipped gfn2-k8 on the four TEST molecules (reporting only, never model
 # selection), from a 1 ps Langevin start per seed: the fallback as 4 steps of 0.5 fs (the default)
-# and as 8 steps of 0.25 fs (the default before), two seeds (cysteine four). Then the table:
+# and as 8 steps of 0.25 fs (the default before), two seeds (cysteine four); the 0.25 fs reference
+# from the same starts on alanine dipeptide; then plain Verlet at each default run's equal-cost
+# step from its start (benchmarks/equal_cost_runs.py). Then the table:
 #   bash benchmarks/test_long_runs.sh [OUT=outputs/test10] ; python benchmarks/long_runs_table.py --test outputs/test10
-# About 50 min on 2 CPU cores (two runs at a time).
+# About 90 min on 2 CPU cores (two runs at a time).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 OUT=${1:-outputs/test10}
@@ -23,3 +25,11 @@ for pair in "alanine_dipeptide CC(=O)NC(C)C(=O)NC" "adenine Nc1ncnc2[nH]cnc12" "
     wait
   done
 done
+# the 0.25 fs reference (40,001 calls) from the alanine dipeptide starts, for the temperature
+for SEED in 0 1; do
+  P="$OUT/alanine_dipeptide_s$SEED"
+  [ -f "${P}_ref.json" ] || OMP_NUM_THREADS=1 .venv/bin/jkstep run --smiles "CC(=O)NC(C)C(=O)NC" --ps 10 \
+      --equilibrate-ps 1 --seed $SEED --integrator verlet --dt 0.25 --save-every 8 --summary "${P}_ref.json" > "${P}_ref.log" 2>&1 &
+done
+wait
+.venv/bin/python benchmarks/equal_cost_runs.py "$OUT"
