@@ -7,7 +7,8 @@ default fallback, made by ``long_runs.sh`` / ``test_long_runs.sh`` from a 1 ps L
 0.25 fs) it runs ``jkstep run --integrator verlet`` at dt = simulated time / (xTB calls − 1),
 the step that makes exactly as many xTB calls, from the same thermalised state
 (``--equilibrate-dt 0.25``), frames every step, into ``<name>_s<seed>_eq.json``. Runs that exist
-are skipped. ``long_runs_table.py`` then shows them beside the hybrid ("Verlet at equal cost").
+are skipped. ``long_runs_table.py`` then shows them beside the hybrid ("Verlet at ... fs (equal
+cost ...)").
 """
 
 from __future__ import annotations

@@ -4,8 +4,8 @@
    states on the same energy shell: the thermalised positions with new velocity directions at
    the same kinetic energy (``jkstep.data.replicas.same_energy_velocities``).
 2. Run every contender NVE from those states, the replicas batched under ``vmap``:
-   ``reference`` (Verlet at dt = 0.25 fs), ``verlet_kdt`` (Verlet at k·dt: the same number of
-   xTB calls as the hybrid), ``corrector_only`` (the hybrid with the zero network: ballistic
+   ``reference`` (Verlet at dt = 0.25 fs), ``verlet_kdt`` (Verlet at k·dt: the xTB calls of
+   a hybrid that never rejects a jump), ``corrector_only`` (the hybrid with the zero network: ballistic
    jump + corrector; with jkstep's Verlet-consistent final kick it is Verlet at k·dt by
    construction, so it checks the plumbing) and ``kstep`` (the model). Frames of all of
    them are k·dt apart, so spectra and distributions see the same sampling. Because rejected
