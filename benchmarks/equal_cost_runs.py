@@ -22,6 +22,8 @@ import subprocess
 import sys
 from concurrent.futures import ThreadPoolExecutor
 
+from jkstep.integrate import equal_cost_dt
+
 
 def command(summary_path: str) -> tuple[list[str], str] | None:
     """(command line, output summary path) of the equal-cost Verlet run, or None if it exists."""
@@ -30,7 +32,7 @@ def command(summary_path: str) -> tuple[list[str], str] | None:
         return None
     s = json.load(open(summary_path))
     seed = int(re.search(r"_s(\d+)_fb4\.json$", summary_path).group(1))
-    dt = s["simulated_fs"] / (s["xtb_calls"] - 1)
+    dt = equal_cost_dt(s["xtb_calls"], 1, s["simulated_fs"])
     jkstep = os.path.join(os.path.dirname(sys.executable), "jkstep")
     return ([jkstep, "run", "--smiles", s["molecule"], "--integrator", "verlet", "--dt", repr(dt),
              "--ps", repr(s["simulated_fs"] / 1000.0), "--equilibrate-ps", "1", "--equilibrate-dt", "0.25",

@@ -481,8 +481,10 @@ def _print_summary(s: dict):
         print(f"  k {s['k']}: jumps accepted {s['accepted']}, rejected attempts {s['rejected']}, "
               f"fallbacks to Verlet {s['fallbacks']}; Verlet at {s['dt_fs']} fs would make {plain} xTB calls "
               f"({plain / max(1, s['xtb_calls']):.1f}x more)")
-        print(f"  equal cost: plain Verlet at {s['simulated_fs'] / max(1, s['xtb_calls'] - 1):.2f} fs would make "
-              f"as many xTB calls as this run")
+        from jkstep.integrate import equal_cost_dt
+
+        print(f"  equal cost: plain Verlet at {equal_cost_dt(s['xtb_calls'], 1, s['simulated_fs']):.2f} fs "
+              f"would make as many xTB calls as this run")
         from jkstep.md import call_rates
 
         rates = call_rates(s.get("timeline", []))

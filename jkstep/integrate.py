@@ -11,6 +11,7 @@ Units: positions Å, velocities Å/fs, forces eV/Å, energies eV, masses amu, ti
 
 from __future__ import annotations
 
+import math
 from typing import Callable
 
 import jax
@@ -117,6 +118,15 @@ def _with_forces(state: MDState, evaluate, positions, **changes) -> MDState:
     return state.replace(positions=positions, forces=forces, energy=energy,
                          force_calls=state.force_calls + active.astype(jnp.int32), step=state.step + 1,
                          failed=state.failed | ~(ok & _finite(energy, forces)), **changes)
+
+
+def equal_cost_dt(calls: int, n_replicas: int, simulated_fs: float, dt: float = 0.0) -> float:
+    """Time step (fs) at which ``verlet`` makes ``calls`` force calls over ``n_replicas``
+    replicas of ``simulated_fs`` each (one call at the start of each, one per step; the step
+    count rounded to the nearest whole one), never finer than ``dt``: the equal-cost baseline
+    of a run that made ``calls`` calls."""
+    steps = max(1, math.floor(calls / n_replicas + 0.5) - 1)
+    return max(simulated_fs / steps, dt)
 
 
 def verlet(energy_and_forces: Callable, masses, dt: float = 0.25):

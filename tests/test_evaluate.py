@@ -105,7 +105,7 @@ def test_k_sweep_shares_one_reference_run():
 def test_equal_cost_time_step():
     """Verlet's time step for the calls a hybrid made: one call per replica at the start, one per
     step, the step count rounded, never finer than the reference's step."""
-    from jkstep.evaluate.compare import equal_cost_dt
+    from jkstep.integrate import equal_cost_dt
 
     assert equal_cost_dt(2 * (1 + 20), 2, 40.0, 0.25) == 2.0          # Verlet at k·dt's own calls
     assert equal_cost_dt(2 * (1 + 24), 2, 40.0, 0.25) == pytest.approx(40.0 / 24)

@@ -40,6 +40,7 @@ from jkstep import analysis, integrate
 from jkstep.data.replicas import same_energy_velocities
 from jkstep.errors import InputError
 from jkstep.evaluate import metrics
+from jkstep.integrate import equal_cost_dt
 from jkstep.kstep import (REVERSAL_CORRECTION, Guards, ballistic_jump, fallback_step_count, kstep_integrator,
                           model_jump)
 from jkstep.molecule import Molecule
@@ -102,14 +103,6 @@ class EvalConfig:
     def n_frames(self) -> int:
         """Frames per replica, k·dt apart (the start excluded)."""
         return max(2, int(round(self.ps * 1000.0 / (self.k * self.dt))))
-
-
-def equal_cost_dt(xtb_calls: int, n_replicas: int, simulated_fs: float, dt: float) -> float:
-    """Time step (fs) of the Verlet run that makes ``xtb_calls`` xTB calls over ``n_replicas``
-    replicas of ``simulated_fs`` each (one call at the start of each, one per step; the step
-    count rounded to the nearest whole one, and never finer than the reference's ``dt``)."""
-    steps = max(1, math.floor(xtb_calls / n_replicas + 0.5) - 1)
-    return max(simulated_fs / steps, dt)
 
 
 def thermalised_starts(molecule: Molecule, potential, config: EvalConfig):
