@@ -33,6 +33,11 @@ def _rate(summary: dict) -> str:
     return f"{rates[0]:.0f} → {rates[1]:.0f}" if rates else ""
 
 
+def _vs_reference(summary: dict, reference: dict) -> str:
+    """' (+x.x %)': a run's mean temperature against the reference's from the same start."""
+    return f" ({100.0 * (summary['mean_temperature_k'] / reference['mean_temperature_k'] - 1.0):+.1f} %)"
+
+
 def main(directory: str) -> None:
     runs = sorted({os.path.basename(p).rsplit("_ref.json", 1)[0] for p in glob.glob(f"{directory}/*_ref.json")})
     print("| run | setting | xTB calls | fallbacks | calls/ps first → last fifth | drift kJ/mol/ps | "
@@ -52,8 +57,7 @@ def main(directory: str) -> None:
                 print(f"| {run} | {label} | {s['xtb_calls']} | {s['fallbacks']} | {rate} | blew up "
                       f"(stopped at {s['simulated_fs'] / 1000:.2f} ps) | | |")
                 continue
-            off = 100.0 * (s["mean_temperature_k"] / ref["mean_temperature_k"] - 1.0)   # % from the reference
-            vs = "" if key == "ref" else f" ({off:+.1f} %)"
+            vs = "" if key == "ref" else _vs_reference(s, ref)
             print(f"| {run} | {label} | {s['xtb_calls']} | {s['fallbacks'] if s['k'] else ''} | {rate} | "
                   f"{s['drift_kj_mol_ps']:+.3f} | {s['energy_std_kj_mol']:.2f} | {s['mean_temperature_k']:.1f}{vs} |")
 
@@ -114,7 +118,7 @@ def test_runs(directory: str) -> None:
         ref = f"{directory}/{run}_ref.json"   # where a reference was run from the same start: T against it
         vs = ""
         if n != "ref" and os.path.exists(ref) and not s["blew_up"]:
-            vs = f" ({100.0 * (s['mean_temperature_k'] / json.load(open(ref))['mean_temperature_k'] - 1.0):+.1f} %)"
+            vs = _vs_reference(s, json.load(open(ref)))
         if s["blew_up"]:
             print(f"| {run} | {label} | {s['xtb_calls']} | blew up at {s['simulated_fs'] / 1000:.2f} ps | | | | |")
             continue
