@@ -16,7 +16,7 @@ from jkstep.md import call_rates
 
 SETTINGS = [("ref", "reference (Verlet 0.25 fs)"),
             ("fb4", "kstep, defaults (fallback 4 × 0.5 fs)"),
-            ("eq", "Verlet at the equal-cost step of the defaults' run"),
+            ("eq", "Verlet at {dt_fs:.2f} fs (equal cost to the defaults)"),   # benchmarks/equal_cost_runs.py
             ("default", "kstep, fallback 8 × 0.25 fs (the defaults before)"),
             ("fb2", "kstep, fallback 2 × 1 fs"), ("fb1", "kstep, fallback 1 × 2 fs"),
             ("fb2_a1", "kstep, fallback 2 × 1 fs, no retries"),
@@ -51,8 +51,7 @@ def main(directory: str) -> None:
                 continue
             s = json.load(open(path))
             rate = _rate(s)
-            if key == "eq":   # benchmarks/equal_cost_runs.py: as many calls as the fb4 run, same start
-                label = f"Verlet at {s['dt_fs']:.2f} fs (equal cost to the defaults)"
+            label = label.format(dt_fs=s["dt_fs"])   # the equal-cost run's own step
             if s["blew_up"]:
                 print(f"| {run} | {label} | {s['xtb_calls']} | {s['fallbacks']} | {rate} | blew up "
                       f"(stopped at {s['simulated_fs'] / 1000:.2f} ps) | | |")
