@@ -151,7 +151,14 @@ def build_parser() -> argparse.ArgumentParser:
                                        "in jkstep/pretrained/NAME, with its data provenance")
     ex.add_argument("--from", dest="source", required=True, help="training run directory (its best/ is used)")
     ex.add_argument("--name", required=True, help="shipped name, e.g. gfn2-k8")
-    ex.add_argument("--evaluation", nargs="*", default=(), help="jkstep evaluate JSON summaries to record")
+    ex.add_argument("--evaluation", nargs="*", default=None,
+                    help="jkstep evaluate JSON summaries to record (each labelled with its molecule's name and "
+                         "split where data/qm_molecules.smi and data/qm_splits.json list it); they replace "
+                         "those of an exported source, which are kept without this option")
+    ex.add_argument("--notes", help="YAML with the record's prose: description, stages, regenerate "
+                                    "(e.g. configs/ship/gfn2-k8_record.yaml); kept from an exported source "
+                                    "where not given")
+    ex.add_argument("--to", help="target directory (default jkstep/pretrained/NAME)")
     ex.set_defaults(handler=cmd_export)
 
     gen = sub.add_parser("generate", help="xTB reference trajectories for training from a YAML config "
@@ -361,24 +368,78 @@ def cmd_train(args) -> int:
     return 0
 
 
+#: Keys a --notes file of ``jkstep export`` may set (everything else in the record comes from training).
+NOTE_KEYS = ("description", "stages", "regenerate")
+
+
 def cmd_export(args) -> int:
+    from jkstep.config import read_yaml
     from jkstep.data.windows import provenance
+    from jkstep.errors import InputError
     from jkstep.model.pretrained import PRETRAINED_DIR, export_checkpoint, read_meta
 
     meta = read_meta(args.source)
+    # every input is checked before anything is written
+    evaluations = None if args.evaluation is None else [_read_evaluation(p, meta["k"]) for p in args.evaluation]
+    notes = read_yaml(args.notes) if args.notes else {}
+    unknown = sorted(set(map(str, notes)) - set(NOTE_KEYS))
+    if unknown:
+        raise InputError(f"unknown key(s) {', '.join(unknown)} in {args.notes}; a notes file may set "
+                         f"{', '.join(NOTE_KEYS)} (the rest of the record comes from the checkpoint)")
     data = (meta.get("train_config") or {}).get("data", {}) if isinstance(meta.get("train_config"), dict) else {}
     recorded = meta.get("data_provenance")        # as read when training started
     if recorded is None and data:
         # checkpoints from before training recorded it: the trajectories as they are now
         recorded = dict(provenance(data, meta["k"]), recorded_at="export (the trajectories may have grown "
                                                                   "since training)")
-    extra = {"shipped_name": args.name, "data_provenance": recorded,
-             "evaluations": [json.load(open(p)) for p in args.evaluation]}
-    target = export_checkpoint(args.source, PRETRAINED_DIR / args.name, extra)
-    _write_json(os.path.join(os.path.dirname(target), "provenance.json"),
-                {k: v for k, v in {**meta, **extra}.items() if k not in ("history", "data_state")})
-    print(f"shipped {args.name}: {target}")
+    extra = {**notes, "shipped_name": args.name, "data_provenance": recorded}
+    if evaluations is not None:
+        extra["evaluations"] = evaluations
+    target = export_checkpoint(args.source, args.to or PRETRAINED_DIR / args.name, extra)
+    labels = ", ".join(f"{e.get('molecule_name') or e['molecule']} ({e.get('split') or 'no split'})"
+                       for e in evaluations or ())
+    print(f"shipped {args.name}: {target}" + (f"; evaluations recorded: {labels}" if labels else ""))
     return 0
+
+
+def _read_evaluation(path, k: int) -> dict:
+    """A ``jkstep evaluate`` summary to record beside a model of k base steps per jump, labelled with
+    its molecule's name and split (train/val/test) where data/qm_molecules.smi lists it."""
+    from jkstep.errors import InputError
+
+    try:
+        with open(path) as fh:
+            summary = json.load(fh)
+    except OSError as exc:
+        raise InputError(f"cannot read the evaluation {path}: {exc.strerror}") from None
+    except json.JSONDecodeError as exc:
+        raise InputError(f"{path} is not JSON ({exc.msg}): pass the --summary file of jkstep evaluate") from None
+    if not isinstance(summary, dict) or not {"molecule", "k", "contenders"} <= set(summary):
+        raise InputError(f"{path} is not a jkstep evaluate summary (it needs molecule, k and contenders): "
+                         "pass the --summary file of jkstep evaluate")
+    if summary["k"] != k:
+        raise InputError(f"{path} evaluates k = {summary['k']} but the model jumps k = {k} steps")
+    name, split = _molecule_split(summary["molecule"])
+    return {"molecule_name": name, "split": split, **summary} if name else summary
+
+
+def _molecule_split(smiles: str, molecules="data/qm_molecules.smi", splits="data/qm_splits.json"):
+    """(name, split) of a SMILES in the project's molecule list and splits; (None, None) where
+    either file is absent or the molecule is not listed."""
+    if not (os.path.isfile(molecules) and os.path.isfile(splits)):
+        return None, None
+    from rdkit import Chem
+
+    from jkstep.data.generate import read_molecules, read_splits
+
+    def canonical(s):
+        mol = Chem.MolFromSmiles(s)
+        return Chem.MolToSmiles(mol) if mol is not None else s
+
+    names = {canonical(s): n for s, n in read_molecules(molecules)}
+    name = names.get(canonical(smiles))
+    split = next((sp for sp, members in read_splits(splits).items() if name in members), None)
+    return (name, split) if name else (None, None)
 
 
 def cmd_dataset(args) -> int:

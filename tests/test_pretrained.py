@@ -50,3 +50,69 @@ def test_missing_or_corrupt_checkpoint(tmp_path):
         jkstep.load_pretrained(str(broken))
     with pytest.raises(InputError, match="holds no jkstep checkpoint"):
         jkstep.load_pretrained(str(tmp_path))
+
+
+def _same_params(a, b):
+    import jax
+
+    return all(np.array_equal(x, y) for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b)))
+
+
+def test_export_records_evaluations_and_notes_and_reexports_in_place(tmp_path, monkeypatch, capsys):
+    """`jkstep export` writes the weights, the notes and the labelled evaluations, in the checkpoint
+    and in provenance.json; exporting a shipped directory onto itself keeps it whole."""
+    import json
+    import os
+
+    from jkstep import cli
+
+    monkeypatch.chdir(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))   # data/qm_molecules.smi
+    evaluation = tmp_path / "cytosine.json"
+    evaluation.write_text(json.dumps({"molecule": "NC1=NC(=O)NC=C1", "k": 8, "contenders": {"kstep": {}}}))
+    notes = tmp_path / "notes.yaml"
+    notes.write_text("description: a test copy\nregenerate: bash make.sh\n")
+    target = tmp_path / "my-k8"
+    argv = ["export", "--from", "gfn2-k8", "--name", "my-k8", "--to", str(target), "--notes", str(notes),
+            "--evaluation", str(evaluation)]
+    assert cli.main(argv) == 0
+    assert "cytosine (val)" in capsys.readouterr().out
+    shipped, copy = jkstep.load_pretrained("gfn2-k8"), jkstep.load_pretrained(str(target))
+    assert _same_params(shipped.params, copy.params) and copy.config == shipped.config
+    record = json.loads((target / "provenance.json").read_text())
+    for meta in (record, copy.meta):
+        assert meta["shipped_name"] == "my-k8" and meta["description"] == "a test copy"
+        assert meta["regenerate"] == "bash make.sh"
+        # the SMILES is another spelling of cytosine's: labelled through RDKit's canonical form
+        assert (meta["evaluations"][0]["molecule_name"], meta["evaluations"][0]["split"]) == ("cytosine", "val")
+        assert meta["model_config"] == shipped.meta["model_config"]
+    assert "history" not in record
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["cytosine.json", "my-k8", "notes.yaml"]
+    # onto itself: the source is read before the copy is swapped in; what is not given again is kept
+    assert cli.main(["export", "--from", str(target), "--name", "my-k8", "--to", str(target)]) == 0
+    again = jkstep.load_pretrained(str(target))
+    assert _same_params(shipped.params, again.params)
+    assert again.meta["description"] == "a test copy" and again.meta["evaluations"][0]["split"] == "val"
+    assert cli.main(["export", "--from", str(target), "--name", "my-k8", "--to", str(target), "--evaluation"]) == 0
+    assert jkstep.load_pretrained(str(target)).meta["evaluations"] == []
+
+
+@pytest.mark.parametrize("change, message", [
+    ({"evaluation": '{"molecule": "CCO", "k": 16, "contenders": {}}'}, "evaluates k = 16 but the model jumps k = 8"),
+    ({"evaluation": "not json"}, "is not JSON"),
+    ({"evaluation": '{"k": 8}'}, "is not a jkstep evaluate summary"),
+    ({"notes": "stages: []\nk: 16\n"}, "unknown key(s) k in"),
+])
+def test_export_bad_input_is_one_error_and_writes_nothing(tmp_path, capsys, change, message):
+    from jkstep import cli
+
+    files = {"evaluation": '{"molecule": "CCO", "k": 8, "contenders": {}}', "notes": "stages: []\n", **change}
+    for name, text in files.items():
+        (tmp_path / name).write_text(text)
+    target = tmp_path / "my-k8"
+    with pytest.raises(SystemExit) as exc:
+        cli.main(["export", "--from", "gfn2-k8", "--name", "my-k8", "--to", str(target),
+                  "--evaluation", str(tmp_path / "evaluation"), "--notes", str(tmp_path / "notes")])
+    assert exc.value.code == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and message in err[0]
+    assert not target.exists() and sorted(p.name for p in tmp_path.iterdir()) == ["evaluation", "notes"]

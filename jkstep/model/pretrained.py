@@ -172,8 +172,14 @@ def load_pretrained(name_or_path, which: str = "best") -> ModelBundle:
 
 def export_checkpoint(name_or_path, destination, extra_meta: dict | None = None, which: str = "best") -> Path:
     """Write a slim copy of a checkpoint (EMA weights + metadata, no optimizer state) to
-    ``destination/<step>/``, as shipped in ``jkstep/pretrained/<name>/``. ``extra_meta`` (data
-    provenance, validation figures) is added to the metadata. Returns the step directory."""
+    ``destination/<step>/``, and its metadata without the training history to
+    ``destination/provenance.json``, as shipped in ``jkstep/pretrained/<name>/``. ``extra_meta``
+    (data provenance, evaluations, notes) is added to the metadata. Returns the step directory.
+
+    The copy is written beside ``destination`` and swapped in whole, so an interrupted export
+    leaves the previous one intact; the source may be ``destination`` itself (re-recording a
+    shipped model)."""
+    import json
     import shutil
 
     params, meta, _ = read_checkpoint(name_or_path, which)
@@ -181,11 +187,19 @@ def export_checkpoint(name_or_path, destination, extra_meta: dict | None = None,
     meta.update(extra_meta or {})
     step = int(meta.get("step", resolve_checkpoint(name_or_path, which)[1]))
     destination = Path(destination).resolve()
-    if destination.exists():
-        shutil.rmtree(destination)
-    destination.mkdir(parents=True)
-    target = destination / str(step)
+    tmp, old = (destination.with_name(f".{destination.name}.{suffix}") for suffix in ("tmp", "old"))
+    for leftover in (tmp, old):
+        if leftover.exists():
+            shutil.rmtree(leftover)
+    tmp.mkdir(parents=True)
     with ocp.Checkpointer(ocp.CompositeCheckpointHandler()) as checkpointer:
-        checkpointer.save(os.fspath(target), args=ocp.args.Composite(
+        checkpointer.save(os.fspath(tmp / str(step)), args=ocp.args.Composite(
             ema=ocp.args.StandardSave(jax.tree.map(np.asarray, params)), meta=ocp.args.JsonSave(meta)))
-    return target
+    with open(tmp / "provenance.json", "w") as fh:
+        json.dump({k: v for k, v in meta.items() if k not in ("history", "data_state")}, fh, indent=2)
+        fh.write("\n")
+    if destination.exists():
+        destination.rename(old)
+    tmp.rename(destination)
+    shutil.rmtree(old, ignore_errors=True)
+    return destination / str(step)
