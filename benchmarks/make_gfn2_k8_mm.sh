@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The MM-pretrained k = 8 model (tried, not shipped: README, "MM pretraining for gfn2-k8"), on CPU:
+# The MM-pretrained k = 8 model (tried, not shipped: docs/results.md, "MM pretraining for gfn2-k8"), on CPU:
 #   MMFF94 data -> stage 1: MM pretraining -> xTB data -> compact xTB windows
 #   -> stage 2: transfer and fine-tuning on xTB -> evaluation on two validation molecules.
 # As run, on 2 CPU cores: MM data 17 min, stage 1 38 min, stage 2 19 min, evaluation 10 min; the
