@@ -139,6 +139,14 @@ def test_spectrum_peaks_band_and_nyquist():
     inside = M.vibrational_spectrum(*oscillators([3000.0], n_frames=800, dt=5.0), 5.0)
     assert 3000 < inside[0][-1] < 3700 and M.band_centroid(*inside) is None  # Nyquist 3336 cm⁻¹
     assert M.xh_band_shift(coarse, ref) is None and M.spectrum_overlap(coarse, ref) is None
+    # frames 4 fs apart end at 4170 cm⁻¹, above every fundamental: compared on the common range
+    v4, m4 = oscillators([1000.0, 3000.0], n_frames=1000, dt=4.0)
+    every4 = M.vibrational_spectrum(v4, m4, 4.0)
+    assert 4100 < every4[0][-1] < 4200 and wn[-1] == 4500.0
+    assert M.spectrum_overlap(every4, (wn, spec)) == pytest.approx(M.spectrum_overlap((wn, spec), every4), abs=0.02)
+    assert M.spectrum_overlap(every4, (wn, spec)) > 0.9
+    assert M.spectrum_overlap(every4, ref) == pytest.approx(0.5, abs=0.05)
+    assert M.spectrum_overlap(coarse, coarse) == pytest.approx(1.0)   # aliased alike: comparable
     assert M.vibrational_spectrum(v * np.nan, m, 1.0) is None
 
 

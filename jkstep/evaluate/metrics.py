@@ -298,16 +298,24 @@ def average_spectra(spectra):
     return wn, np.mean([s[1] for s in spectra], axis=0)
 
 
-def spectrum_overlap(spec_a, spec_b) -> float | None:
-    """Overlap ∫min(a, b) dν̃ of two unit-area spectra (1 = identical, 0 = disjoint), b
-    interpolated onto a's grid. None if either is None or their grids end at different
-    wavenumbers (one cut by its Nyquist limit)."""
+def spectrum_overlap(spec_a, spec_b, min_top_cm1: float = 3700.0) -> float | None:
+    """Overlap ∫min(a, b) dν̃ of two spectra (1 = identical, 0 = disjoint), b interpolated onto
+    a's grid. Spectra of different frame spacings end at different wavenumbers (their Nyquist
+    limits): both are then compared up to the lower end, each renormalised to unit area there,
+    provided that end lies above ``min_top_cm1`` (cm⁻¹; default above the X–H stretches, the
+    highest fundamentals of organic molecules: below it the coarser spectrum holds modes aliased
+    from above its Nyquist limit, which the finer one does not), else None. None if either is None."""
     if spec_a is None or spec_b is None:
         return None
     (wa, a), (wb, b) = spec_a, spec_b
-    if abs(wa[-1] - wb[-1]) > max(wa[1] - wa[0], wb[1] - wb[0]) or not np.all(np.isfinite(a)):
+    top = min(wa[-1], wb[-1])
+    same_end = abs(wa[-1] - wb[-1]) <= max(wa[1] - wa[0], wb[1] - wb[0])
+    if (top < min_top_cm1 and not same_end) or not (np.all(np.isfinite(a)) and np.all(np.isfinite(b))):
         return None
-    return float(trapezoid(np.minimum(a, np.interp(wa, wb, b)), wa))
+    grid = wa[wa <= top + 1e-9]
+    a, b = a[:len(grid)], np.interp(grid, wb, b)
+    a, b = a / trapezoid(a, grid), b / trapezoid(b, grid)
+    return float(trapezoid(np.minimum(a, b), grid))
 
 
 def band_centroid(wn, spec, lo=2500.0, hi=3700.0) -> float | None:
