@@ -1,5 +1,6 @@
 """The shipped model loads by name and runs; a broken checkpoint gives one clear error."""
 
+import json
 import shutil
 
 import numpy as np
@@ -25,6 +26,10 @@ def test_every_shipped_model_loads_and_runs(name, ethanol):
     assert bundle.meta["model_config"]["k"] == k and bundle.meta["shipped_name"] == name
     assert set(bundle.elements) == {1, 6, 7, 8, 16}
     assert bundle.meta["data_provenance"]["train"]
+    # the record beside the checkpoint is its metadata, written by `jkstep export`
+    record = json.loads((PRETRAINED_DIR / name / "provenance.json").read_text())
+    assert record == {k: v for k, v in bundle.meta.items() if k not in ("history", "data_state", "path")}
+    assert record["regenerate"] and {e["split"] for e in record["evaluations"]} >= {"val"}
     pot = jkstep.xtb_potential(ethanol)
     init, apply = jkstep.kstep(bundle, pot, ethanol)
     state, _ = runner(apply, 5, 1)(init(ethanol.positions, ethanol.thermal_velocities(300.0, 0)))
@@ -61,7 +66,6 @@ def _same_params(a, b):
 def test_export_records_evaluations_and_notes_and_reexports_in_place(tmp_path, monkeypatch, capsys):
     """`jkstep export` writes the weights, the notes and the labelled evaluations, in the checkpoint
     and in provenance.json; exporting a shipped directory onto itself keeps it whole."""
-    import json
     import os
 
     from jkstep import cli
