@@ -91,8 +91,15 @@ def test_export_records_evaluations_and_notes_and_reexports_in_place(tmp_path, m
         assert meta["model_config"] == shipped.meta["model_config"]
     assert "history" not in record
     assert sorted(p.name for p in tmp_path.iterdir()) == ["cytosine.json", "my-k8", "notes.yaml"]
-    # onto itself: the source is read before the copy is swapped in; what is not given again is kept
+    # onto itself: the source is read before the copy is swapped in; what is not given again is
+    # kept, and so are the weight files, byte for byte
+    def weight_files():
+        return {p.relative_to(target): p.read_bytes() for p in sorted(target.rglob("*")) if p.is_file()
+                and "ema" in p.relative_to(target).parts}
+
+    before = weight_files()
     assert cli.main(["export", "--from", str(target), "--name", "my-k8", "--to", str(target)]) == 0
+    assert weight_files() == before and before
     again = jkstep.load_pretrained(str(target))
     assert _same_params(shipped.params, again.params)
     assert again.meta["description"] == "a test copy" and again.meta["evaluations"][0]["split"] == "val"

@@ -170,6 +170,19 @@ def load_pretrained(name_or_path, which: str = "best") -> ModelBundle:
                        dt=config.dt_fs, elements=elements, units=dict(meta.get("units", {})), meta=meta)
 
 
+def _same_weights(step_dir: Path, params) -> bool:
+    """Whether ``step_dir`` holds a checkpoint whose EMA weights equal ``params`` bit for bit."""
+    if not (step_dir / "ema").is_dir():
+        return False
+    try:
+        old = read_checkpoint(step_dir)[0]
+    except InputError:
+        return False
+    a, b = jax.tree.leaves(old), jax.tree.leaves(params)
+    return len(a) == len(b) and all(np.asarray(x).dtype == np.asarray(y).dtype and np.array_equal(x, y)
+                                    for x, y in zip(a, b))
+
+
 def export_checkpoint(name_or_path, destination, extra_meta: dict | None = None, which: str = "best") -> Path:
     """Write a slim copy of a checkpoint (EMA weights + metadata, no optimizer state) to
     ``destination/<step>/``, and its metadata without the training history to
@@ -178,7 +191,7 @@ def export_checkpoint(name_or_path, destination, extra_meta: dict | None = None,
 
     The copy is written beside ``destination`` and swapped in whole, so an interrupted export
     leaves the previous one intact; the source may be ``destination`` itself (re-recording a
-    shipped model)."""
+    shipped model: where the weights are unchanged their files are kept as they were)."""
     import json
     import shutil
 
@@ -195,6 +208,10 @@ def export_checkpoint(name_or_path, destination, extra_meta: dict | None = None,
     with ocp.Checkpointer(ocp.CompositeCheckpointHandler()) as checkpointer:
         checkpointer.save(os.fspath(tmp / str(step)), args=ocp.args.Composite(
             ema=ocp.args.StandardSave(jax.tree.map(np.asarray, params)), meta=ocp.args.JsonSave(meta)))
+    if _same_weights(destination / str(step), params):
+        # re-recording a shipped model: its weight files stay byte for byte (Orbax names them anew)
+        shutil.rmtree(tmp / str(step) / "ema")
+        shutil.copytree(destination / str(step) / "ema", tmp / str(step) / "ema")
     with open(tmp / "provenance.json", "w") as fh:
         json.dump({k: v for k, v in meta.items() if k not in ("history", "data_state")}, fh, indent=2)
         fh.write("\n")
