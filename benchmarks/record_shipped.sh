@@ -2,9 +2,10 @@
 # The record beside a shipped model (jkstep/pretrained/NAME/provenance.json): its evaluations,
 # `jkstep evaluate` with 4 replicas on the validation molecules cytosine and 1-propanol (for
 # gfn2-k8, 2 ps each, also on the four test molecules; for gfn2-k16, 1 ps), then `jkstep export`
-# with them and the notes in configs/ship/NAME_record.yaml. An evaluation whose summary exists is
-# not run again, so an interrupted run resumes. Two evaluations run at a time, one xTB thread
-# each (2 CPU cores: about 15 min per molecule).
+# with them and the notes in configs/ship/NAME_record.yaml. The summaries go to
+# outputs/ship_eval/NAME/<SOURCE with / as _>/; one that exists there is not run again, so an
+# interrupted run resumes (and a new SOURCE gets its own). Two evaluations run at a time, one xTB
+# thread each (2 CPU cores: about 15 min per molecule).
 #   SOURCE=outputs/gpu_k8 bash benchmarks/record_shipped.sh gfn2-k8   # ship a newly trained model
 #   bash benchmarks/record_shipped.sh gfn2-k16                        # re-record the shipped one
 set -euo pipefail
@@ -12,7 +13,7 @@ cd "$(dirname "$0")/.."
 J=${JKSTEP:-.venv/bin/jkstep}
 NAME=${1:?usage: record_shipped.sh gfn2-k8|gfn2-k16}
 SOURCE=${SOURCE:-jkstep/pretrained/$NAME}
-OUT=outputs/ship_eval/$NAME
+OUT=outputs/ship_eval/$NAME/${SOURCE//\//_}
 case $NAME in
     gfn2-k8) PS=2; MOLECULES=(cytosine 1-propanol alanine_dipeptide cysteine adenine paracetamol) ;;
     gfn2-k16) PS=1; MOLECULES=(cytosine 1-propanol) ;;
