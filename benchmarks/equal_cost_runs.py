@@ -1,13 +1,14 @@
 """Plain Verlet at the equal-cost time step of each 10 ps hybrid run, from the same start.
 
-    python benchmarks/equal_cost_runs.py outputs/long outputs/test10 [--jobs 2]
+    python benchmarks/equal_cost_runs.py outputs/long outputs/test10 [--setting fb4] [--jobs 2]
 
-For every ``<name>_s<seed>_fb4.json`` (a ``jkstep run`` summary of the shipped gfn2-k8 with the
-default fallback, made by ``long_runs.sh`` / ``test_long_runs.sh`` from a 1 ps Langevin start at
-0.25 fs) it runs ``jkstep run --integrator verlet`` at dt = simulated time / (xTB calls − 1),
-the step that makes exactly as many xTB calls, from the same thermalised state
-(``--equilibrate-dt 0.25``), frames every step, into ``<name>_s<seed>_eq.json``. Runs that exist
-are skipped. ``long_runs_table.py`` then shows them beside the hybrid ("Verlet at ... fs (equal
+For every ``<name>_s<seed>_<setting>.json`` (a ``jkstep run`` summary of the shipped gfn2-k8 from
+a 1 ps Langevin start at 0.25 fs: ``fb4``, the default settings, made by ``long_runs.sh`` /
+``test_long_runs.sh``; ``rs``, with the energy rescale, by ``rescaled_long_runs.sh``) it runs
+``jkstep run --integrator verlet`` at dt = simulated time / (xTB calls − 1), the step that makes
+exactly as many xTB calls, from the same thermalised state (``--equilibrate-dt 0.25``), frames
+every step, into ``<name>_s<seed>_eq.json`` (``fb4``) or ``<name>_s<seed>_<setting>_eq.json``.
+Runs that exist are skipped. ``long_runs_table.py`` then shows them beside the hybrid ("Verlet at ... fs (equal
 cost ...)").
 """
 
@@ -25,13 +26,14 @@ from concurrent.futures import ThreadPoolExecutor
 from jkstep.integrate import equal_cost_dt
 
 
-def command(summary_path: str) -> tuple[list[str], str] | None:
+def command(summary_path: str, setting: str = "fb4") -> tuple[list[str], str] | None:
     """(command line, output summary path) of the equal-cost Verlet run, or None if it exists."""
-    out = summary_path[: -len("_fb4.json")] + "_eq.json"
+    stem = summary_path[: -len(f"_{setting}.json")]
+    out = stem + ("_eq.json" if setting == "fb4" else f"_{setting}_eq.json")
     if os.path.exists(out):
         return None
     s = json.load(open(summary_path))
-    seed = int(re.search(r"_s(\d+)_fb4\.json$", summary_path).group(1))
+    seed = int(re.search(r"_s(\d+)$", stem).group(1))
     dt = equal_cost_dt(s["xtb_calls"], 1, s["simulated_fs"])
     jkstep = os.path.join(os.path.dirname(sys.executable), "jkstep")
     return ([jkstep, "run", "--smiles", s["molecule"], "--integrator", "verlet", "--dt", repr(dt),
@@ -42,10 +44,12 @@ def command(summary_path: str) -> tuple[list[str], str] | None:
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("directories", nargs="+")
+    p.add_argument("--setting", default="fb4", help="the hybrid runs to match: fb4 (default settings) or rs "
+                                                      "(energy rescale)")
     p.add_argument("--jobs", type=int, default=2, help="runs at a time (default 2)")
     args = p.parse_args()
-    todo = [c for d in args.directories for path in sorted(glob.glob(f"{d}/*_s*_fb4.json"))
-            if (c := command(path)) is not None]
+    todo = [c for d in args.directories for path in sorted(glob.glob(f"{d}/*_s*_{args.setting}.json"))
+            if (c := command(path, args.setting)) is not None]
 
     def run(item):
         cmd, out = item

@@ -5,11 +5,15 @@ they got). Then the 2 × 5 ps evaluations.
 
     python benchmarks/long_runs_table.py outputs/long
     python benchmarks/long_runs_table.py --test outputs/test10     (benchmarks/test_long_runs.sh)
+
+Runs with the energy rescale and their equal-cost Verlet (benchmarks/rescaled_long_runs.sh) are
+shown where they exist.
 """
 
 import glob
 import json
 import os
+import re
 import sys
 
 from jkstep.md import call_rates
@@ -17,6 +21,8 @@ from jkstep.md import call_rates
 SETTINGS = [("ref", "reference (Verlet 0.25 fs)"),
             ("fb4", "kstep, defaults (fallback 4 × 0.5 fs)"),
             ("eq", "Verlet at {dt_fs:.2f} fs (equal cost to the defaults)"),   # benchmarks/equal_cost_runs.py
+            ("rs", "kstep, energy rescale"),                                  # benchmarks/rescaled_long_runs.sh
+            ("rs_eq", "Verlet at {dt_fs:.2f} fs (equal cost to the energy rescale)"),
             ("default", "kstep, fallback 8 × 0.25 fs (the defaults before)"),
             ("fb2", "kstep, fallback 2 × 1 fs"), ("fb1", "kstep, fallback 1 × 2 fs"),
             ("fb2_a1", "kstep, fallback 2 × 1 fs, no retries"),
@@ -106,13 +112,15 @@ def test_runs(directory: str) -> None:
           "calls/ps first → last fifth | drift kJ/mol/ps | fluct. kJ/mol | mean T K (vs reference, where run) |")
     print("|---|---|---|---|---|---|---|---|")
     paths = glob.glob(f"{directory}/*_s*_fb*.json") + glob.glob(f"{directory}/*_s*_eq.json")
-    paths += glob.glob(f"{directory}/*_s*_ref.json")
+    paths += glob.glob(f"{directory}/*_s*_ref.json") + glob.glob(f"{directory}/*_s*_rs.json")
     for path in sorted(paths):
         s = json.load(open(path))
-        run, n = os.path.basename(path)[:-5].rsplit("_", 1)
+        run, n = re.match(r"(.*_s\d+)_(.+)$", os.path.basename(path)[:-5]).groups()
         rate = _rate(s)
         label = {"fb4": "kstep, fallback 4 × 0.5 fs (default)", "fb8": "kstep, fallback 8 × 0.25 fs (before)",
                  "eq": f"Verlet at {s['dt_fs']:.2f} fs (equal cost to the default)",
+                 "rs": "kstep, energy rescale",
+                 "rs_eq": f"Verlet at {s['dt_fs']:.2f} fs (equal cost to the energy rescale)",
                  "ref": "reference (Verlet 0.25 fs)"}.get(n, n)
         ref = f"{directory}/{run}_ref.json"   # where a reference was run from the same start: T against it
         vs = ""
