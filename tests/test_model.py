@@ -468,3 +468,33 @@ def test_energy_loss_and_reversal_train(data, tmp_path):
     before = T.evaluate(SMALL, cfg, init_params(SMALL, seed=cfg.seed), val, result.loss_scales)
     after = T.evaluate(SMALL, cfg, result.state.ema_params, val, result.loss_scales)
     assert after["loss"] < before["loss"] and after["loss_energy"] < before["loss_energy"]
+
+
+def test_reversal_corrected_loss_trains_the_integrators_jump(data):
+    """With reversal_correction α the loss is that of kstep.reversal_corrected's jump (what the
+    hybrid integrator makes), its gradient is finite on padded batches (water padded to 9 atoms:
+    the back jump differentiates through the padding's zero vectors), and α outside [0, 1] is refused."""
+    from jkstep.kstep import reversal_corrected
+
+    _, val = data
+    batch = T.prepare_batch(val[-1], SMALL)
+    assert not bool(np.all(np.asarray(batch["mask"])))
+    params = noisy_params(SMALL, seed=3, scale=0.2)
+    model = KStepNet(SMALL)
+    scales = jnp.asarray([1e-3, 1e-3, 0.5, 0.1])
+    cfg = dataclasses.replace(TRAIN, w_energy=1.0, corrector_velocity=True, reversal_correction=0.5)
+    loss, metrics = T.compute_losses(model, params, batch, scales, cfg)
+
+    def jump(x, v, f):
+        return model.apply({"params": params}, batch["numbers"], batch["mask"], batch["masses"], x, v, f)
+
+    px, _, _ = reversal_corrected(jump, 0.5)(batch["positions"], batch["velocities"], batch["forces"])
+    mask = np.asarray(batch["mask"])[..., None]
+    expected = np.sqrt(np.sum((np.asarray(px - batch["target_positions"]) * mask) ** 2) / (3 * mask.sum()))
+    assert float(metrics["rmse_x_a"]) == pytest.approx(expected, rel=1e-6)
+    plain = T.compute_losses(model, params, batch, scales, dataclasses.replace(cfg, reversal_correction=0.0))[0]
+    assert float(plain) != pytest.approx(float(loss), rel=1e-6)
+    grads = jax.grad(lambda p: T.compute_losses(model, p, batch, scales, cfg)[0])(params)
+    assert all(bool(jnp.all(jnp.isfinite(g))) for g in jax.tree.leaves(grads))
+    with pytest.raises(InputError, match="reversal_correction"):
+        T.TrainConfig(reversal_correction=1.5)

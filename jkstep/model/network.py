@@ -165,6 +165,15 @@ def _safe_norm(v, axis=-1, keepdims=False, eps=1e-12):
     return jnp.sqrt(jnp.sum(v * v, axis=axis, keepdims=keepdims) + eps)
 
 
+def _norm(v, axis=-1):
+    """|v| with the same values as ``jnp.linalg.norm`` and a zero (not NaN) gradient at v = 0:
+    padded atoms have zero vectors, and a jump back from a predicted state differentiates
+    through them (``TrainConfig.reversal_correction``)."""
+    nonzero = jnp.any(v != 0, axis=axis)
+    safe = jnp.where(jnp.expand_dims(nonzero, axis), v, 1.0)
+    return jnp.where(nonzero, jnp.linalg.norm(safe, axis=axis), 0.0)
+
+
 def bounded_momentum_free(u, bound, masses, mask):
     """Map raw vectors u (B, N, 3) to corrections with |d_i| ≤ bound and Σ_i m_i d_i = 0 (float64).
 
@@ -288,7 +297,7 @@ class KStepNet(nn.Module):
         fin = (0.5 * acc * t**2 / b).astype(f32)
         V = nn.Dense(cfg.features, use_bias=False, name="vector_in")(jnp.stack([vin, fin], axis=-1))
         invariants = jnp.stack([
-            jnp.linalg.norm(vin, axis=-1), jnp.linalg.norm(fin, axis=-1),
+            _norm(vin), _norm(fin),
             jnp.sum(vin * fin, axis=-1), jnp.log(m).astype(f32)], axis=-1)
         s = nn.Embed(N_ELEMENTS, cfg.features, name="embedding")(numbers)
         s = s + nn.Dense(cfg.features, name="scalar_in")(invariants)

@@ -43,6 +43,7 @@ from flax import struct
 from jkstep import units
 from jkstep.config import read_yaml
 from jkstep.errors import InputError
+from jkstep.kstep import reversal_corrected
 from jkstep.model.network import UNITS, KStepNet, ModelConfig, ballistic_jump
 from jkstep.model.network import init_params as _init_params
 
@@ -72,6 +73,9 @@ class TrainConfig:
             F_{t+k} stands in for the corrector's call); False trains v' and F̂' separately.
         time_reversal: every second batch is time-reversed, (x_{t+k}, −v_{t+k}, F_{t+k}) →
             (x_t, −v_t, F_t): exact augmentation for NVE (deterministic, reversible) data.
+        reversal_correction: α of ``jkstep.kstep.reversal_corrected``; > 0 trains the jump the
+            hybrid integrator makes by default (α = 0.5: the forward jump corrected by α times the
+            error of a jump back; one more network call per window), 0 (default) the bare forward jump.
         scale_x_a (Å), scale_v (Å/fs), scale_force (eV/Å), scale_energy_ev (eV): loss
             normalisation; None = measured on the first training batch (RMS of target − ballistic
             jump; of F_{t+k} − F_t for forces; of the ballistic jump's energy error).
@@ -95,6 +99,7 @@ class TrainConfig:
     w_energy: float = 0.0
     corrector_velocity: bool = False
     time_reversal: bool = False
+    reversal_correction: float = 0.0
     bond_factor: float = 1.25
     scale_x_a: float | None = None
     scale_v: float | None = None
@@ -123,6 +128,9 @@ class TrainConfig:
                 raise InputError(f"train config: {name} must be positive")
         if not 0.0 <= float(self.ema_decay) < 1.0:
             raise InputError("train config: ema_decay must be in [0, 1)")
+        if not 0.0 <= float(self.reversal_correction) <= 1.0:
+            raise InputError(f"train config: reversal_correction must be in [0, 1] (0 = off, 0.5 = the "
+                             f"integrator's default), got {self.reversal_correction!r}")
         object.__setattr__(self, "data", dict(self.data or {}))
 
     def to_dict(self) -> dict[str, Any]:
@@ -331,8 +339,11 @@ def _pair_dist(x, pairs):
 
 def compute_losses(model: KStepNet, params, batch, scales, train_config: TrainConfig):
     """Total loss and metrics of one prepared batch. ``scales``: array (x Å, v Å/fs, force eV/Å, energy eV)."""
-    pos, vel, frc = model.apply({"params": params}, batch["numbers"], batch["mask"], batch["masses"],
-                                batch["positions"], batch["velocities"], batch["forces"])
+    def jump(x, v, f):
+        return model.apply({"params": params}, batch["numbers"], batch["mask"], batch["masses"], x, v, f)
+
+    pos, vel, frc = reversal_corrected(jump, train_config.reversal_correction)(
+        batch["positions"], batch["velocities"], batch["forces"])
     mask = batch["mask"]
     maskf = mask[..., None].astype(jnp.float64)
     n3 = 3.0 * jnp.maximum(mask.sum(), 1)
