@@ -498,3 +498,22 @@ def test_reversal_corrected_loss_trains_the_integrators_jump(data):
     assert all(bool(jnp.all(jnp.isfinite(g))) for g in jax.tree.leaves(grads))
     with pytest.raises(InputError, match="reversal_correction"):
         T.TrainConfig(reversal_correction=1.5)
+
+
+def test_energy_bias_term_is_the_squared_batch_mean_of_the_energy_error(data):
+    """w_energy_bias weighs (mean over the batch of the jump's energy error)² / scale²; the mean is
+    reported as a metric, and it is what the ``loss_energy`` (mean square) term cannot tell from noise."""
+    _, val = data
+    batch = T.prepare_batch(val[0], SMALL)
+    params = noisy_params(SMALL, seed=4, scale=0.2)
+    model = KStepNet(SMALL)
+    scales = jnp.asarray([1e-3, 1e-3, 0.5, 0.1])
+    only_bias = dataclasses.replace(TRAIN, w_x=0.0, w_v=0.0, w_force=0.0, w_bond=0.0, w_energy=0.0, w_energy_bias=2.0)
+    loss, metrics = T.compute_losses(model, params, batch, scales, only_bias)
+    pos, vel, _ = model.apply({"params": params}, batch["numbers"], batch["mask"], batch["masses"],
+                              batch["positions"], batch["velocities"], batch["forces"])
+    mean_error = float(np.mean(np.asarray(T.jump_energy_error(batch, pos, vel))))
+    assert mean_error != 0.0
+    assert float(metrics["mean_energy_error_ev"]) == pytest.approx(mean_error, rel=1e-9)
+    assert float(loss) == pytest.approx(2.0 * mean_error**2 / 0.1**2, rel=1e-9)
+    assert float(metrics["rmse_energy_ev"]) > abs(mean_error)

@@ -68,6 +68,9 @@ class TrainConfig:
             Σ F_{t+k}·(x' − x_{t+k}) (exact in KE, first order in the potential). A learned
             jump's random errors heat a rollout (unbiased velocity noise adds kinetic energy on
             average), so this term targets what NVE rollouts need beyond small MSEs.
+        w_energy_bias: weight of the squared batch mean of that energy error. A jump's energy
+            errors add up over a run: their random part as √N, a bias as N, so a bias far below
+            the errors' RMS (which the ``w_energy`` term hardly sees) still heats or cools a long run.
         corrector_velocity: train the velocity that the hybrid integrator actually uses, the
             network's v' plus the corrector kick w·(F_{t+k} − F̂')/m with w = k·dt/2 (the real
             F_{t+k} stands in for the corrector's call); False trains v' and F̂' separately.
@@ -97,6 +100,7 @@ class TrainConfig:
     w_force: float = 0.1
     w_bond: float = 1.0
     w_energy: float = 0.0
+    w_energy_bias: float = 0.0
     corrector_velocity: bool = False
     time_reversal: bool = False
     reversal_correction: float = 0.0
@@ -355,7 +359,9 @@ def compute_losses(model: KStepNet, params, batch, scales, train_config: TrainCo
         vel = corrector_velocity(batch, vel, frc, model.config)
     mse_x = mse(pos, batch["target_positions"])
     mse_v = mse(vel, batch["target_velocities"])
-    mse_e = jnp.mean(jump_energy_error(batch, pos, vel) ** 2)
+    energy_error = jump_energy_error(batch, pos, vel)
+    mse_e = jnp.mean(energy_error**2)
+    bias_e = jnp.mean(energy_error)
     mse_f = mse(frc, batch["target_forces"])
     pairs = bond_pairs(batch["numbers"], mask, batch["positions"], train_config.bond_factor)
     n_bonds = jnp.maximum(pairs.sum(), 1)
@@ -363,13 +369,13 @@ def compute_losses(model: KStepNet, params, batch, scales, train_config: TrainCo
     mse_b = jnp.sum(bond_err**2) / n_bonds
     sx, sv, sf, se = scales[0], scales[1], scales[2], scales[3]
     terms = {"loss_x": mse_x / sx**2, "loss_v": mse_v / sv**2, "loss_force": mse_f / sf**2,
-             "loss_bond": mse_b / sx**2, "loss_energy": mse_e / se**2}
+             "loss_bond": mse_b / sx**2, "loss_energy": mse_e / se**2, "loss_energy_bias": bias_e**2 / se**2}
     total = (train_config.w_x * terms["loss_x"] + train_config.w_v * terms["loss_v"]
              + train_config.w_force * terms["loss_force"] + train_config.w_bond * terms["loss_bond"]
-             + train_config.w_energy * terms["loss_energy"])
+             + train_config.w_energy * terms["loss_energy"] + train_config.w_energy_bias * terms["loss_energy_bias"])
     metrics = {"loss": total, **terms, "rmse_x_a": jnp.sqrt(mse_x), "rmse_v": jnp.sqrt(mse_v),
                "rmse_force": jnp.sqrt(mse_f), "rmse_bond_a": jnp.sqrt(mse_b),
-               "rmse_energy_ev": jnp.sqrt(mse_e)}
+               "rmse_energy_ev": jnp.sqrt(mse_e), "mean_energy_error_ev": bias_e}
     return total, metrics
 
 
