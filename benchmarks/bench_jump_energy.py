@@ -32,6 +32,14 @@ from jkstep.kstep import Guards, ballistic_jump, kstep, kstep_integrator
 LOOSE = Guards(max_energy_drift=None, max_energy_rise=10.0, max_kinetic_rise=50.0, max_attempts=1)
 
 
+def store_molecule(store: TrajectoryStore) -> jkstep.Molecule:
+    """The molecule of a trajectory store (its first frame's positions, the stored masses, charge, spin)."""
+    meta = store.meta
+    return jkstep.Molecule(numbers=np.asarray(meta["numbers"]), positions=np.asarray(store.frame(0)["positions"]),
+                           masses=np.asarray(meta["masses"], np.float64), charge=int(meta.get("charge", 0)),
+                           spin=int(meta.get("spin", 0)))
+
+
 def total_energy(state, masses) -> float:
     return float(state.energy + kinetic_energy(state.velocities, masses))
 
@@ -76,9 +84,7 @@ def main():
             print(f"{name}: no production run under {args.data}, skipped")
             continue
         meta = store.meta
-        mol = jkstep.Molecule(numbers=np.asarray(meta["numbers"]), positions=np.asarray(store.frame(0)["positions"]),
-                              masses=np.asarray(meta["masses"], np.float64), charge=int(meta.get("charge", 0)),
-                              spin=int(meta.get("spin", 0)))
+        mol = store_molecule(store)
         pot = jkstep.xtb_potential(mol, method=meta.get("method", "GFN2-xTB"))
         spacing = int(meta["frame_spacing"])
         starts = [i // spacing for i in range(0, args.windows * args.stride, args.stride) if i // spacing < store.n_frames]

@@ -24,13 +24,12 @@ from jkstep.integrate import kinetic_energy
 from jkstep.kstep import kstep
 
 sys.path.insert(0, os.path.dirname(__file__))
-from bench_jump_energy import LOOSE  # noqa: E402
+from bench_jump_energy import LOOSE, store_molecule  # noqa: E402
 
 name, model = sys.argv[1], sys.argv[2]   # molecule under data/qm, model name or path
 st = TrajectoryStore(f"data/qm/{name}/production"); meta = st.meta
-mol = jkstep.Molecule(numbers=np.asarray(meta["numbers"]), positions=np.asarray(st.frame(0)["positions"]), masses=np.asarray(meta["masses"]),
-                      charge=int(meta.get("charge", 0)), spin=int(meta.get("spin", 0)))
-pot = jkstep.xtb_potential(mol); b = jkstep.load_pretrained(model)
+mol = store_molecule(st)
+pot = jkstep.xtb_potential(mol, method=meta.get("method", "GFN2-xTB")); b = jkstep.load_pretrained(model)
 m = jnp.asarray(mol.masses)
 rows = []
 for alpha in (0.5, 0.0):

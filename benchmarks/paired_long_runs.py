@@ -21,8 +21,10 @@ import subprocess
 import sys
 from concurrent.futures import ThreadPoolExecutor
 
-VALIDATION = {"cytosine": "Nc1cc[nH]c(=O)n1", "1-propanol": "CCCO", "cyclohexane": "C1CCCCC1",
-              "caffeine": "Cn1cnc2c1c(=O)n(C)c(=O)n2C"}
+from jkstep.data.generate import read_molecules, read_splits
+
+SMILES = {name: smiles for smiles, name in read_molecules("data/qm_molecules.smi")}
+VALIDATION = read_splits("data/qm_splits.json", names=list(SMILES))["val"]
 
 
 def label(model: str) -> str:
@@ -42,7 +44,8 @@ def run(job) -> str:
 def main():
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--model", nargs="+", required=True, help="shipped names or checkpoint directories")
-    ap.add_argument("--molecules", nargs="+", default=list(VALIDATION), help="validation molecule names")
+    ap.add_argument("--molecules", nargs="+", default=VALIDATION,
+                    help="names in data/qm_molecules.smi (default: the validation split)")
     ap.add_argument("--seeds", nargs="+", type=int, default=[0, 1])
     ap.add_argument("--ps", type=float, default=10.0)
     ap.add_argument("--out", default="outputs/paired")
@@ -50,9 +53,9 @@ def main():
     ap.add_argument("--jobs", type=int, default=2)
     ap.add_argument("--extra", default="", help="more `jkstep run` flags for every run, one string")
     args = ap.parse_args()
-    unknown = set(args.molecules) - set(VALIDATION)
+    unknown = set(args.molecules) - set(SMILES)
     if unknown:
-        raise SystemExit(f"unknown molecule(s) {sorted(unknown)}; choose from {sorted(VALIDATION)}")
+        raise SystemExit(f"unknown molecule(s) {sorted(unknown)}: data/qm_molecules.smi names {sorted(SMILES)}")
     os.makedirs(args.out, exist_ok=True)
     jkstep = os.path.join(os.path.dirname(sys.executable), "jkstep")
     jobs = []
@@ -60,7 +63,7 @@ def main():
         for seed in args.seeds:
             for model in args.model:
                 path = os.path.join(args.out, f"{name}_s{seed}_{label(model)}.json")
-                jobs.append((path, [jkstep, "run", "--smiles", VALIDATION[name], "--ps", str(args.ps), "--equilibrate-ps",
+                jobs.append((path, [jkstep, "run", "--smiles", SMILES[name], "--ps", str(args.ps), "--equilibrate-ps",
                                     "1", "--seed", str(seed), "--model", model, *args.extra.split()]))
     with ThreadPoolExecutor(args.jobs) as pool:
         list(pool.map(run, jobs))
