@@ -139,7 +139,8 @@ def build_parser() -> argparse.ArgumentParser:
     tr.add_argument("--train-config", default="configs/train_qm_k8.yaml",
                     help="training YAML with its data: section (default QM k = 8)")
     tr.add_argument("--out", required=True, help="checkpoint directory (latest/ and best/ inside)")
-    tr.add_argument("--pretrained", help="start from this checkpoint (an MM model): MM → QM transfer")
+    tr.add_argument("--pretrained", help="start from this checkpoint: an MM model (MM → QM transfer) or a "
+                    "QM model to fine-tune (a shipped name or a checkpoint directory)")
     tr.add_argument("--freeze-layers", nargs="+", default=(), metavar="NAME",
                     help="layers kept fixed while fine-tuning (names or globs, e.g. embedding interaction_0)")
     tr.add_argument("--heads", default="map", choices=["map", "reinit"],
