@@ -24,6 +24,7 @@ import jax.numpy as jnp
 import numpy as np
 
 import jkstep
+from jkstep.data.generate import read_splits
 from jkstep.data.store import TrajectoryStore
 from jkstep.integrate import kinetic_energy
 from jkstep.kstep import Guards, ballistic_jump, kstep, kstep_integrator
@@ -64,12 +65,13 @@ def main():
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--model", nargs="+", required=True, help="shipped names or checkpoint directories")
     ap.add_argument("--data", default="data/qm", help="trajectory root")
-    ap.add_argument("--molecules", nargs="+", default=["cytosine", "1-propanol", "cyclohexane", "caffeine"],
-                    help="default: the validation molecules")
+    ap.add_argument("--splits", default="data/qm_splits.json", help="splits file (its val molecules are the default)")
+    ap.add_argument("--molecules", nargs="+", default=None, help="default: the validation molecules")
     ap.add_argument("--windows", type=int, default=60, help="starting frames per molecule")
     ap.add_argument("--stride", type=int, default=300, help="base steps between starting frames")
     ap.add_argument("--rollout", type=int, default=250, help="macro-steps of the rollout (0: none)")
     args = ap.parse_args()
+    molecules = args.molecules or read_splits(args.splits)["val"]
     bundles = {name: jkstep.load_pretrained(name) for name in args.model}
     jumps = {(b.k, b.dt) for b in bundles.values()}
     if len(jumps) > 1:
@@ -78,7 +80,7 @@ def main():
     print(f"per-macro-step total-energy error, meV (k = {k}, {k * dt:g} fs jumps); "
           f"rollout: {args.rollout} macro-steps, largest |E - E0| in meV")
     print(f"{'molecule':<14} {'contender':<28} {'mean':>8} {'rms':>8} {'rollout mean':>13} {'rollout rms':>12} {'wander':>8}")
-    for name in args.molecules:
+    for name in molecules:
         store = TrajectoryStore(os.path.join(args.data, name, "production"))
         if not store.exists:
             print(f"{name}: no production run under {args.data}, skipped")

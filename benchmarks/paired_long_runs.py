@@ -32,6 +32,11 @@ def label(model: str) -> str:
     return model.strip("/").replace("/", "_")
 
 
+def summary_path(out: str, name: str, seed: int, model: str) -> str:
+    """Where the run of ``model`` on molecule ``name`` from seed ``seed``'s start keeps its summary."""
+    return os.path.join(out, f"{name}_s{seed}_{label(model)}.json")
+
+
 def run(job) -> str:
     path, command = job
     if not os.path.exists(path):
@@ -62,13 +67,13 @@ def main():
     for name in args.molecules:
         for seed in args.seeds:
             for model in args.model:
-                path = os.path.join(args.out, f"{name}_s{seed}_{label(model)}.json")
+                path = summary_path(args.out, name, seed, model)
                 jobs.append((path, [jkstep, "run", "--smiles", SMILES[name], "--ps", str(args.ps), "--equilibrate-ps",
                                     "1", "--seed", str(seed), "--model", model, *args.extra.split()]))
     with ThreadPoolExecutor(args.jobs) as pool:
         list(pool.map(run, jobs))
 
-    print(f"| molecule, seed | model | xTB calls | fallbacks | E std kJ/mol | drift kJ/mol/ps | mean T vs reference |")
+    print("| molecule, seed | model | xTB calls | fallbacks | E std kJ/mol | drift kJ/mol/ps | mean T vs reference |")
     print("|---|---|---|---|---|---|---|")
     totals = {m: [] for m in args.model}
     for name in args.molecules:
@@ -76,7 +81,7 @@ def main():
             ref_path = os.path.join(args.references, f"{name}_s{seed}_ref.json")
             ref = json.load(open(ref_path)) if os.path.exists(ref_path) else None
             for model in args.model:
-                path = os.path.join(args.out, f"{name}_s{seed}_{label(model)}.json")
+                path = summary_path(args.out, name, seed, model)
                 if not os.path.exists(path):
                     print(f"| {name}, {seed} | {model} | failed: see {path[:-5]}.log | | | | |")
                     continue
