@@ -341,12 +341,13 @@ def cmd_train(args) -> int:
 
     model_config = load_model_config(args.model_config)
     train_config = load_train_config(args.train_config)
-    train_set, val_set = datasets_from_config(train_config.data, model_config.k)
+    train_set, val_set = datasets_from_config(train_config.data, model_config.k, train_config.jumps)
     batch = int(train_config.data.get("batch_size", 32))
     seed = train_config.seed
     print(f"train: {len(train_set.names)} trajectories, {train_set.n_windows} windows; "
           f"validation: {len(val_set.names)} trajectories, {val_set.n_windows} windows; "
-          f"k = {model_config.k}, dt = {train_set.dt_fs} fs")
+          f"k = {model_config.k}, dt = {train_set.dt_fs} fs"
+          + (f", {train_config.jumps} jumps per window" if train_config.jumps > 1 else ""))
     if abs(train_set.dt_fs - model_config.dt_fs) > 1e-12:
         raise InputError(f"the data have dt {train_set.dt_fs} fs but the model config says {model_config.dt_fs} fs")
     batches = EpochBatches(lambda epoch: train_set.batches(batch, seed=seed + epoch, drop_last=True))

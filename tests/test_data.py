@@ -409,6 +409,36 @@ def test_windows_check_spacing_and_bucket_size(tmp_path):
         WindowDataset([tmp_path / "a"], k=4, stride=2, buckets=(4,))
 
 
+def test_multi_jump_windows_carry_the_path(tmp_path):
+    """Windows of J jumps hold the frames at t + k … t + Jk (target_* is the first), need J·k steps
+    of trajectory, and are the same from a store and from a window file (chained pairs)."""
+    from jkstep.data.dataset import build_dataset
+    from jkstep.data.windows import PATH_KEYS
+
+    _window_store(tmp_path / "a", 5, 30, name="small")
+    ds = WindowDataset([tmp_path / "a"], k=4, stride=3, buckets=(8,), jumps=3)
+    assert ds.jumps == 3 and ds.n_windows == len(range(0, 30 - 12, 3))
+    for b in ds.batches(4, seed=0):
+        assert list(b) == list(KEYS) + list(PATH_KEYS)
+        t = b["positions"][:, 0, 0]
+        for j in range(3):
+            np.testing.assert_array_equal(b["path_positions"][:, j, 0, 0], t + 4 * (j + 1))
+            np.testing.assert_array_equal(b["path_velocities"][:, j, 0, 0], t + 4 * (j + 1) + 0.5)
+            np.testing.assert_array_equal(b["path_forces"][:, j, 0, 0], -(t + 4 * (j + 1)))
+        np.testing.assert_array_equal(b["target_positions"], b["path_positions"][:, 0])
+        assert b["path_positions"].shape == (len(t), 3, 8, 3) and (b["path_positions"][:, :, 5:] == 0).all()
+    assert "path_positions" not in next(WindowDataset([tmp_path / "a"], k=4).batches(4))
+    with pytest.raises(InputError, match="jumps must be an integer"):
+        WindowDataset([tmp_path / "a"], k=4, jumps=0)
+    store = _random_store(tmp_path / "r")
+    row = build_dataset([store.path], [8], 4, tmp_path / "windows")[0]
+    from_file = WindowDataset([row["file"]], k=8, stride=8, jumps=2)
+    from_store = WindowDataset([store.path], k=8, stride=8, jumps=2)
+    assert from_file.n_windows == from_store.n_windows == len(range(0, 41 - 16, 8))
+    a, b = next(from_file.batches(8, shuffle=False)), next(from_store.batches(8, shuffle=False))
+    np.testing.assert_allclose(a["path_forces"], b["path_forces"])
+
+
 def test_windows_from_split(tmp_path):
     for name in ("x", "y", "z"):
         _window_store(tmp_path / "qm" / name / "production", 5, 12, name=name)

@@ -517,3 +517,81 @@ def test_energy_bias_term_is_the_squared_batch_mean_of_the_energy_error(data):
     assert float(metrics["mean_energy_error_ev"]) == pytest.approx(mean_error, rel=1e-9)
     assert float(loss) == pytest.approx(2.0 * mean_error**2 / 0.1**2, rel=1e-9)
     assert float(metrics["rmse_energy_ev"]) > abs(mean_error)
+
+
+def path_windows(z, x0, steps, seed, jumps, stride=8):
+    """Windows of ``jumps`` consecutive k-step jumps (the path_* keys), unpadded."""
+    m, xs, vs, fs = trajectory(z, x0, steps, seed)
+    t = np.arange(0, steps - jumps * K, stride)
+    out = {"numbers": np.tile(z, (len(t), 1)).astype(np.int32), "mask": np.ones((len(t), len(z)), bool),
+           "masses": np.tile(m, (len(t), 1)), "positions": xs[t], "velocities": vs[t], "forces": fs[t],
+           "target_positions": xs[t + K], "target_velocities": vs[t + K], "target_forces": fs[t + K]}
+    later = t[:, None] + K * np.arange(1, jumps + 1)
+    out.update(path_positions=xs[later], path_velocities=vs[later], path_forces=fs[later])
+    return out
+
+
+def test_multi_jump_loss_is_the_mean_over_a_rollout():
+    """jumps = J averages every term over J consecutive jumps, each starting where the last one
+    landed with the corrector's velocity and the stored force; J = 1 is the one-jump loss exactly,
+    and a J = 2 loss without path frames is refused."""
+    batch = T.prepare_batch(path_windows(ETHANOL_Z, ETHANOL_X, 120, 5, jumps=2))
+    params = noisy_params(SMALL, seed=6, scale=0.2)
+    model = KStepNet(SMALL)
+    scales = jnp.asarray([1e-3, 1e-3, 0.5, 0.1])
+    cfg = dataclasses.replace(TRAIN, w_energy=1.0, corrector_velocity=True, jumps=2)
+    loss, metrics = T.compute_losses(model, params, batch, scales, cfg)
+
+    def jump(x, v, f):
+        return model.apply({"params": params}, batch["numbers"], batch["mask"], batch["masses"], x, v, f)
+
+    x1, v1, f1 = jump(batch["positions"], batch["velocities"], batch["forces"])
+    first = dict(batch)
+    v1 = T.corrector_velocity(first, v1, f1, SMALL)
+    second = dict(batch, target_positions=batch["path_positions"][:, 1],
+                  target_velocities=batch["path_velocities"][:, 1], target_forces=batch["path_forces"][:, 1])
+    x2, v2, f2 = jump(x1, v1, batch["path_forces"][:, 0])
+    v2 = T.corrector_velocity(second, v2, f2, SMALL)
+    n3 = 3 * np.prod(batch["mask"].shape)
+    mse_x = [np.sum(np.asarray(x1 - batch["path_positions"][:, 0]) ** 2) / n3,
+             np.sum(np.asarray(x2 - batch["path_positions"][:, 1]) ** 2) / n3]
+    assert float(metrics["rmse_x_a"]) == pytest.approx(np.sqrt(np.mean(mse_x)), rel=1e-9)
+    e2 = np.asarray(T.jump_energy_error(second, x2, v2))
+    assert float(metrics["rmse_energy_last_jump_ev"]) == pytest.approx(np.sqrt(np.mean(e2**2)), rel=1e-9)
+    one = dataclasses.replace(cfg, jumps=1)
+    one_jump = {key: value for key, value in batch.items() if not key.startswith("path_")}
+    loss_1, metrics_1 = T.compute_losses(model, params, one_jump, scales, one)
+    assert float(metrics_1["rmse_x_a"]) == pytest.approx(np.sqrt(mse_x[0]), rel=1e-9)
+    assert float(loss) != pytest.approx(float(loss_1), rel=1e-6)
+    with pytest.raises(InputError, match="needs windows of 2 jumps"):
+        T.compute_losses(model, params, one_jump, scales, cfg)
+    with pytest.raises(InputError, match="jumps must be >= 1"):
+        T.TrainConfig(jumps=0)
+
+
+def test_multi_jump_time_reversal_runs_the_path_backwards():
+    """A reversed multi-jump window starts at the last frame with −v and visits the path in
+    reverse; reversing twice gives the window back."""
+    batch = path_windows(ETHANOL_Z, ETHANOL_X, 80, 7, jumps=3)
+    rev = T.time_reversed(batch)
+    np.testing.assert_array_equal(rev["positions"], batch["path_positions"][:, 2])
+    np.testing.assert_array_equal(rev["velocities"], -batch["path_velocities"][:, 2])
+    np.testing.assert_array_equal(rev["path_positions"][:, 2], batch["positions"])
+    np.testing.assert_array_equal(rev["path_forces"][:, 1], batch["path_forces"][:, 0])
+    np.testing.assert_array_equal(rev["target_velocities"], -batch["path_velocities"][:, 1])
+    again = T.time_reversed(rev)
+    for key in batch:
+        np.testing.assert_array_equal(again[key], batch[key])
+
+
+def test_multi_jump_training_lowers_the_rollout_loss(tmp_path):
+    """jumps = 2 trains end to end (time reversal included) and lowers its own validation loss."""
+    train = {k: np.concatenate([path_windows(ETHANOL_Z, ETHANOL_X, 200, s, jumps=2, stride=4)[k]
+                                for s in (0, 1)]) for k in path_windows(ETHANOL_Z, ETHANOL_X, 40, 0, 2)}
+    val = [path_windows(ETHANOL_Z, ETHANOL_X, 120, 2, jumps=2)]
+    cfg = dataclasses.replace(TRAIN, w_energy=1.0, corrector_velocity=True, time_reversal=True,
+                              total_steps=30, jumps=2)
+    result = T.train(SMALL, cfg, T.ArrayBatches(train, 8, seed=0), val, tmp_path / "run")
+    before = T.evaluate(SMALL, cfg, init_params(SMALL, seed=cfg.seed), val, result.loss_scales)
+    after = T.evaluate(SMALL, cfg, result.state.ema_params, val, result.loss_scales)
+    assert after["loss"] < before["loss"] and "rmse_energy_last_jump_ev" in after

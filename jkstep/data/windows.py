@@ -12,7 +12,10 @@ the origin).
 Batch keys (numpy, B windows, N = bucket size): ``numbers`` (B, N) int32 (0 = padding),
 ``mask`` (B, N) bool, ``masses`` (B, N) float64 amu (1.0 on padding), ``positions`` Å,
 ``velocities`` Å/fs, ``forces`` eV/Å (B, N, 3) at t, and ``target_positions``,
-``target_velocities``, ``target_forces`` (B, N, 3) at t + k; zeros on padding.
+``target_velocities``, ``target_forces`` (B, N, 3) at t + k; zeros on padding. Windows of
+``jumps`` = J > 1 consecutive jumps (for a multi-jump loss) also have ``path_positions``,
+``path_velocities``, ``path_forces`` (B, J, N, 3): the frames at t + k, t + 2k, …, t + Jk
+(``target_*`` is the first of them).
 """
 
 from __future__ import annotations
@@ -29,6 +32,7 @@ from jkstep.errors import InputError
 DEFAULT_BUCKETS = (16, 32, 48)
 KEYS = ("numbers", "mask", "masses", "positions", "velocities", "forces",
         "target_positions", "target_velocities", "target_forces")
+PATH_KEYS = ("path_positions", "path_velocities", "path_forces")
 
 
 class WindowDataset:
@@ -40,23 +44,26 @@ class WindowDataset:
         k: base steps between a window's input and target frames.
         stride: base steps between consecutive window starts.
         buckets: padded molecule sizes (atoms); each molecule goes to the smallest that fits.
+        jumps: consecutive jumps per window (J); > 1 adds the ``path_*`` keys (frames at
+            t + k … t + Jk) for a multi-jump loss, and a window then needs J·k steps of trajectory.
 
-    Attributes: ``k``, ``stride``, ``dt_fs`` (base step, fs), ``elements`` (sorted atomic
+    Attributes: ``k``, ``stride``, ``jumps``, ``dt_fs`` (base step, fs), ``elements`` (sorted atomic
     numbers seen), ``buckets``, ``names`` (one per trajectory), ``n_windows``.
     """
 
-    def __init__(self, paths: Sequence, k: int, stride: int = 1, buckets: Sequence[int] = DEFAULT_BUCKETS):
-        if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or k < 1:
-            raise InputError(f"k must be an integer ≥ 1 (base steps), got {k!r}")
-        if isinstance(stride, bool) or not isinstance(stride, (int, np.integer)) or stride < 1:
-            raise InputError(f"stride must be an integer ≥ 1 (base steps), got {stride!r}")
+    def __init__(self, paths: Sequence, k: int, stride: int = 1, buckets: Sequence[int] = DEFAULT_BUCKETS,
+                 jumps: int = 1):
+        for what, value in (("k", k), ("stride", stride), ("jumps", jumps)):
+            if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
+                raise InputError(f"{what} must be an integer ≥ 1{' (base steps)' if what != 'jumps' else ''}, "
+                                 f"got {value!r}")
         buckets = tuple(sorted(int(b) for b in buckets))
         if not buckets or buckets[0] < 1:
             raise InputError(f"buckets must be positive atom counts, got {buckets!r}")
         paths = [os.fspath(p) for p in paths]
         if not paths:
             raise InputError("a window dataset needs at least one trajectory")
-        self.k, self.stride, self.buckets = int(k), int(stride), buckets
+        self.k, self.stride, self.buckets, self.jumps = int(k), int(stride), buckets, int(jumps)
         self.paths = paths
         self.dt_fs = None
         self._trajs = []
@@ -73,7 +80,7 @@ class WindowDataset:
 
     @classmethod
     def from_split(cls, root, splits, split: str, k: int, stride: int = 1, runs: Sequence[str] = ("production",),
-                   buckets: Sequence[int] = DEFAULT_BUCKETS) -> "WindowDataset":
+                   buckets: Sequence[int] = DEFAULT_BUCKETS, jumps: int = 1) -> "WindowDataset":
         """Windows of the molecules of ``split`` ("train", "val" or "test") of the splits JSON
         file ``splits``, read from ``root/<name>/<run>`` for each run in ``runs``."""
         from jkstep.data.generate import read_splits
@@ -84,7 +91,7 @@ class WindowDataset:
         if not names[split]:
             raise InputError(f"split {split!r} of {splits} is empty")
         paths = [os.path.join(os.fspath(root), name, run) for name in names[split] for run in runs]
-        return cls(paths, k, stride, buckets)
+        return cls(paths, k, stride, buckets, jumps)
 
     def _check_dt(self, dt: float, path: str) -> None:
         if self.dt_fs is None:
@@ -109,10 +116,10 @@ class WindowDataset:
                              f"rebuild it with `jkstep dataset --k ... {self.k}`")
         if self.stride % int(d["stride"]):
             raise InputError(f"stride {self.stride} is not a multiple of the file's stride {int(d['stride'])} ({path})")
-        pairs = d[key][:: self.stride // int(d["stride"])]
+        index = _chains(np.asarray(d[key], np.int64), self.jumps)[:: self.stride // int(d["stride"])]
         numbers = np.asarray(d["numbers"], np.int32)
         return {"name": f"{d['name']}/{d['run']}", "numbers": numbers, "masses": np.asarray(d["masses"]),
-                "bucket": self._bucket(len(numbers), path), "n_windows": len(pairs), "pairs": pairs,
+                "bucket": self._bucket(len(numbers), path), "n_windows": len(index), "index": index,
                 "frames": {k: d[k] for k in ("positions", "velocities", "forces")}}
 
     def _windows_of(self, store: TrajectoryStore) -> dict:
@@ -125,16 +132,17 @@ class WindowDataset:
                                  f"({spacing} steps) of {store.path}")
         numbers = np.asarray(meta["numbers"], np.int32)
         lag, step = self.k // spacing, self.stride // spacing
-        starts = np.arange(0, max(0, store.n_frames - lag), step, dtype=np.int64)
-        frames = np.union1d(starts, starts + lag)            # each needed frame read once
+        starts = np.arange(0, max(0, store.n_frames - self.jumps * lag), step, dtype=np.int64)
+        wanted = starts[:, None] + lag * np.arange(self.jumps + 1)      # (windows, J + 1) frames
+        frames = np.unique(wanted)                           # each needed frame read once
         data = store.load(frames=frames, arrays=("positions", "velocities", "forces", "step"))
-        pairs = np.stack([np.searchsorted(frames, starts), np.searchsorted(frames, starts + lag)], axis=1)
-        if len(starts) and not np.all(data["step"][pairs[:, 1]] - data["step"][pairs[:, 0]] == self.k):
+        index = np.searchsorted(frames, wanted)
+        if len(starts) and not np.all(np.diff(data["step"][index], axis=1) == self.k):
             raise InputError(f"{store.path} has gaps in its steps; windows would not be k = {self.k} apart")
         name = meta.get("name") or os.path.basename(os.path.dirname(store.path))
         return {"name": f"{name}/{os.path.basename(store.path)}", "numbers": numbers,
                 "masses": np.asarray(meta["masses"], np.float64), "bucket": self._bucket(len(numbers), store.path),
-                "n_windows": len(starts), "pairs": pairs.reshape(-1, 2),
+                "n_windows": len(starts), "index": index.reshape(-1, self.jumps + 1),
                 "frames": {k: data[k] for k in ("positions", "velocities", "forces")}}
 
     # -- sizes ---------------------------------------------------------------------------
@@ -163,7 +171,8 @@ class WindowDataset:
 
     def batches(self, batch_size: int, seed: int = 0, shuffle: bool = True,
                 drop_last: bool = False) -> Iterator[dict]:
-        """One pass over the windows in padded numpy batches of one bucket each (keys: KEYS).
+        """One pass over the windows in padded numpy batches of one bucket each (keys: KEYS, and
+        PATH_KEYS where ``jumps`` > 1).
 
         With ``shuffle`` the windows within each bucket and the order of the batches are
         permuted by ``seed``; without, batches come bucket by bucket in storage order. The last
@@ -191,6 +200,9 @@ class WindowDataset:
                "masses": np.ones((size, bucket), np.float64)}
         for key in KEYS[3:]:
             out[key] = np.zeros((size, bucket, 3), np.float64)
+        if self.jumps > 1:
+            for key in PATH_KEYS:
+                out[key] = np.zeros((size, self.jumps, bucket, 3), np.float64)
         for i in np.unique(index[:, 0]):                   # one trajectory at a time
             rows = np.flatnonzero(index[:, 0] == i)
             t = self._trajs[i]
@@ -198,14 +210,32 @@ class WindowDataset:
             out["numbers"][rows, :n] = t["numbers"]
             out["mask"][rows, :n] = True
             out["masses"][rows, :n] = t["masses"]
-            a, b = t["pairs"][index[rows, 1]].T
+            frames = t["index"][index[rows, 1]]             # (rows, J + 1)
             for key in ("positions", "velocities", "forces"):
-                out[key][rows, :n] = t["frames"][key][a]
-                out["target_" + key][rows, :n] = t["frames"][key][b]
+                out[key][rows, :n] = t["frames"][key][frames[:, 0]]
+                out["target_" + key][rows, :n] = t["frames"][key][frames[:, 1]]
+                if self.jumps > 1:
+                    out["path_" + key][rows, :, :n] = t["frames"][key][frames[:, 1:]]
         return out
 
 
-def datasets_from_config(data: dict, k: int) -> tuple["WindowDataset", "WindowDataset"]:
+def _chains(pairs: np.ndarray, jumps: int) -> np.ndarray:
+    """(windows, jumps + 1) frame indices of a window file's (start, end) pairs chained end to
+    start: every window whose jumps − 1 next windows exist (all of them for jumps = 1)."""
+    if jumps == 1:
+        return pairs
+    following = dict(zip(pairs[:, 0].tolist(), pairs[:, 1].tolist()))
+    chains = []
+    for a, b in pairs.tolist():
+        chain = [a, b]
+        while len(chain) <= jumps and chain[-1] in following:
+            chain.append(following[chain[-1]])
+        if len(chain) == jumps + 1:
+            chains.append(chain)
+    return np.asarray(chains, np.int64).reshape(-1, jumps + 1)
+
+
+def datasets_from_config(data: dict, k: int, jumps: int = 1) -> tuple["WindowDataset", "WindowDataset"]:
     """(train, validation) windows from a training config's ``data:`` section.
 
     Keys: ``dir`` (data root), ``splits`` (JSON with train/val/test names; without it the
@@ -215,6 +245,7 @@ def datasets_from_config(data: dict, k: int) -> tuple["WindowDataset", "WindowDa
     steps between window starts, default k: consecutive 0.25 fs windows are highly correlated),
     ``buckets`` (padding sizes), ``windows`` (optional: a directory of window files built by
     ``jkstep dataset`` from ``dir``; read instead of the trajectories). The test split is never read.
+    ``jumps``: consecutive jumps per window (``TrainConfig.jumps``; see ``WindowDataset``).
     """
     known = {"dir", "splits", "runs", "stride", "buckets", "batch_size", "val_every", "windows"}
     unknown = set(data) - known
@@ -254,11 +285,11 @@ def datasets_from_config(data: dict, k: int) -> tuple["WindowDataset", "WindowDa
             wanted = sorted(os.listdir(directory)) if runs == "all" else runs
             for run in wanted:
                 store = TrajectoryStore(os.path.join(directory, run))
-                if store.exists and store.n_frames > k:
+                if store.exists and store.n_frames > jumps * k:
                     paths.append(store.path)
         if not paths:
-            raise InputError(f"no {split} trajectories with more than k = {k} frames under {root}")
-        out.append(WindowDataset(paths, k, stride, buckets))
+            raise InputError(f"no {split} trajectories with more than {jumps} × k = {jumps * k} frames under {root}")
+        out.append(WindowDataset(paths, k, stride, buckets, jumps))
     return out[0], out[1]
 
 

@@ -3,8 +3,9 @@
 Batches are dicts of padded numpy arrays with exactly the keys of ``BATCH_KEYS``: ``numbers``
 (B, N) int (0 on padding), ``mask`` (B, N) bool, ``masses`` (B, N) amu, ``positions`` Å,
 ``velocities`` Å/fs, ``forces`` eV/Å at t and ``target_positions``, ``target_velocities``,
-``target_forces`` at t+k, all (B, N, 3). ``train`` takes already-built iterables of such dicts,
-so it does not depend on how they are loaded.
+``target_forces`` at t+k, all (B, N, 3); for a multi-jump loss (``TrainConfig.jumps`` = J > 1)
+also ``path_positions``, ``path_velocities``, ``path_forces`` (B, J, N, 3) at t+k … t+Jk.
+``train`` takes already-built iterables of such dicts, so it does not depend on how they are loaded.
 
 Loss (all masked to real atoms, each term normalised by a scale): MSE of x_{t+k} (Å), of v_{t+k}
 (Å/fs), of the auxiliary forces at t+k (eV/Å), and of the bond lengths after the jump (bonded
@@ -49,6 +50,7 @@ from jkstep.model.network import init_params as _init_params
 
 BATCH_KEYS = ("numbers", "mask", "masses", "positions", "velocities", "forces",
               "target_positions", "target_velocities", "target_forces")
+PATH_KEYS = ("path_positions", "path_velocities", "path_forces")   # multi-jump windows only
 CHECKPOINT_FORMAT = "jkstep-kstep-model"
 CHECKPOINT_VERSION = 1
 
@@ -79,6 +81,13 @@ class TrainConfig:
         reversal_correction: α of ``jkstep.kstep.reversal_corrected``; > 0 trains the jump the
             hybrid integrator makes by default (α = 0.5: the forward jump corrected by α times the
             error of a jump back; one more network call per window), 0 (default) the bare forward jump.
+        jumps: J consecutive jumps per window (multi-jump loss; windows need the ``path_*`` keys,
+            ``WindowDataset(jumps=J)``). Each jump after the first starts where the previous one
+            landed, with the integrator's corrector velocity and the stored real force standing in
+            for the corrector's xTB call; every term is averaged over the J jumps, the energy term
+            included, whose error after jump j is the error accumulated over j jumps (exact
+            dynamics conserve energy). So the loss sees how errors add up over a rollout, which a
+            one-jump loss cannot. J = 1 (default) is the one-jump loss; the cost grows with J.
         scale_x_a (Å), scale_v (Å/fs), scale_force (eV/Å), scale_energy_ev (eV): loss
             normalisation; None = measured on the first training batch (RMS of target − ballistic
             jump; of F_{t+k} − F_t for forces; of the ballistic jump's energy error).
@@ -104,6 +113,7 @@ class TrainConfig:
     corrector_velocity: bool = False
     time_reversal: bool = False
     reversal_correction: float = 0.0
+    jumps: int = 1
     bond_factor: float = 1.25
     scale_x_a: float | None = None
     scale_v: float | None = None
@@ -122,7 +132,7 @@ class TrainConfig:
         for name in ("warmup_steps",):
             if int(getattr(self, name)) < 0:
                 raise InputError(f"train config: {name} must be >= 0")
-        for name in ("total_steps", "val_every", "log_every", "checkpoint_every", "keep_latest"):
+        for name in ("total_steps", "val_every", "log_every", "checkpoint_every", "keep_latest", "jumps"):
             if int(getattr(self, name)) < 1:
                 raise InputError(f"train config: {name} must be >= 1, got {getattr(self, name)!r}")
         if self.patience is not None and int(self.patience) < 1:
@@ -166,12 +176,13 @@ def load_train_config(path) -> TrainConfig:
 
 
 def prepare_batch(batch: Mapping[str, Any], config: ModelConfig | None = None) -> dict[str, jax.Array]:
-    """Check a batch dict and convert it to JAX arrays (int32 / bool / float64)."""
+    """Check a batch dict and convert it to JAX arrays (int32 / bool / float64); the ``PATH_KEYS``
+    of multi-jump windows are kept where present."""
     missing = [k for k in BATCH_KEYS if k not in batch]
     if missing:
         raise InputError(f"batch lacks key(s) {missing}; a batch needs exactly {list(BATCH_KEYS)}")
     out = {"numbers": jnp.asarray(batch["numbers"], jnp.int32), "mask": jnp.asarray(batch["mask"], bool)}
-    for k in BATCH_KEYS[2:]:
+    for k in BATCH_KEYS[2:] + tuple(k for k in PATH_KEYS if k in batch):
         out[k] = jnp.asarray(batch[k], jnp.float64)
     return out
 
@@ -316,11 +327,18 @@ def corrector_velocity(b, vel, frc, model_config: ModelConfig):
 
 
 def time_reversed(batch: Mapping[str, Any]) -> dict:
-    """The time-reversed windows of a batch: (x_{t+k}, −v_{t+k}, F_{t+k}) → (x_t, −v_t, F_t)."""
+    """The time-reversed windows of a batch: (x_{t+k}, −v_{t+k}, F_{t+k}) → (x_t, −v_t, F_t); a
+    multi-jump window runs from its last frame back through the path to its first."""
     out = dict(batch)
-    out["positions"], out["target_positions"] = batch["target_positions"], batch["positions"]
-    out["velocities"], out["target_velocities"] = -np.asarray(batch["target_velocities"]), -np.asarray(batch["velocities"])
-    out["forces"], out["target_forces"] = batch["target_forces"], batch["forces"]
+    if "path_positions" not in batch:
+        out["positions"], out["target_positions"] = batch["target_positions"], batch["positions"]
+        out["velocities"], out["target_velocities"] = -np.asarray(batch["target_velocities"]), -np.asarray(batch["velocities"])
+        out["forces"], out["target_forces"] = batch["target_forces"], batch["forces"]
+        return out
+    for key, sign in (("positions", 1.0), ("velocities", -1.0), ("forces", 1.0)):
+        frames = np.concatenate([np.asarray(batch[key])[:, None], np.asarray(batch["path_" + key])], axis=1)
+        frames = sign * frames[:, ::-1]                      # t+Jk, …, t
+        out[key], out["target_" + key], out["path_" + key] = frames[:, 0], frames[:, 1], frames[:, 1:]
     return out
 
 
@@ -341,32 +359,49 @@ def _pair_dist(x, pairs):
     return jnp.sqrt(jnp.where(pairs, jnp.sum(rij * rij, axis=-1), 1.0))
 
 
+def _targets(batch, jumps: int) -> list[dict]:
+    """Per jump of a window, the batch with that jump's frame as its ``target_*``."""
+    if jumps == 1:
+        return [batch]
+    if "path_positions" not in batch or batch["path_positions"].shape[1] != jumps:
+        raise InputError(f"the multi-jump loss (jumps = {jumps}) needs windows of {jumps} jumps "
+                         f"(the path_* keys of WindowDataset(..., jumps={jumps}))")
+    return [dict(batch, **{"target_" + key: batch["path_" + key][:, j] for key in ("positions", "velocities", "forces")})
+            for j in range(jumps)]
+
+
 def compute_losses(model: KStepNet, params, batch, scales, train_config: TrainConfig):
-    """Total loss and metrics of one prepared batch. ``scales``: array (x Å, v Å/fs, force eV/Å, energy eV)."""
+    """Total loss and metrics of one prepared batch. ``scales``: array (x Å, v Å/fs, force eV/Å, energy eV).
+    With ``train_config.jumps`` > 1 every term is the mean over the window's consecutive jumps."""
     def jump(x, v, f):
         return model.apply({"params": params}, batch["numbers"], batch["mask"], batch["masses"], x, v, f)
 
-    pos, vel, frc = reversal_corrected(jump, train_config.reversal_correction)(
-        batch["positions"], batch["velocities"], batch["forces"])
+    step = reversal_corrected(jump, train_config.reversal_correction)
     mask = batch["mask"]
     maskf = mask[..., None].astype(jnp.float64)
     n3 = 3.0 * jnp.maximum(mask.sum(), 1)
+    pairs = bond_pairs(batch["numbers"], mask, batch["positions"], train_config.bond_factor)
+    n_bonds = jnp.maximum(pairs.sum(), 1)
 
     def mse(pred, target):
         return jnp.sum(((pred - target) * maskf) ** 2) / n3
 
-    if train_config.corrector_velocity:
-        vel = corrector_velocity(batch, vel, frc, model.config)
-    mse_x = mse(pos, batch["target_positions"])
-    mse_v = mse(vel, batch["target_velocities"])
-    energy_error = jump_energy_error(batch, pos, vel)
-    mse_e = jnp.mean(energy_error**2)
-    bias_e = jnp.mean(energy_error)
-    mse_f = mse(frc, batch["target_forces"])
-    pairs = bond_pairs(batch["numbers"], mask, batch["positions"], train_config.bond_factor)
-    n_bonds = jnp.maximum(pairs.sum(), 1)
-    bond_err = jnp.where(pairs, _pair_dist(pos, pairs) - _pair_dist(batch["target_positions"], pairs), 0.0)
-    mse_b = jnp.sum(bond_err**2) / n_bonds
+    x, v, f = batch["positions"], batch["velocities"], batch["forces"]
+    parts = []
+    for b in _targets(batch, train_config.jumps):
+        pos, vel, frc = step(x, v, f)
+        kicked = corrector_velocity(b, vel, frc, model.config)
+        if train_config.corrector_velocity:
+            vel = kicked
+        energy_error = jump_energy_error(b, pos, vel)
+        bond_err = jnp.where(pairs, _pair_dist(pos, pairs) - _pair_dist(b["target_positions"], pairs), 0.0)
+        parts.append(jnp.stack([mse(pos, b["target_positions"]), mse(vel, b["target_velocities"]),
+                                jnp.mean(energy_error**2), jnp.mean(energy_error), mse(frc, b["target_forces"]),
+                                jnp.sum(bond_err**2) / n_bonds]))
+        # the next jump starts where the integrator would: the corrector's velocity, and the real
+        # force there (the stored one at the true positions stands in for the xTB call)
+        x, v, f = pos, kicked, b["target_forces"]
+    mse_x, mse_v, mse_e, bias_e, mse_f, mse_b = jnp.mean(jnp.stack(parts), axis=0)
     sx, sv, sf, se = scales[0], scales[1], scales[2], scales[3]
     terms = {"loss_x": mse_x / sx**2, "loss_v": mse_v / sv**2, "loss_force": mse_f / sf**2,
              "loss_bond": mse_b / sx**2, "loss_energy": mse_e / se**2, "loss_energy_bias": bias_e**2 / se**2}
@@ -376,6 +411,8 @@ def compute_losses(model: KStepNet, params, batch, scales, train_config: TrainCo
     metrics = {"loss": total, **terms, "rmse_x_a": jnp.sqrt(mse_x), "rmse_v": jnp.sqrt(mse_v),
                "rmse_force": jnp.sqrt(mse_f), "rmse_bond_a": jnp.sqrt(mse_b),
                "rmse_energy_ev": jnp.sqrt(mse_e), "mean_energy_error_ev": bias_e}
+    if train_config.jumps > 1:
+        metrics["rmse_energy_last_jump_ev"] = jnp.sqrt(parts[-1][2])
     return total, metrics
 
 
