@@ -7,7 +7,10 @@ momentum restored) from ``--windows`` frames of each molecule's ``production`` r
 base steps apart, with guards that accept every jump; the error is the total energy (xTB
 potential + kinetic) after the macro-step minus before it, in meV. Then ``--rollout`` macro-steps
 from the first frame with the same loose guards: the same figure on the model's own states, and
-how far the total energy wandered (largest |E − E_0|). Verlet at k·dt (the ballistic jump with the
+how far the total energy wandered (largest |E − E_0|), and the walk ratio: the RMS change of the
+total energy over ``--lag`` macro-steps divided by √lag × the RMS change over one (1 for errors
+that are independent from jump to jump, a random walk; below 1 when they cancel, as Verlet's do;
+above 1 when they pile up, a drift). Verlet at k·dt (the ballistic jump with the
 same corrector) is shown for scale: its per-step energy error is larger but oscillates about the
 shadow energy and stays bounded, while a model's errors are nearly independent from jump to jump
 and add up as a random walk, which the excursion guard (``Guards.max_energy_drift``, 0.05 eV)
@@ -58,7 +61,16 @@ def measure(init_fn, apply_fn, frames, masses, rollout: int) -> dict:
         s = step(s)
         energies.append(total_energy(s, masses))
     energies = np.asarray(energies)
-    return {"off": np.asarray(errors), "on": np.diff(energies), "wander": np.max(np.abs(energies - energies[0]))}
+    return {"off": np.asarray(errors), "on": np.diff(energies), "wander": np.max(np.abs(energies - energies[0])),
+            "energies": energies}
+
+
+def walk_ratio(energies: np.ndarray, lag: int) -> float:
+    """RMS of E_{n+lag} − E_n over √lag × RMS of E_{n+1} − E_n (nan if the rollout is not longer than lag)."""
+    if len(energies) <= lag:
+        return float("nan")
+    one = np.sqrt(np.mean(np.diff(energies) ** 2))
+    return float(np.sqrt(np.mean((energies[lag:] - energies[:-lag]) ** 2)) / (np.sqrt(lag) * one))
 
 
 def main():
@@ -70,6 +82,7 @@ def main():
     ap.add_argument("--windows", type=int, default=60, help="starting frames per molecule")
     ap.add_argument("--stride", type=int, default=300, help="base steps between starting frames")
     ap.add_argument("--rollout", type=int, default=250, help="macro-steps of the rollout (0: none)")
+    ap.add_argument("--lag", type=int, default=25, help="macro-steps of the walk ratio")
     args = ap.parse_args()
     molecules = args.molecules or read_splits(args.splits)["val"]
     bundles = {name: jkstep.load_pretrained(name) for name in args.model}
@@ -78,8 +91,9 @@ def main():
         raise SystemExit(f"the models jump different lengths {sorted(jumps)}; compare models of one k and dt")
     k, dt = jumps.pop()
     print(f"per-macro-step total-energy error, meV (k = {k}, {k * dt:g} fs jumps); "
-          f"rollout: {args.rollout} macro-steps, largest |E - E0| in meV")
-    print(f"{'molecule':<14} {'contender':<28} {'mean':>8} {'rms':>8} {'rollout mean':>13} {'rollout rms':>12} {'wander':>8}")
+          f"rollout: {args.rollout} macro-steps, largest |E - E0| in meV, walk ratio over {args.lag} macro-steps")
+    print(f"{'molecule':<14} {'contender':<28} {'mean':>8} {'rms':>8} {'rollout mean':>13} {'rollout rms':>12} "
+          f"{'wander':>8} {'walk':>6}")
     for name in molecules:
         store = TrajectoryStore(os.path.join(args.data, name, "production"))
         if not store.exists:
@@ -99,7 +113,8 @@ def main():
             r = measure(init_fn, apply_fn, frames, masses, args.rollout)
             on = r["on"] if len(r["on"]) else np.zeros(1)
             print(f"{name:<14} {label[-28:]:<28} {1e3 * r['off'].mean():>+8.3f} {1e3 * np.sqrt(np.mean(r['off'] ** 2)):>8.3f} "
-                  f"{1e3 * on.mean():>+13.3f} {1e3 * np.sqrt(np.mean(on ** 2)):>12.3f} {1e3 * r['wander']:>8.1f}", flush=True)
+                  f"{1e3 * on.mean():>+13.3f} {1e3 * np.sqrt(np.mean(on ** 2)):>12.3f} {1e3 * r['wander']:>8.1f} "
+                  f"{walk_ratio(r['energies'], args.lag):>6.2f}", flush=True)
 
 
 if __name__ == "__main__":
