@@ -1,6 +1,7 @@
 """Per-jump total-energy error of models, exactly as the hybrid integrator makes it, on held-out xTB data.
 
     python benchmarks/bench_jump_energy.py --model gfn2-k8 outputs/ew/k8_w50 --molecules cytosine 1-propanol
+    python benchmarks/bench_jump_energy.py --model outputs/mj/j4 --rollout 1000 --reversal-correction 0.25
 
 One macro-step of ``jkstep.kstep`` (the learned jump, its one xTB corrector call, the angular
 momentum restored) from ``--windows`` frames of each molecule's ``production`` run, ``--stride``
@@ -83,8 +84,11 @@ def main():
     ap.add_argument("--stride", type=int, default=300, help="base steps between starting frames")
     ap.add_argument("--rollout", type=int, default=250, help="macro-steps of the rollout (0: none)")
     ap.add_argument("--lag", type=int, default=25, help="macro-steps of the walk ratio")
+    ap.add_argument("--reversal-correction", type=float, default=None,
+                    help="α of the models' time-reversal correction (default: the integrator's, 0.5; 0 = the bare jump)")
     args = ap.parse_args()
     molecules = args.molecules or read_splits(args.splits)["val"]
+    options = {} if args.reversal_correction is None else {"reversal_correction": args.reversal_correction}
     bundles = {name: jkstep.load_pretrained(name) for name in args.model}
     jumps = {(b.k, b.dt) for b in bundles.values()}
     if len(jumps) > 1:
@@ -108,7 +112,7 @@ def main():
         masses = jnp.asarray(mol.masses)
         contenders = {f"verlet {k * dt:g} fs": kstep_integrator(ballistic_jump(mol.masses, k, dt), pot, mol.numbers,
                                                                   mol.masses, k, dt, guards=LOOSE)}
-        contenders.update({label: kstep(b, pot, mol, guards=LOOSE) for label, b in bundles.items()})
+        contenders.update({label: kstep(b, pot, mol, guards=LOOSE, **options) for label, b in bundles.items()})
         for label, (init_fn, apply_fn) in contenders.items():
             r = measure(init_fn, apply_fn, frames, masses, args.rollout)
             on = r["on"] if len(r["on"]) else np.zeros(1)
