@@ -288,7 +288,8 @@ def datasets_from_config(data: dict, k: int, jumps: int = 1) -> tuple["WindowDat
                 if store.exists and store.n_frames > jumps * k:
                     paths.append(store.path)
         if not paths:
-            raise InputError(f"no {split} trajectories with more than {jumps} × k = {jumps * k} frames under {root}")
+            span = f"k = {k}" if jumps == 1 else f"{jumps} jumps of k = {k} ({jumps * k})"
+            raise InputError(f"no {split} trajectories with more than {span} frames under {root}")
         out.append(WindowDataset(paths, k, stride, buckets, jumps))
     return out[0], out[1]
 
