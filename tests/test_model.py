@@ -113,6 +113,14 @@ def noisy_params(config, seed=0, scale=0.5):
     return params
 
 
+def batch_jump(model, params, batch):
+    """The network's jump (x, v, f) -> (x', v', F̂') over a prepared batch, as compute_losses makes it."""
+    def jump(x, v, f):
+        return model.apply({"params": params}, batch["numbers"], batch["mask"], batch["masses"], x, v, f)
+
+    return jump
+
+
 def ethanol_state(seed=0):
     rng = np.random.default_rng(seed)
     m = np.array([MASSES[int(e)] for e in ETHANOL_Z])
@@ -485,9 +493,7 @@ def test_reversal_corrected_loss_trains_the_integrators_jump(data):
     cfg = dataclasses.replace(TRAIN, w_energy=1.0, corrector_velocity=True, reversal_correction=0.5)
     loss, metrics = T.compute_losses(model, params, batch, scales, cfg)
 
-    def jump(x, v, f):
-        return model.apply({"params": params}, batch["numbers"], batch["mask"], batch["masses"], x, v, f)
-
+    jump = batch_jump(model, params, batch)
     px, _, _ = reversal_corrected(jump, 0.5)(batch["positions"], batch["velocities"], batch["forces"])
     mask = np.asarray(batch["mask"])[..., None]
     expected = np.sqrt(np.sum((np.asarray(px - batch["target_positions"]) * mask) ** 2) / (3 * mask.sum()))
@@ -542,9 +548,7 @@ def test_multi_jump_loss_is_the_mean_over_a_rollout():
     cfg = dataclasses.replace(TRAIN, w_energy=1.0, corrector_velocity=True, jumps=2)
     loss, metrics = T.compute_losses(model, params, batch, scales, cfg)
 
-    def jump(x, v, f):
-        return model.apply({"params": params}, batch["numbers"], batch["mask"], batch["masses"], x, v, f)
-
+    jump = batch_jump(model, params, batch)
     x1, v1, f1 = jump(batch["positions"], batch["velocities"], batch["forces"])
     first = dict(batch)
     v1 = T.corrector_velocity(first, v1, f1, SMALL)
