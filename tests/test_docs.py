@@ -1,0 +1,63 @@
+"""The README and docs/ point at sections and files that exist (a cut section or a renamed script
+leaves a reference that leads nowhere)."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+DOCS = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
+# `docs/results.md`, "Title" / `docs/results.md` ("Title") / "Title" in `docs/results.md`
+SECTION_AFTER = re.compile(r'`(docs/[\w-]+\.md)`,? \(?"([^"]+)"')
+SECTION_BEFORE = re.compile(r'"([^"]+)"\)? in `(docs/[\w-]+\.md)`')
+# a section of the same page: "Title" below / above
+SECTION_HERE = re.compile(r'"([^"]+)",? (?:below|above)\b')
+PATH = re.compile(r"\b(?:benchmarks|configs|docs|examples|jkstep|tests)/[\w./-]+\.(?:py|sh|md|yaml|smi|json)\b")
+
+
+def text(path: Path) -> str:
+    """The file's text with every run of white space made one space (references wrap lines)."""
+    return " ".join(path.read_text(encoding="utf-8").split())
+
+
+def headings(path: Path) -> list[str]:
+    return [line.lstrip("#").strip() for line in path.read_text(encoding="utf-8").splitlines() if line.startswith("#")]
+
+
+def section_references():
+    for doc in DOCS:
+        body = text(doc)
+        for target, title in SECTION_AFTER.findall(body):
+            yield doc.name, target, title
+        for title, target in SECTION_BEFORE.findall(body):
+            yield doc.name, target, title
+        for title in SECTION_HERE.findall(body):
+            yield doc.name, str(doc.relative_to(ROOT)), title
+
+
+REFERENCES = sorted(set(section_references()))
+
+
+def test_the_docs_name_sections():
+    assert len(REFERENCES) >= 5, "the patterns no longer find the docs' section references"
+
+
+@pytest.mark.parametrize(("source", "target", "title"), REFERENCES)
+def test_a_named_section_exists(source, target, title):
+    assert any(h.startswith(title) for h in headings(ROOT / target)), (
+        f'{source} refers to the section "{title}" of {target}, which has no heading starting so'
+    )
+
+
+def test_named_files_exist():
+    missing = sorted(
+        f"{doc.name}: {p}"
+        for doc in DOCS
+        for p in set(PATH.findall(text(doc)))
+        if not any(c.isupper() for c in p.split("/", 1)[1].split(".")[0].replace("README", ""))  # NAME placeholders
+        and not (ROOT / p).exists()
+    )
+    assert not missing, f"files named in the docs that do not exist: {missing}"
