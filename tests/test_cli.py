@@ -44,6 +44,23 @@ def test_run_langevin_has_no_drift(tmp_path):
     assert s["ensemble"] == "nvt" and s["drift_kj_mol_ps"] is None and s["xtb_calls"] == 41
 
 
+def test_run_kstep_with_the_shipped_model_in_nvt(tmp_path):
+    """`jkstep run --integrator kstep --model gfn2-k8 --ensemble nvt`: the API's summary keys, one
+    macro-step per 2 fs, the calls accounted for, and no drift figure outside NVE; the trajectory file holds every macro-step."""
+    out, summary = tmp_path / "k.traj", tmp_path / "run.json"
+    assert cli.main(["run", "--smiles", "CCO", "--integrator", "kstep", "--model", "gfn2-k8", "--ensemble", "nvt",
+                     "--ps", "0.02", "--equilibrate-ps", "0", "--out", str(out), "--summary", str(summary)]) == 0
+    s = json.loads(summary.read_text())
+    assert SUMMARY_KEYS <= set(s)
+    assert (s["integrator"], s["ensemble"], s["k"], s["dt_fs"]) == ("kstep", "nvt", 8, 0.25)
+    assert s["accepted"] + s["fallbacks"] == 10 and s["accepted"] >= 1 and s["blew_up"] is False
+    # init, one call per accepted jump, 4 per fallback (0.5 fs steps), at most one per rejected attempt
+    floor = 1 + s["accepted"] + 4 * s["fallbacks"]
+    assert floor <= s["xtb_calls"] <= floor + s["rejected"]
+    assert s["drift_kj_mol_ps"] is None
+    assert len(read(out, index=":")) == 11
+
+
 def test_equilibrate_dt_starts_runs_of_different_steps_from_one_state(tmp_path):
     """--equilibrate-dt: Verlet at 0.5 fs starts where a 0.25 fs run with the same thermalisation
     does (the equal-cost comparison of `jkstep run` needs the same start); without it, not."""
@@ -69,6 +86,11 @@ def test_equilibrate_dt_starts_runs_of_different_steps_from_one_state(tmp_path):
     (["run", "--smiles", "CCO", "--fallback-steps", "0"], "fallback_steps must be an integer ≥ 1"),
     (["evaluate", "--smiles", "CCO", "--fallback-steps", "0"], "fallback_steps must be an integer ≥ 1"),
     (["run", "--smiles", "CCO", "--equilibrate-ps", "0.1", "--equilibrate-dt", "0"], "equilibrate_dt must be > 0"),
+    (["run", "--smiles", "CCO", "--ps", "-1"], "ps must be > 0"),
+    (["run", "--smiles", "CCO", "--temperature", "-5"], "temperature must be ≥ 0"),
+    (["run", "--smiles", "CCO", "--model", "no-such-model"], "no pretrained model 'no-such-model'"),
+    (["run", "--smiles", "CCO", "--ensemble", "npt"], "invalid choice: 'npt'"),
+    (["evaluate", "--smiles", "CCO", "--ps", "0"], "ps > 0 are needed"),
 ])
 def test_bad_input_is_one_line_and_status_2(argv, message, capsys):
     with pytest.raises(SystemExit) as exc:

@@ -9,7 +9,6 @@ import subprocess
 import sys
 from pathlib import Path
 
-import pytest
 
 EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
 
@@ -76,7 +75,6 @@ def test_ase_front_zero_network(tmp_path):
 
 def test_ase_front_with_a_checkpoint(tmp_path):
     """The model branch: a small untrained checkpoint (an untrained network is the ballistic jump)."""
-    pytest.importorskip("orbax.checkpoint")
     from jkstep.model import train as T
     from jkstep.model.network import ModelConfig, init_params
 

@@ -135,3 +135,7 @@ def test_a_failed_trajectory_freezes_and_counts_no_phantom_calls(ethanol, monkey
     assert int(state.force_calls) == 4  # three good calls and the failed request; none after it
     assert pot.failed == 1 and pot.calls == 3 + 2  # the failed request: first try + fresh-guess retry
     assert np.all(np.isfinite(good_positions))
+    frozen = np.asarray(state.positions)
+    state, _ = runner(apply, 1, 2)(state)  # frozen: no move, no call
+    np.testing.assert_array_equal(np.asarray(state.positions), frozen)
+    assert np.all(np.isfinite(frozen)) and int(state.force_calls) == 4 and pot.calls == 5

@@ -5,6 +5,7 @@ import json
 import numpy as np
 import pytest
 import yaml
+from test_evaluate import CONTENDER_KEYS
 
 from jkstep import cli
 from jkstep.data import generate as gen
@@ -54,6 +55,7 @@ def test_evaluate_with_the_trained_model(trained):
                    "--summary", str(trained / "eval.json")])
     r = json.loads((trained / "eval.json").read_text())
     assert rc == 0 and r["contenders"]["kstep"] is not None and r["fallback_steps"] == 4   # 4 × 0.5 fs
+    assert CONTENDER_KEYS <= set(r["contenders"]["kstep"]) and CONTENDER_KEYS <= set(r["contenders"]["verlet_equal_cost"])
     relaxed = r["contenders"]["kstep_relaxed"]       # the weak-coupling variant, beside kstep
     assert relaxed["xtb_calls"] == relaxed["integrator_force_calls"] >= 2 * (160 // 8 + 1)
     assert relaxed["accepted"] + relaxed["fallbacks"] == 2 * 160 // 8

@@ -9,6 +9,7 @@ import pytest
 import jkstep
 from jkstep import InputError
 from jkstep.model.pretrained import PRETRAINED_DIR, shipped_names
+from jkstep.kstep import ballistic_jump, model_jump
 from jkstep.rollout import runner
 
 
@@ -40,10 +41,31 @@ def test_every_shipped_model_loads_and_runs(name, ethanol):
     assert np.all(np.isfinite(np.asarray(state.positions)))
 
 
+@pytest.mark.parametrize("name", shipped_names())
+def test_every_shipped_model_jumps_closer_to_xtb_than_the_ballistic_jump(name, ethanol):
+    """The shipped weights are trained: one jump lands nearer to k real 0.25 fs Verlet steps
+    than the zero network's ballistic jump (an untrained network is that jump)."""
+    bundle = jkstep.load_pretrained(name)
+    pot = jkstep.xtb_potential(ethanol)
+    init, apply = jkstep.verlet(pot, ethanol.masses, dt=bundle.dt)
+    start = init(ethanol.positions, ethanol.thermal_velocities(300.0, 0))
+    reference, _ = runner(apply, bundle.k, 1)(start)
+    args = (start.positions, start.velocities, start.forces)
+    learned = model_jump(bundle, ethanol.numbers, ethanol.masses)(*args)[0]
+    ballistic = ballistic_jump(ethanol.masses, bundle.k, bundle.dt)(*args)[0]
+
+    def error(x):
+        return float(np.sqrt(np.mean((np.asarray(x) - np.asarray(reference.positions)) ** 2)))
+
+    assert error(learned) < 0.5 * error(ballistic), (name, error(learned), error(ballistic))
+
+
 def test_wrong_k_or_dt_is_refused(ethanol):
     bundle = jkstep.load_pretrained("gfn2-k8")
     with pytest.raises(InputError, match="cannot run k = 16"):
         jkstep.kstep(bundle, jkstep.xtb_potential(ethanol), ethanol, k=16)
+    with pytest.raises(InputError, match="cannot run"):
+        jkstep.kstep(bundle, jkstep.xtb_potential(ethanol), ethanol, dt=0.5)
 
 
 def test_missing_or_corrupt_checkpoint(tmp_path):

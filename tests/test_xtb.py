@@ -78,6 +78,7 @@ def test_jit_vmap_scan_grad_give_the_same_numbers_with_exact_call_counts(ethanol
 
     e, f = jax.jit(pot)(xs[0])
     np.testing.assert_allclose(e, e0[0], rtol=0, atol=1e-10)
+    np.testing.assert_allclose(f, f0[0], rtol=0, atol=1e-10)
     assert pot.calls == 4
 
     e, f = jax.vmap(pot)(xs)
@@ -86,10 +87,12 @@ def test_jit_vmap_scan_grad_give_the_same_numbers_with_exact_call_counts(ethanol
     assert pot.calls == 7
 
     e, f = jax.jit(jax.vmap(pot))(xs)
+    np.testing.assert_allclose(e, e0, rtol=0, atol=1e-10)
     np.testing.assert_allclose(f, f0, rtol=0, atol=1e-10)
     assert pot.calls == 10
 
     _, (e, f) = jax.lax.scan(lambda c, x: (c, pot(x)), 0.0, xs)
+    np.testing.assert_allclose(e, e0, rtol=0, atol=1e-10)
     np.testing.assert_allclose(f, f0, rtol=0, atol=1e-10)
     assert pot.calls == 13
 
