@@ -46,7 +46,8 @@ def test_run_langevin_has_no_drift(tmp_path):
 
 def test_run_kstep_with_the_shipped_model_in_nvt(tmp_path):
     """`jkstep run --integrator kstep --model gfn2-k8 --ensemble nvt`: the API's summary keys, one
-    macro-step per 2 fs, the calls accounted for, and no drift figure outside NVE; the trajectory file holds every macro-step."""
+    macro-step per 2 fs, the calls accounted for, no drift figure outside NVE, and every
+    macro-step in the trajectory file."""
     out, summary = tmp_path / "k.traj", tmp_path / "run.json"
     assert cli.main(["run", "--smiles", "CCO", "--integrator", "kstep", "--model", "gfn2-k8", "--ensemble", "nvt",
                      "--ps", "0.02", "--equilibrate-ps", "0", "--out", str(out), "--summary", str(summary)]) == 0
@@ -91,6 +92,7 @@ def test_equilibrate_dt_starts_runs_of_different_steps_from_one_state(tmp_path):
     (["run", "--smiles", "CCO", "--model", "no-such-model"], "no pretrained model 'no-such-model'"),
     (["run", "--smiles", "CCO", "--ensemble", "npt"], "invalid choice: 'npt'"),
     (["evaluate", "--smiles", "CCO", "--ps", "0"], "ps > 0 are needed"),
+    (["evaluate", "--smiles", "CCO", "--replicas", "1"], "at least 2 replicas"),
 ])
 def test_bad_input_is_one_line_and_status_2(argv, message, capsys):
     with pytest.raises(SystemExit) as exc:

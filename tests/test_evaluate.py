@@ -64,14 +64,6 @@ def test_plots_are_written(evaluation):
         assert (out / "plots" / name).stat().st_size > 1000
 
 
-def test_bad_input(capsys):
-    with pytest.raises(SystemExit) as exc:
-        cli.main(["evaluate", "--smiles", "CCO", "--replicas", "1"])
-    assert exc.value.code == 2
-    err = capsys.readouterr().err.strip().splitlines()
-    assert len(err) == 1 and err[0].startswith("jkstep: error: ") and "at least 2 replicas" in err[0]
-
-
 def _without_wall(x):
     if isinstance(x, dict):
         return {k: _without_wall(v) for k, v in x.items() if k != "wall_s"}
