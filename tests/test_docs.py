@@ -15,6 +15,11 @@ SECTION_AFTER = re.compile(r'`(docs/[\w-]+\.md)`,? \(?"([^"]+)"')
 SECTION_BEFORE = re.compile(r'"([^"]+)"\)? in `(docs/[\w-]+\.md)`')
 # a section of the same page: "Title" below / above
 SECTION_HERE = re.compile(r'"([^"]+)",? (?:below|above)\b')
+# from a page in docs/: [results.md](results.md), "Title" / the README ("Title")
+SECTION_LINKED = re.compile(r'\]\(([\w-]+\.md)\),? \(?"([^"]+)"')
+SECTION_README = re.compile(r'README(?:\.md)?,? \("([^"]+)"')
+# a link to a heading: [text](page.md#anchor) or [text](#anchor)
+ANCHOR = re.compile(r'\]\(((?:[\w-]+\.md)?)#([\w-]+)\)')
 PATH = re.compile(r"\b(?:benchmarks|configs|docs|examples|jkstep|tests)/[\w./-]+\.(?:py|sh|md|yaml|smi|json)\b")
 
 
@@ -36,6 +41,10 @@ def section_references():
             yield doc.name, target, title
         for title in SECTION_HERE.findall(body):
             yield doc.name, str(doc.relative_to(ROOT)), title
+        for target, title in SECTION_LINKED.findall(body):
+            yield doc.name, str((doc.parent / target).relative_to(ROOT)), title
+        for title in SECTION_README.findall(body):
+            yield doc.name, "README.md", title
 
 
 REFERENCES = sorted(set(section_references()))
@@ -49,6 +58,22 @@ def test_the_docs_name_sections():
 def test_a_named_section_exists(source, target, title):
     assert any(h.startswith(title) for h in headings(ROOT / target)), (
         f'{source} refers to the section "{title}" of {target}, which has no heading starting so'
+    )
+
+
+def slug(heading: str) -> str:
+    """GitHub's anchor of a heading: lower case, punctuation dropped, spaces made hyphens."""
+    return re.sub(r"[^\w\- ]", "", heading.lower()).replace(" ", "-")
+
+
+ANCHORS = sorted({(doc.name, str(((doc.parent / page) if page else doc).relative_to(ROOT)), anchor)
+                  for doc in DOCS for page, anchor in ANCHOR.findall(text(doc))})
+
+
+@pytest.mark.parametrize(("source", "target", "anchor"), ANCHORS)
+def test_a_linked_heading_exists(source, target, anchor):
+    assert anchor in {slug(h) for h in headings(ROOT / target)}, (
+        f"{source} links to {target}#{anchor}, which matches no heading there"
     )
 
 
