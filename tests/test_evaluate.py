@@ -106,3 +106,23 @@ def test_equal_cost_time_step():
     assert equal_cost_dt(2 * (1 + 24), 2, 40.0, 0.25) == pytest.approx(40.0 / 24)
     assert equal_cost_dt(4797, 4, 2000.0, 0.25) == pytest.approx(2000.0 / 1198)
     assert equal_cost_dt(10**6, 2, 40.0, 0.25) == 0.25                 # dearer than the reference
+
+
+def test_a_contender_that_blows_up_reports_nulls():
+    """At k = 32 plain Verlet at 8 fs cannot hold ethanol's O–H and C–H stretches: it is reported
+    as blown up, with JSON null for every figure a broken trajectory cannot give, while the
+    corrector-only control (falling back to short Verlet steps) survives the same states."""
+    import jkstep
+    from jkstep.evaluate.compare import EvalConfig, evaluate
+
+    mol = jkstep.Molecule.from_smiles("CCO", seed=0)
+    r = evaluate(mol, lambda: jkstep.xtb_potential(mol), EvalConfig(k=32, ps=0.128, n_replicas=2, equilibrate_ps=0.01))
+    r = json.loads(json.dumps(r))  # what the summary file holds
+    c = r["contenders"]
+    assert c["verlet_kdt"]["blew_up"] is True
+    nulls = CONTENDER_KEYS - {"xtb_calls", "blew_up", "wall_s"}
+    assert all(c["verlet_kdt"][key] is None for key in nulls), {key: c["verlet_kdt"][key] for key in nulls}
+    assert c["verlet_kdt"]["xtb_calls"] < 2 * (1 + 16)  # a failed trajectory stops calling
+    for name in ("reference", "corrector_only"):
+        assert c[name]["blew_up"] is False and c[name]["energy_std_kj_mol"] is not None, name
+    assert c["corrector_only"]["fallbacks"] == 2 * 16 and c["corrector_only"]["accepted"] == 0

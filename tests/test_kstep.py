@@ -183,6 +183,12 @@ def test_vmap_batch_makes_exactly_the_calls_of_single_runs(ethanol):
         np.testing.assert_allclose(states.positions[r], single.positions, atol=1e-6)
         assert int(states.force_calls[r]) == int(single.force_calls)
         assert int(states.fallbacks[r]) == int(single.fallbacks)
+    # the state carries the energy and forces of its own positions (the next jump's F_t)
+    check = jkstep.xtb_potential(ethanol, restart=False)
+    for r in range(4):
+        e, f = check(states.positions[r])
+        assert abs(float(e) - float(states.energy[r])) < 1e-5
+        np.testing.assert_allclose(states.forces[r], f, atol=1e-4)
 
 
 def harmonic(x):

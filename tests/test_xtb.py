@@ -117,9 +117,16 @@ def test_inactive_batch_members_cost_no_call(ethanol):
 
 
 def test_batch_is_spread_over_threads(ethanol):
-    pot = xtb_potential(ethanol, workers=2)
-    e, _ = jax.vmap(pot)(jnp.asarray(geometries(ethanol, 4)))
-    assert pot._pool is not None and np.all(np.isfinite(np.asarray(e)))
+    """Two threads give each batch member the energy and forces of a serial evaluation, in order."""
+    xs = jnp.asarray(geometries(ethanol, 4))
+    pot = xtb_potential(ethanol, workers=2, restart=False)
+    e, f = jax.vmap(pot)(xs)
+    assert pot._pool is not None and pot.calls == 4
+    serial = xtb_potential(ethanol, workers=1, restart=False)
+    for i in range(4):
+        e_i, f_i = serial(xs[i])
+        assert abs(float(e[i]) - float(e_i)) < 1e-10 and np.abs(np.asarray(f[i]) - np.asarray(f_i)).max() < 1e-10
+    assert len({round(float(x), 6) for x in e}) == 4  # four different geometries, not one repeated
 
 
 @pytest.mark.parametrize("method", ["GFN1-xTB", "IPEA1-xTB"])
