@@ -199,7 +199,7 @@ def load_molecule(args):
 
     if args.file:
         return Molecule.read(args.file, charge=args.charge, spin=args.spin)
-    return Molecule.from_smiles(args.smiles or DEFAULT_SMILES, seed=args.conformer_seed)
+    return Molecule.from_smiles(DEFAULT_SMILES if args.smiles is None else args.smiles, seed=args.conformer_seed)
 
 
 def cmd_run(args) -> int:
@@ -560,6 +560,36 @@ def _print_summary(s: dict):
     print(f"  wall {s['wall_s']:.1f} s" + (f", trajectory {s['trajectory']}" if "trajectory" in s else ""))
 
 
+#: options that name a file to write (checked before any work, so a bad path loses no run)
+OUTPUT_FILES = ("out", "summary")
+#: options that name a directory to write into
+OUTPUT_DIRS = ("plots",)
+
+
+def check_output_paths(args) -> None:
+    """One clear error for an output path that cannot be written: a file option naming a
+    directory, a directory option naming a file, or a path below an existing file."""
+    from jkstep.errors import InputError
+
+    for name in OUTPUT_FILES + OUTPUT_DIRS:
+        path = getattr(args, name, None)
+        if not path or (name == "out" and args.command != "run"):  # train/dataset --out is a directory
+            continue
+        flag = f"--{name}"
+        if name in OUTPUT_FILES and os.path.isdir(path):
+            raise InputError(f"{flag} {path} is a directory; give the path of a file to write, e.g. "
+                             f"{os.path.join(path, 'run.json' if name == 'summary' else 'run.traj')}")
+        if name in OUTPUT_DIRS and os.path.exists(path) and not os.path.isdir(path):
+            raise InputError(f"{flag} {path} is a file; give a directory for the plots")
+        parent = os.path.dirname(os.path.abspath(path))
+        while not os.path.exists(parent):
+            parent = os.path.dirname(parent)
+        if not os.path.isdir(parent):
+            raise InputError(f"{flag} {path}: {parent} is a file, not a directory")
+        if not os.access(parent, os.W_OK):
+            raise InputError(f"{flag} {path}: the directory {parent} is not writable")
+
+
 def _write_json(path, data):
     directory = os.path.dirname(os.path.abspath(path))
     os.makedirs(directory, exist_ok=True)
@@ -581,6 +611,7 @@ def main(argv=None) -> int:
     # a SIGTERM (kill, a batch system) unwinds like Ctrl-C, so worker processes are stopped too
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     try:
+        check_output_paths(args)
         return args.handler(args)
     except InputError as exc:
         _fail(str(exc))

@@ -93,6 +93,12 @@ def test_equilibrate_dt_starts_runs_of_different_steps_from_one_state(tmp_path):
     (["run", "--smiles", "CCO", "--ensemble", "npt"], "invalid choice: 'npt'"),
     (["evaluate", "--smiles", "CCO", "--ps", "0"], "ps > 0 are needed"),
     (["evaluate", "--smiles", "CCO", "--replicas", "1"], "at least 2 replicas"),
+    (["run", "--smiles", ""], "cannot parse SMILES ''"),  # not the default molecule
+    # output paths that cannot be written are refused before the run, not after it
+    (["run", "--smiles", "CCO", "--summary", os.path.dirname(__file__)], "is a directory; give the path of a file"),
+    (["run", "--smiles", "CCO", "--out", os.path.join(__file__, "x.traj")], "is a file, not a directory"),
+    (["evaluate", "--smiles", "CCO", "--plots", __file__], "is a file; give a directory"),
+    (["generate", "--summary", os.path.dirname(__file__)], "is a directory; give the path of a file"),
 ])
 def test_bad_input_is_one_line_and_status_2(argv, message, capsys):
     with pytest.raises(SystemExit) as exc:
