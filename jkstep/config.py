@@ -29,6 +29,36 @@ def read_yaml(path) -> dict:
     return data
 
 
+def check_types(cls, data: dict, where: str) -> dict:
+    """``data`` with every setting checked against its field's plain type (int, float, bool, str,
+    or one of them or None): InputError names ``learning_rate: abc`` here, not deep in a run.
+    An int passes for a float, and so does a number YAML reads as a string (PyYAML reads ``1e-4``,
+    without a dot, as text); a bool passes only for a bool. Other annotations are not checked."""
+    import typing
+
+    hints = typing.get_type_hints(cls)
+    names = {int: "an integer", float: "a number", bool: "true or false", str: "a string"}
+    out = dict(data)
+    for key, value in data.items():
+        args = typing.get_args(hints.get(key)) or (hints.get(key),)
+        plain = [a for a in args if a in names]
+        if not plain or any(a not in names and a is not type(None) for a in args):
+            continue
+        if value is None and type(None) in args:
+            continue
+        if any(isinstance(value, a) and (a is bool) == isinstance(value, bool) for a in plain):
+            continue
+        if float in plain and not isinstance(value, bool):
+            try:
+                out[key] = float(value)
+                continue
+            except (TypeError, ValueError):
+                pass
+        want = " or ".join(names[a] for a in plain) + (" or null" if type(None) in args else "")
+        raise InputError(f"{where}: {key} must be {want}, got {value!r}")
+    return out
+
+
 def load_dataclass(cls, path, **overrides):
     """``cls(**settings)`` from a YAML file whose keys must be ``cls``'s fields; ``overrides``
     that are not None replace file values."""
@@ -39,4 +69,4 @@ def load_dataclass(cls, path, **overrides):
         raise InputError(f"unknown key(s) {', '.join(unknown)} in {os.fspath(path)}; "
                          f"known keys: {', '.join(known)}")
     data.update({k: v for k, v in overrides.items() if v is not None})
-    return cls(**data)
+    return cls(**check_types(cls, data, os.fspath(path)))

@@ -485,6 +485,8 @@ def test_cli_generate_runs_in_a_worker_process(tmp_path, capsys):
     ({"production_length": 1.0}, "unknown key(s) production_length"),
     ({"production_ps": -1.0}, "production_ps must be > 0"),
     ({"replicas": -2}, "replicas must be an integer"),
+    ({"production_ps": "abc"}, "production_ps must be a number, got 'abc'"),
+    ({"replicas": True}, "replicas must be an integer, got True"),
     ({"molecules": "/nonexistent/m.smi"}, "no such molecules file"),
     ({"method": "GFN-FF"}, "method 'GFN-FF' is unknown"),
     ({"only": ["benzene"]}, "unknown molecule(s): benzene"),

@@ -154,6 +154,14 @@ def test_config_json_roundtrip_and_defaults():
         ModelConfig.from_dict({"featurs": 3})
     with pytest.raises(InputError):
         ModelConfig(cutoff=-1.0)
+    with pytest.raises(InputError, match="features must be an integer, got 6.5"):
+        ModelConfig.from_dict({"features": 6.5})
+    # a wrong type is named at load, not deep in training; YAML's 1e-4 (read as text) is a number
+    with pytest.raises(InputError, match="learning_rate must be a number, got 'abc'"):
+        T.TrainConfig.from_dict({"learning_rate": "abc"})
+    with pytest.raises(InputError, match="patience must be an integer or null, got 'x'"):
+        T.TrainConfig.from_dict({"patience": "x"})
+    assert T.TrainConfig.from_dict({"learning_rate": "1e-4"}).learning_rate == 1e-4
     # the shipped YAML configs load, and the MM backbone fits the QM model
     root = pathlib.Path(__file__).resolve().parent.parent / "configs"
     mm, qm = (T.load_model_config(root / f"model_{x}_k8.yaml") for x in ("mm", "qm"))

@@ -33,6 +33,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from jkstep import units
+from jkstep.config import check_types
 from jkstep.errors import InputError
 
 #: Units of every array the model reads and writes (recorded in checkpoints).
@@ -122,7 +123,7 @@ class ModelConfig:
         unknown = sorted(set(d) - names)
         if unknown:
             raise InputError(f"model config: unknown key(s) {unknown}; known keys: {sorted(names)}")
-        return cls(**d)
+        return cls(**check_types(cls, d, "model config"))
 
     def to_json(self) -> str:
         return json.dumps(self.to_dict(), sort_keys=True)

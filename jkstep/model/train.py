@@ -42,7 +42,7 @@ from ase.data import covalent_radii
 from flax import struct
 
 from jkstep import units
-from jkstep.config import read_yaml
+from jkstep.config import check_types, read_yaml
 from jkstep.errors import InputError
 from jkstep.kstep import reversal_corrected
 from jkstep.model.network import UNITS, KStepNet, ModelConfig, ballistic_jump
@@ -156,7 +156,7 @@ class TrainConfig:
         unknown = sorted(set(d) - names)
         if unknown:
             raise InputError(f"train config: unknown key(s) {unknown}; known keys: {sorted(names)}")
-        return cls(**d)
+        return cls(**check_types(cls, d, "train config"))
 
 
 def load_model_config(path) -> ModelConfig:
