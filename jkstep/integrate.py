@@ -19,6 +19,7 @@ import jax.numpy as jnp
 from flax import struct
 
 from jkstep import units
+from jkstep.errors import InputError
 
 
 @struct.dataclass
@@ -129,11 +130,23 @@ def equal_cost_dt(calls: int, n_replicas: int, simulated_fs: float, dt: float = 
     return max(simulated_fs / steps, dt)
 
 
+def _check(name: str, value, lowest: float, allow_equal: bool) -> None:
+    """InputError for a concrete setting that is not finite or below its bound (a traced value,
+    e.g. a dt under vmap, is left to the caller)."""
+    try:
+        v = float(value)
+    except (TypeError, jax.errors.ConcretizationTypeError):  # traced: no value to check yet
+        return
+    if not math.isfinite(v) or v < lowest or (v == lowest and not allow_equal):
+        raise InputError(f"{name} must be a finite value {'≥' if allow_equal else '>'} {lowest:g}, got {value!r}")
+
+
 def verlet(energy_and_forces: Callable, masses, dt: float = 0.25):
     """NVE velocity Verlet: ``init_fn(positions, velocities) -> MDState``, ``apply_fn(state)``.
 
-    ``dt`` in fs, ``masses`` (N,) in amu. One force call per step (and one in init_fn).
+    ``dt`` in fs (> 0), ``masses`` (N,) in amu. One force call per step (and one in init_fn).
     """
+    _check("dt (fs)", dt, 0.0, allow_equal=False)
     ef = evaluator(energy_and_forces)
     inv_m = units.ACCEL / jnp.asarray(masses, jnp.float64)[:, None]  # (eV/Å) → Å/fs²
 
@@ -156,6 +169,9 @@ def langevin(energy_and_forces: Callable, masses, dt: float = 0.25, temperature:
     ``temperature`` in K, ``friction`` γ in 1/fs (0.01 /fs = 10 /ps), masses in amu. One force
     call per step. The PRNG key lives in the state, so runs are reproducible from a seed.
     """
+    _check("dt (fs)", dt, 0.0, allow_equal=False)
+    _check("temperature (K)", temperature, 0.0, allow_equal=True)
+    _check("friction (1/fs)", friction, 0.0, allow_equal=True)
     ef = evaluator(energy_and_forces)
     masses = jnp.asarray(masses, jnp.float64)[:, None]
     inv_m = units.ACCEL / masses

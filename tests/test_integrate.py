@@ -3,6 +3,7 @@
 import jax
 import jax.numpy as jnp
 import numpy as np
+import pytest
 from ase import units as ase_units
 from ase.md.verlet import VelocityVerlet
 from jax_md import energy as jmd_energy
@@ -139,3 +140,16 @@ def test_a_failed_trajectory_freezes_and_counts_no_phantom_calls(ethanol, monkey
     state, _ = runner(apply, 1, 2)(state)  # frozen: no move, no call
     np.testing.assert_array_equal(np.asarray(state.positions), frozen)
     assert np.all(np.isfinite(frozen)) and int(state.force_calls) == 4 and pot.calls == 5
+
+
+@pytest.mark.parametrize("make, match", [
+    (lambda pot, m: jkstep.verlet(pot, m, dt=0.0), "dt \\(fs\\) must be a finite value > 0, got 0.0"),
+    (lambda pot, m: jkstep.verlet(pot, m, dt=float("nan")), "dt \\(fs\\) must be a finite value > 0"),
+    (lambda pot, m: jkstep.langevin(pot, m, dt=-0.25), "dt \\(fs\\) must be a finite value > 0"),
+    (lambda pot, m: jkstep.langevin(pot, m, temperature=-1.0), "temperature \\(K\\) must be a finite value ≥ 0"),
+    (lambda pot, m: jkstep.langevin(pot, m, friction=-0.01), "friction \\(1/fs\\) must be a finite value ≥ 0"),
+])
+def test_integrator_settings_are_checked(make, match):
+    mol = jkstep.Molecule.from_smiles("O")
+    with pytest.raises(jkstep.InputError, match=match):
+        make(jkstep.mmff_potential(mol), mol.masses)
