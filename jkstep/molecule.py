@@ -86,20 +86,22 @@ class Molecule:
         from rdkit import Chem, rdBase
         from rdkit.Chem import AllChem
 
-        with rdBase.BlockLogs():  # our error below says it in one line
-            mol = Chem.MolFromSmiles(smiles) if isinstance(smiles, str) and smiles.strip() else None
-        if mol is None:
+        if not (isinstance(smiles, str) and smiles.strip()):
             raise InputError(f"cannot parse SMILES {smiles!r}")
-        mol = Chem.AddHs(mol)
-        params = AllChem.ETKDGv3()
-        params.randomSeed = int(seed)
-        if AllChem.EmbedMolecule(mol, params) != 0:
-            params.useRandomCoords = True
+        with rdBase.BlockLogs():  # RDKit's own warnings (parser, UFF typer): our errors say it in one line
+            mol = Chem.MolFromSmiles(smiles)
+            if mol is None:
+                raise InputError(f"cannot parse SMILES {smiles!r}")
+            mol = Chem.AddHs(mol)
+            params = AllChem.ETKDGv3()
+            params.randomSeed = int(seed)
             if AllChem.EmbedMolecule(mol, params) != 0:
-                raise InputError(f"RDKit could not embed SMILES {smiles!r} in 3-D")
-        _separate_fragments(mol)
-        if relax and AllChem.MMFFHasAllMoleculeParams(mol):
-            AllChem.MMFFOptimizeMolecule(mol, maxIters=500, ignoreInterfragInteractions=False)
+                params.useRandomCoords = True
+                if AllChem.EmbedMolecule(mol, params) != 0:
+                    raise InputError(f"RDKit could not embed SMILES {smiles!r} in 3-D")
+            _separate_fragments(mol)
+            if relax and AllChem.MMFFHasAllMoleculeParams(mol):
+                AllChem.MMFFOptimizeMolecule(mol, maxIters=500, ignoreInterfragInteractions=False)
         numbers = np.array([a.GetAtomicNum() for a in mol.GetAtoms()])
         positions = mol.GetConformer().GetPositions()
         charge = Chem.GetFormalCharge(mol)

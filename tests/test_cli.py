@@ -94,6 +94,7 @@ def test_equilibrate_dt_starts_runs_of_different_steps_from_one_state(tmp_path):
     (["evaluate", "--smiles", "CCO", "--ps", "0"], "ps > 0 are needed"),
     (["evaluate", "--smiles", "CCO", "--replicas", "1"], "at least 2 replicas"),
     (["run", "--smiles", ""], "cannot parse SMILES ''"),  # not the default molecule
+    (["run", "--smiles", "[He]", "--integrator", "verlet"], "[He] is a single atom"),
     # output paths that cannot be written are refused before the run, not after it
     (["run", "--smiles", "CCO", "--summary", os.path.dirname(__file__)], "is a directory; give the path of a file"),
     (["run", "--smiles", "CCO", "--out", os.path.join(__file__, "x.traj")], "is a file, not a directory"),
@@ -106,6 +107,17 @@ def test_bad_input_is_one_line_and_status_2(argv, message, capsys):
     assert exc.value.code == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith("jkstep: error: ") and message in err[0]
+
+
+def test_atoms_on_top_of_each_other_are_refused_before_any_call(tmp_path, capsys):
+    xyz = tmp_path / "overlap.xyz"
+    xyz.write_text("3\n\nO 0 0 0\nH 0.96 0 0\nH 0.96 0.1 0\n")
+    with pytest.raises(SystemExit) as exc:
+        cli.main(["run", "--file", str(xyz), "--integrator", "verlet", "--ps", "0.01"])
+    assert exc.value.code == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == [f"jkstep: error: atoms 1 and 2 of {xyz} are 0.10 Å apart (closer than 0.5 Å): "
+                   "not a molecular geometry; check the coordinates"]
 
 
 def test_console_script_runs_as_installed(tmp_path):
