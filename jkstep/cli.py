@@ -277,6 +277,10 @@ def cmd_run(args) -> int:
     _print_summary(summary)
     if args.summary:
         _write_json(args.summary, summary)
+    if summary.get("interrupted"):
+        print(f"jkstep: interrupted after {summary['simulated_fs'] / 1000:.3f} ps of {args.ps} ps; "
+              "what was finished is written", file=sys.stderr)
+        return 143 if _TERMINATED else 130
     return 1 if summary["blew_up"] else 0
 
 
@@ -620,6 +624,18 @@ def _write_json(path, data):
     os.replace(tmp, path)
 
 
+class Terminated(KeyboardInterrupt):
+    """A SIGTERM, raised where Python is (it unwinds like Ctrl-C); exit status 143."""
+
+
+_TERMINATED = []
+
+
+def _terminate(*_):
+    _TERMINATED.append(True)
+    raise Terminated()
+
+
 def main(argv=None) -> int:
     from jkstep.errors import InputError
 
@@ -628,16 +644,17 @@ def main(argv=None) -> int:
     if not argv or (argv[0].startswith("-") and argv[0] not in ("-h", "--help")):
         argv = ["run", *argv]  # bare `jkstep` runs the main job
     args = parser.parse_args(argv)
-    # a SIGTERM (kill, a batch system) unwinds like Ctrl-C, so worker processes are stopped too
-    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
+    # a SIGTERM (kill, a batch system) unwinds like Ctrl-C, so worker processes are stopped too and
+    # a run keeps what it finished
+    signal.signal(signal.SIGTERM, _terminate)
     try:
         check_output_paths(args)
         return args.handler(args)
     except InputError as exc:
         _fail(str(exc))
-    except KeyboardInterrupt:
+    except KeyboardInterrupt as exc:
         print("jkstep: interrupted", file=sys.stderr)
-        return 130
+        return 143 if isinstance(exc, Terminated) else 130
 
 
 if __name__ == "__main__":

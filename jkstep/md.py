@@ -89,6 +89,10 @@ def run_md(molecule: Molecule, potential: Callable, config: RunConfig, jump=None
     potential's own host-side counter (e.g. ``lambda: pot.calls``); ``integrator_force_calls``
     is the integrator's count of the same calls. ``progress(n)`` is told of each n base steps.
 
+    A KeyboardInterrupt during production ends the run early instead of losing it: the summary
+    and frames cover the chunks (``config.chunk_frames`` frames) finished before it, with
+    ``"interrupted": true``; ``xtb_calls`` then also counts the calls of the unfinished chunk.
+
     Returns (summary dict, Frames of the production run with frame 0 = the start).
     """
     masses = molecule.masses
@@ -133,18 +137,22 @@ def run_md(molecule: Molecule, potential: Callable, config: RunConfig, jump=None
     done = 0
     kstep = config.integrator == "kstep"
     timeline = [_progress_point(state, config.dt)] if kstep else []
-    while done < n_frames:
-        if n_frames - done < chunk:
-            run_chunk = runner(apply, n_frames - done, every)
-        state, fr = run_chunk(state)
-        frames.append(fr)
-        done += fr.energy.shape[0]
-        if kstep:
-            timeline.append(_progress_point(state, config.dt))
-        if progress:
-            progress(fr.energy.shape[0] * every * steps_per_apply)
-        if bool(state.failed):
-            break
+    interrupted = False
+    try:
+        while done < n_frames:
+            if n_frames - done < chunk:
+                run_chunk = runner(apply, n_frames - done, every)
+            state, fr = run_chunk(state)
+            frames.append(fr)
+            done += fr.energy.shape[0]
+            if kstep:
+                timeline.append(_progress_point(state, config.dt))
+            if progress:
+                progress(fr.energy.shape[0] * every * steps_per_apply)
+            if bool(state.failed):
+                break
+    except KeyboardInterrupt:  # keep what the finished chunks hold
+        interrupted = True
     frames = jax.device_get(concat(frames))
     wall = time.perf_counter() - t0
 
@@ -175,6 +183,8 @@ def run_md(molecule: Molecule, potential: Callable, config: RunConfig, jump=None
         "steps": int(frames.step[-1]),
         "integrator_force_calls": int(state.force_calls),
     }
+    if interrupted:
+        summary["interrupted"] = True
     if kstep:
         summary["fallback_steps"] = fallback_step_count(k, config.dt, config.kstep_options.get("fallback_steps"))
         # [simulated fs, integrator calls, fallbacks] so far, every chunk_frames frames: over long

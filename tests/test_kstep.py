@@ -398,3 +398,25 @@ def test_run_summary_timeline_counts_every_call(ethanol):
     first, last = call_rates(summary["timeline"])
     assert first == pytest.approx(1000 * (timeline[1, 1] - 1) / 20)
     assert last == pytest.approx(1000 * (timeline[-1, 1] - timeline[-2, 1]) / 20)
+
+
+def test_an_interrupted_run_keeps_its_finished_chunks(ethanol):
+    """Ctrl-C (or SIGTERM, which the CLI turns into the same) during production returns the
+    chunks finished before it, marked ``interrupted``, instead of losing the run."""
+    from jkstep.md import RunConfig, run_md
+
+    pot = jkstep.xtb_potential(ethanol)
+    config = RunConfig(integrator="kstep", dt=DT, ps=0.2, save_every=K, chunk_frames=10)
+    seen = []
+
+    def progress(n):
+        seen.append(n)
+        if len(seen) == 2:
+            raise KeyboardInterrupt
+
+    summary, frames = run_md(ethanol, pot, config, jump=ballistic_jump(ethanol.masses, K, DT), k=K,
+                             progress=progress, calls=lambda: pot.calls)
+    assert summary["interrupted"] is True
+    assert summary["simulated_fs"] == 40.0 and frames.energy.shape[0] == 1 + 20  # two chunks of 10 jumps
+    assert summary["xtb_calls"] == summary["integrator_force_calls"] == 1 + 20
+    assert summary["timeline"][-1][0] == 40.0
