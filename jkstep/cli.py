@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import signal
 import sys
 
@@ -404,8 +405,11 @@ def cmd_export(args) -> int:
     from jkstep.errors import InputError
     from jkstep.model.pretrained import PRETRAINED_DIR, export_checkpoint, read_meta
 
-    meta = read_meta(args.source)
     # every input is checked before anything is written
+    if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]*", args.name):
+        raise InputError(f"--name {args.name!r}: a shipped name is letters, digits, '.', '_' and '-', "
+                         "starting with a letter or digit (it is a directory of jkstep/pretrained), e.g. gfn2-k8")
+    meta = read_meta(args.source)
     evaluations = None if args.evaluation is None else [_read_evaluation(p, meta["k"]) for p in args.evaluation]
     notes = read_yaml(args.notes) if args.notes else {}
     unknown = sorted(set(map(str, notes)) - set(NOTE_KEYS))

@@ -100,6 +100,7 @@ def test_equilibrate_dt_starts_runs_of_different_steps_from_one_state(tmp_path):
     (["run", "--smiles", "CCO", "--out", os.path.join(__file__, "x.traj")], "is a file, not a directory"),
     (["evaluate", "--smiles", "CCO", "--plots", __file__], "is a file; give a directory"),
     (["generate", "--summary", os.path.dirname(__file__)], "is a directory; give the path of a file"),
+    (["export", "--from", "gfn2-k8", "--name", "../gfn2-k8"], "a shipped name is letters, digits"),
 ])
 def test_bad_input_is_one_line_and_status_2(argv, message, capsys):
     with pytest.raises(SystemExit) as exc:
