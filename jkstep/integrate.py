@@ -95,8 +95,13 @@ def evaluator(potential) -> Callable:
     return evaluate
 
 
-def _new_state(evaluate, positions, velocities, key=None) -> MDState:
+def _new_state(evaluate, positions, velocities, masses, key=None) -> MDState:
     positions = jnp.asarray(positions, jnp.float64)
+    n = len(masses)
+    for name, x in (("positions", positions), ("velocities", velocities)):
+        if jnp.shape(x) != (n, 3):
+            raise InputError(f"{name} must have shape ({n}, 3) for the {n} masses given to the integrator, "
+                             f"got {jnp.shape(x)} (use init_fn under jax.vmap for a batch)")
     energy, forces, ok = evaluate(positions, jnp.ones((), bool))
     return MDState(positions=positions, velocities=jnp.asarray(velocities, jnp.float64),
                    forces=forces, energy=energy, force_calls=jnp.ones((), jnp.int32),
@@ -151,7 +156,7 @@ def verlet(energy_and_forces: Callable, masses, dt: float = 0.25):
     inv_m = units.ACCEL / jnp.asarray(masses, jnp.float64)[:, None]  # (eV/Å) → Å/fs²
 
     def init_fn(positions, velocities) -> MDState:
-        return _new_state(ef, positions, velocities)
+        return _new_state(ef, positions, velocities, masses)
 
     def apply_fn(state: MDState) -> MDState:
         v_half = state.velocities + 0.5 * dt * state.forces * inv_m
@@ -180,7 +185,7 @@ def langevin(energy_and_forces: Callable, masses, dt: float = 0.25, temperature:
     sigma = jnp.sqrt((1.0 - c1**2) * units.KB * temperature * units.ACCEL / masses)
 
     def init_fn(positions, velocities, key) -> MDState:
-        return _new_state(ef, positions, velocities, key=jnp.asarray(key))
+        return _new_state(ef, positions, velocities, masses, key=jnp.asarray(key))
 
     def apply_fn(state: MDState) -> MDState:
         key, noise_key = jax.random.split(state.key)

@@ -153,3 +153,10 @@ def test_integrator_settings_are_checked(make, match):
     mol = jkstep.Molecule.from_smiles("O")
     with pytest.raises(jkstep.InputError, match=match):
         make(jkstep.mmff_potential(mol), mol.masses)
+
+
+def test_init_refuses_positions_that_do_not_fit_the_masses():
+    mol, other = jkstep.Molecule.from_smiles("CCO"), jkstep.Molecule.from_smiles("CO")
+    init, _ = jkstep.verlet(jkstep.mmff_potential(mol), other.masses)
+    with pytest.raises(jkstep.InputError, match=r"positions must have shape \(6, 3\) for the 6 masses"):
+        init(mol.positions, mol.thermal_velocities(300.0))
