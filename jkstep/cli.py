@@ -628,20 +628,16 @@ def _write_json(path, data):
     os.replace(tmp, path)
 
 
-class Terminated(KeyboardInterrupt):
-    """A SIGTERM, raised where Python is (it unwinds like Ctrl-C); exit status 143."""
-
-
-_TERMINATED = []
+_TERMINATED = []  # set by a SIGTERM: the exit status is then 143, not Ctrl-C's 130
 
 
 def _terminate(*_):
     _TERMINATED.append(True)
-    raise Terminated()
+    raise KeyboardInterrupt
 
 
 def main(argv=None) -> int:
-    from jkstep.errors import InputError
+    from jkstep.errors import InputError, is_interrupt
 
     parser = build_parser()
     argv = list(sys.argv[1:] if argv is None else argv)
@@ -656,10 +652,24 @@ def main(argv=None) -> int:
         return args.handler(args)
     except InputError as exc:
         _fail(str(exc))
-    except KeyboardInterrupt as exc:
+    except BaseException as exc:
+        if not is_interrupt(exc):
+            raise
         print("jkstep: interrupted", file=sys.stderr)
-        return 143 if isinstance(exc, Terminated) else 130
+        return 143 if _TERMINATED else 130
+
+
+def console() -> None:
+    """The ``jkstep`` command: ``main`` as a process. After an interrupt it leaves at once
+    (``os._exit``, outputs already written and streams flushed): XLA's threads, stopped mid-work,
+    can crash a normal interpreter shutdown (a segmentation fault instead of status 130/143)."""
+    code = main()
+    if code in (130, 143):
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(code)
+    sys.exit(code)
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    console()

@@ -1,5 +1,15 @@
-"""The one exception type that bad input raises."""
+"""The one exception type that bad input raises, and how to recognise an interrupt."""
 
 
 class InputError(ValueError):
     """Bad input: the message names what was wrong and how to fix it."""
+
+
+def is_interrupt(exc: BaseException) -> bool:
+    """True for a KeyboardInterrupt (Ctrl-C; the CLI turns SIGTERM into one), also when it struck
+    inside a host callback such as an xTB call: XLA cannot unwind it and re-raises it as a runtime
+    error (JaxRuntimeError or ValueError, "CpuCallback error") whose text names it."""
+    if isinstance(exc, KeyboardInterrupt):
+        return True
+    text = str(exc)
+    return isinstance(exc, Exception) and "CpuCallback error" in text and "KeyboardInterrupt" in text

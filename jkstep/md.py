@@ -18,7 +18,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from jkstep import analysis, integrate, units
-from jkstep.errors import InputError
+from jkstep.errors import InputError, is_interrupt
 from jkstep.kstep import fallback_step_count, kstep_integrator
 from jkstep.molecule import Molecule
 from jkstep.rollout import Frames, concat, frames_of, runner
@@ -151,7 +151,9 @@ def run_md(molecule: Molecule, potential: Callable, config: RunConfig, jump=None
                 progress(fr.energy.shape[0] * every * steps_per_apply)
             if bool(state.failed):
                 break
-    except KeyboardInterrupt:  # keep what the finished chunks hold
+    except BaseException as exc:  # an interrupt keeps what the finished chunks hold
+        if not is_interrupt(exc):
+            raise
         interrupted = True
     frames = jax.device_get(concat(frames))
     wall = time.perf_counter() - t0
