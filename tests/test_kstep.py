@@ -420,3 +420,18 @@ def test_an_interrupted_run_keeps_its_finished_chunks(ethanol):
     assert summary["simulated_fs"] == 40.0 and frames.energy.shape[0] == 1 + 20  # two chunks of 10 jumps
     assert summary["xtb_calls"] == summary["integrator_force_calls"] == 1 + 20
     assert summary["timeline"][-1][0] == 40.0
+
+
+def test_an_interrupt_inside_a_host_callback_is_recognised():
+    """Ctrl-C during an xTB call reaches Python through XLA as a runtime error, not as a
+    KeyboardInterrupt; it must still count as an interrupt (and other errors must not)."""
+    from jkstep.errors import is_interrupt
+
+    def host(x):
+        raise KeyboardInterrupt
+
+    f = jax.jit(lambda x: jax.pure_callback(host, jax.ShapeDtypeStruct((), jnp.float64), x))
+    with pytest.raises(Exception) as exc:
+        f(1.0).block_until_ready()
+    assert not isinstance(exc.value, KeyboardInterrupt) and is_interrupt(exc.value)
+    assert is_interrupt(KeyboardInterrupt()) and not is_interrupt(RuntimeError("CpuCallback error: ValueError"))
