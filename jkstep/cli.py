@@ -50,7 +50,7 @@ def build_parser() -> argparse.ArgumentParser:
                           f"model, verlet where no model ships)")
     run.add_argument("--model", help=f"kstep: a shipped model name or the path of an Orbax checkpoint directory "
                                      f"(default {DEFAULT_MODEL})")
-    run.add_argument("--ensemble", default="nve", choices=["nve", "nvt"],
+    run.add_argument("--ensemble", default=None, choices=["nve", "nvt"],
                      help="kstep: nve, or nvt with a velocity thermostat step per jump (default nve)")
     kg = run.add_argument_group("kstep acceptance (defaults: jkstep.kstep.Guards)")
     kg.add_argument("--delta-scale", type=float, default=1.0,
@@ -211,6 +211,12 @@ def load_molecule(args):
     else:
         molecule = Molecule.from_smiles(DEFAULT_SMILES if args.smiles is None else args.smiles,
                                         seed=args.conformer_seed)
+        for name in ("charge", "spin"):
+            given = getattr(args, name)
+            if given is not None and given != getattr(molecule, name):
+                raise InputError(f"--{name} {given} contradicts the SMILES, which gives {name} "
+                                 f"{getattr(molecule, name)}; write the {name} into the SMILES (e.g. [NH4+], "
+                                 f"[CH3] for a radical) or leave --{name} out")
     if len(molecule) < 2:
         raise InputError(f"{molecule.name} is a single atom: it has no internal motion to simulate; "
                          "give a molecule of two or more atoms")
@@ -255,7 +261,10 @@ def cmd_run(args) -> int:
                     max_energy_rise=args.max_energy_rise, max_kinetic_rise=args.max_kinetic_rise,
                     max_attempts=args.max_attempts, max_force_error=args.max_force_error,
                     max_energy_drift=None if args.max_energy_drift < 0 else args.max_energy_drift)
-    config = RunConfig(integrator=args.integrator, dt=dt, ensemble=args.ensemble, ps=args.ps,
+    if args.integrator == "langevin" and args.ensemble == "nve":
+        raise InputError("--integrator langevin is NVT (a thermostat); for NVE use verlet or kstep")
+    ensemble = args.ensemble or ("nvt" if args.integrator == "langevin" else "nve")
+    config = RunConfig(integrator=args.integrator, dt=dt, ensemble=ensemble, ps=args.ps,
                        temperature=args.temperature, friction=args.friction,
                        equilibrate_ps=args.equilibrate_ps, equilibrate_dt=args.equilibrate_dt,
                        save_every=args.save_every, seed=args.seed,
@@ -616,6 +625,18 @@ def check_output_paths(args) -> None:
             raise InputError(f"{flag} {path}: {parent} is a file, not a directory")
         if not os.access(parent, os.W_OK):
             raise InputError(f"{flag} {path}: the directory {parent} is not writable")
+    if args.command == "run" and args.out:
+        from jkstep.md import trajectory_format
+
+        trajectory_format(args.out)
+    named = [(f"--{n}", getattr(args, n, None)) for n in ("file", *OUTPUT_FILES)
+             if n != "out" or args.command == "run"]
+    named = [(flag, os.path.realpath(path)) for flag, path in named if path]
+    for i, (flag, path) in enumerate(named):
+        for other, other_path in named[i + 1:]:
+            if path == other_path:
+                raise InputError(f"{flag} and {other} name the same file ({path}); "
+                                 f"writing {other} would {'overwrite the input' if flag == '--file' else 'replace it'}")
 
 
 def _write_json(path, data):

@@ -13,3 +13,18 @@ def is_interrupt(exc: BaseException) -> bool:
         return True
     text = str(exc)
     return isinstance(exc, Exception) and "CpuCallback error" in text and "KeyboardInterrupt" in text
+
+
+#: Longest run (base steps) a run or evaluation accepts: 10⁹ steps of 0.25 fs is 250 ns of xTB MD,
+#: years of CPU; a longer one is a mistyped length or time step.
+MAX_STEPS = 1e9
+
+
+def is_finite_number(x) -> bool:
+    """True for a real, finite number (False for NaN, ±inf, text, None)."""
+    import math
+
+    try:
+        return math.isfinite(float(x))
+    except (TypeError, ValueError, OverflowError):
+        return False

@@ -16,6 +16,7 @@ from typing import Callable
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 from flax import struct
 
 from jkstep import units
@@ -102,6 +103,8 @@ def _new_state(evaluate, positions, velocities, masses, key=None) -> MDState:
         if jnp.shape(x) != (n, 3):
             raise InputError(f"{name} must have shape ({n}, 3) for the {n} masses given to the integrator, "
                              f"got {jnp.shape(x)} (use init_fn under jax.vmap for a batch)")
+        if not isinstance(x, jax.core.Tracer) and not np.all(np.isfinite(np.asarray(x))):
+            raise InputError(f"{name} contain NaN or infinite values")
     energy, forces, ok = evaluate(positions, jnp.ones((), bool))
     return MDState(positions=positions, velocities=jnp.asarray(velocities, jnp.float64),
                    forces=forces, energy=energy, force_calls=jnp.ones((), jnp.int32),
@@ -138,12 +141,31 @@ def equal_cost_dt(calls: int, n_replicas: int, simulated_fs: float, dt: float = 
 def _check(name: str, value, lowest: float, allow_equal: bool) -> None:
     """InputError for a concrete setting that is not finite or below its bound (a traced value,
     e.g. a dt under vmap, is left to the caller)."""
+    if isinstance(value, jax.core.Tracer):  # traced: no value to check yet
+        return
     try:
         v = float(value)
-    except (TypeError, jax.errors.ConcretizationTypeError):  # traced: no value to check yet
-        return
+    except (TypeError, ValueError):
+        raise InputError(f"{name} must be a number, got {value!r}") from None
     if not math.isfinite(v) or v < lowest or (v == lowest and not allow_equal):
         raise InputError(f"{name} must be a finite value {'≥' if allow_equal else '>'} {lowest:g}, got {value!r}")
+
+
+def _check_setup(energy_and_forces, masses) -> None:
+    """InputError for a potential that is not callable or masses that are not (N,) positive
+    finite amu (traced masses, e.g. under vmap, are left to the caller)."""
+    if not callable(energy_and_forces):
+        raise InputError(f"the potential must be a function of positions returning (energy, forces) "
+                         f"or an energy, e.g. jkstep.xtb_potential(molecule); got {energy_and_forces!r}")
+    if isinstance(masses, jax.core.Tracer):
+        return
+    try:
+        m = np.asarray(masses, np.float64)
+    except (TypeError, ValueError):
+        raise InputError(f"masses must be numbers in amu, got {masses!r}") from None
+    if m.ndim != 1 or m.size == 0 or not np.all(np.isfinite(m) & (m > 0)):
+        raise InputError(f"masses must be a 1-D array of positive finite values in amu (one per atom), "
+                         f"got shape {m.shape}: {m!r}")
 
 
 def verlet(energy_and_forces: Callable, masses, dt: float = 0.25):
@@ -152,6 +174,7 @@ def verlet(energy_and_forces: Callable, masses, dt: float = 0.25):
     ``dt`` in fs (> 0), ``masses`` (N,) in amu. One force call per step (and one in init_fn).
     """
     _check("dt (fs)", dt, 0.0, allow_equal=False)
+    _check_setup(energy_and_forces, masses)
     ef = evaluator(energy_and_forces)
     inv_m = units.ACCEL / jnp.asarray(masses, jnp.float64)[:, None]  # (eV/Å) → Å/fs²
 
@@ -177,6 +200,7 @@ def langevin(energy_and_forces: Callable, masses, dt: float = 0.25, temperature:
     _check("dt (fs)", dt, 0.0, allow_equal=False)
     _check("temperature (K)", temperature, 0.0, allow_equal=True)
     _check("friction (1/fs)", friction, 0.0, allow_equal=True)
+    _check_setup(energy_and_forces, masses)
     ef = evaluator(energy_and_forces)
     masses = jnp.asarray(masses, jnp.float64)[:, None]
     inv_m = units.ACCEL / masses

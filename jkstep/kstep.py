@@ -57,8 +57,9 @@ from ase.data import covalent_radii
 from flax import struct
 
 from jkstep import units
-from jkstep.errors import InputError
+from jkstep.errors import InputError, is_finite_number
 from jkstep.integrate import evaluator, kinetic_energy
+from jkstep.molecule import Molecule
 
 #: jump(positions, velocities, forces) -> (positions', velocities', forces_hat') after k steps.
 JumpFn = Callable[[jax.Array, jax.Array, jax.Array], tuple[jax.Array, jax.Array, jax.Array]]
@@ -111,6 +112,24 @@ class Guards:
     max_kinetic_rise: float = 0.5
     max_attempts: int = 3
     max_force_error: float | None = None
+
+    def __post_init__(self):
+        optional = ("max_displacement", "max_energy_drift", "max_force_error")  # None: default or off
+        for name in (*optional, "max_energy_rise", "max_kinetic_rise"):
+            value = getattr(self, name)
+            if value is None and name in optional:
+                continue
+            try:
+                ok = float(value) > 0  # +inf turns a bound off; NaN, ≤ 0 and text are refused
+            except (TypeError, ValueError):
+                ok = False
+            if not ok:
+                raise InputError(f"Guards.{name} must be > 0 (or None where the bound may be off), got {value!r}")
+        if not (is_finite_number(self.clash_ratio) and 0 <= self.clash_ratio < 1):
+            raise InputError(f"Guards.clash_ratio must be in [0, 1) (a fraction of the covalent bond length; "
+                             f"0 turns the check off), got {self.clash_ratio!r}")
+        if isinstance(self.max_attempts, bool) or not isinstance(self.max_attempts, int) or self.max_attempts < 1:
+            raise InputError(f"Guards.max_attempts must be an integer ≥ 1, got {self.max_attempts!r}")
 
 
 #: Longest time step (fs) of the Verlet fallback by default. Verlet at 0.5 fs is close to the
@@ -198,8 +217,8 @@ def kstep_integrator(jump: JumpFn, potential, numbers, masses, k: int, dt: float
         raise InputError(f"k must be an integer ≥ 1 and dt > 0 fs, got k={k}, dt={dt}")
     if not 0 < delta_scale <= 1:
         raise InputError(f"delta_scale must be in (0, 1], got {delta_scale}")
-    if guards.max_attempts < 1:
-        raise InputError(f"max_attempts must be ≥ 1, got {guards.max_attempts}")
+    if not isinstance(guards, Guards):
+        raise InputError(f"guards must be a jkstep.kstep.Guards, got {type(guards).__name__}")
     n_fallback = fallback_step_count(k, dt, fallback_steps)
     if energy_relaxation is not None and not energy_relaxation > 0:
         raise InputError(f"energy_relaxation is a time constant in fs and must be > 0, got {energy_relaxation}")
@@ -394,6 +413,12 @@ def kstep(bundle, potential, molecule, k: int | None = None, dt: float | None = 
     ensemble, temperature, friction). ``k`` and ``dt``, if given, must be the
     model's own: a model trained for one jump length cannot make another.
     """
+    if not (hasattr(bundle, "apply") and hasattr(bundle, "check_elements")):
+        raise InputError(f"kstep needs a loaded model, e.g. kstep(jkstep.load_pretrained('gfn2-k8'), pot, mol); "
+                         f"got {type(bundle).__name__} {bundle!r:.60}")
+    if not isinstance(molecule, Molecule):
+        raise InputError(f"kstep needs a jkstep.Molecule (e.g. Molecule.from_smiles('CCO')), "
+                         f"got {type(molecule).__name__} {molecule!r:.60}")
     if (k is not None and k != bundle.k) or (dt is not None and abs(dt - bundle.dt) > 1e-12):
         raise InputError(f"the model jumps k = {bundle.k} steps of dt = {bundle.dt} fs; "
                          f"it cannot run k = {k}, dt = {dt}")

@@ -18,9 +18,9 @@ import jax.numpy as jnp
 import numpy as np
 
 from jkstep import analysis, integrate, units
-from jkstep.errors import InputError, is_interrupt
+from jkstep.errors import MAX_STEPS, InputError, is_finite_number, is_interrupt
 from jkstep.kstep import fallback_step_count, kstep_integrator
-from jkstep.molecule import Molecule
+from jkstep.molecule import Molecule, check_seed
 from jkstep.rollout import Frames, concat, frames_of, runner
 
 INTEGRATORS = ("verlet", "langevin", "kstep")
@@ -56,13 +56,28 @@ class RunConfig:
         if self.ensemble not in ("nve", "nvt"):
             raise InputError(f"unknown ensemble {self.ensemble!r}; choose nve or nvt")
         for name in ("dt", "ps", "save_every", "chunk_frames"):
-            if not getattr(self, name) > 0:
-                raise InputError(f"{name} must be > 0, got {getattr(self, name)}")
+            if not is_finite_number(getattr(self, name)) or not getattr(self, name) > 0:
+                raise InputError(f"{name} must be a finite value > 0, got {getattr(self, name)!r}")
+        for name in ("save_every", "chunk_frames"):
+            if int(getattr(self, name)) != getattr(self, name):
+                raise InputError(f"{name} must be a whole number, got {getattr(self, name)!r}")
         for name in ("temperature", "friction", "equilibrate_ps"):
-            if not getattr(self, name) >= 0:
-                raise InputError(f"{name} must be ≥ 0, got {getattr(self, name)}")
-        if self.equilibrate_dt is not None and not self.equilibrate_dt > 0:
-            raise InputError(f"equilibrate_dt must be > 0 fs, got {self.equilibrate_dt}")
+            if not is_finite_number(getattr(self, name)) or not getattr(self, name) >= 0:
+                raise InputError(f"{name} must be a finite value ≥ 0, got {getattr(self, name)!r}")
+        if self.equilibrate_dt is not None and not (is_finite_number(self.equilibrate_dt)
+                                                    and self.equilibrate_dt > 0):
+            raise InputError(f"equilibrate_dt must be a finite value > 0 fs, got {self.equilibrate_dt!r}")
+        check_seed(self.seed)
+        if self.integrator == "verlet" and self.ensemble == "nvt":
+            raise InputError("velocity Verlet is NVE; for NVT use the langevin integrator "
+                             "(or kstep with ensemble nvt)")
+        dt_eq = self.dt if self.equilibrate_dt is None else self.equilibrate_dt
+        for what, ps, dt in (("the run", self.ps, self.dt), ("the equilibration", self.equilibrate_ps, dt_eq)):
+            if ps * 1000.0 / dt > MAX_STEPS:
+                raise InputError(f"{what} would take {ps * 1000.0 / dt:.3g} steps of {dt} fs (more than "
+                                 f"{MAX_STEPS:.0e}); check the length (ps) and the time step (fs)")
+        if self.n_steps < 1:
+            raise InputError(f"ps {self.ps} is shorter than one time step of {self.dt} fs")
 
     @property
     def n_steps(self) -> int:
@@ -95,6 +110,16 @@ def run_md(molecule: Molecule, potential: Callable, config: RunConfig, jump=None
 
     Returns (summary dict, Frames of the production run with frame 0 = the start).
     """
+    if config.integrator == "kstep":
+        if jump is None:
+            raise InputError("the kstep integrator needs a model (--model NAME|PATH)")
+        if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or k < 1:
+            raise InputError(f"k must be an integer ≥ 1 (base steps per jump), got {k!r}")
+    steps_per_apply = k if config.integrator == "kstep" else 1
+    every = max(1, -(-config.save_every // steps_per_apply))  # applies per frame
+    if config.n_steps < every * steps_per_apply:
+        raise InputError(f"the run ({config.n_steps} steps of {config.dt} fs) is shorter than one saved frame "
+                         f"({every * steps_per_apply} steps); lengthen ps or lower save_every")
     masses = molecule.masses
     key = jax.random.PRNGKey(config.seed)
     calls = calls or (lambda: None)
@@ -113,7 +138,6 @@ def run_md(molecule: Molecule, potential: Callable, config: RunConfig, jump=None
             raise RuntimeError("a force call failed during Langevin equilibration")
 
     calls_before = calls()
-    steps_per_apply = 1
     if config.integrator == "verlet":
         init, apply = integrate.verlet(potential, masses, config.dt)
         state = init(positions, velocities)
@@ -121,17 +145,13 @@ def run_md(molecule: Molecule, potential: Callable, config: RunConfig, jump=None
         init, apply = integrate.langevin(potential, masses, config.dt, config.temperature, config.friction)
         state = init(positions, velocities, key)
     else:
-        if jump is None:
-            raise InputError("the kstep integrator needs a model (--model NAME|PATH)")
         init, apply = kstep_integrator(jump, potential, molecule.numbers, masses, k, config.dt,
                                        ensemble=config.ensemble, temperature=config.temperature,
                                        friction=config.friction, **config.kstep_options)
         state = init(positions, velocities, key)
-        steps_per_apply = k
     frames = [jax.tree.map(lambda x: jnp.asarray(x)[None], frames_of(state))]
 
-    every = max(1, -(-config.save_every // steps_per_apply))  # applies per frame
-    n_frames = max(1, config.n_steps // (every * steps_per_apply))
+    n_frames = config.n_steps // (every * steps_per_apply)
     chunk = min(config.chunk_frames, n_frames)
     run_chunk = runner(apply, chunk, every)
     done = 0
@@ -215,26 +235,43 @@ def _finite_or_none(x: float):
     return float(x) if np.isfinite(x) else None
 
 
+def trajectory_format(path) -> str:
+    """ASE's name of the format a trajectory at ``path`` is written in, from its extension
+    (.traj: ASE trajectory; .xyz/.extxyz: extended XYZ, both keep velocities, energies and
+    forces; .pdb and other multi-frame formats ASE writes keep positions only).
+    InputError for an extension ASE cannot write several frames to."""
+    from ase.io.formats import UnknownFileTypeError, filetype, get_ioformat
+
+    hint = "name it .traj (ASE trajectory, keeps velocities) or .xyz (extended XYZ)"
+    try:
+        fmt = get_ioformat(filetype(os.fspath(path), read=False))
+    except UnknownFileTypeError:
+        raise InputError(f"cannot tell the trajectory format of {path} from its extension; {hint}") from None
+    if not fmt.can_write or fmt.single:
+        raise InputError(f"ASE cannot write a multi-frame trajectory as {fmt.name} ({path}); {hint}")
+    return fmt.name
+
+
 def write_trajectory(path, molecule: Molecule, frames: Frames) -> None:
-    """Write frames to an ASE trajectory (positions, velocities, energy, forces), atomically."""
+    """Write frames to ``path`` (positions, velocities, energy, forces where the format holds
+    them; format from the extension, ``trajectory_format``), atomically."""
     from ase.calculators.singlepoint import SinglePointCalculator
-    from ase.io.trajectory import Trajectory
+    from ase.io import write
 
     path = os.fspath(path)
+    fmt = trajectory_format(path)
     directory = os.path.dirname(os.path.abspath(path))
     os.makedirs(directory, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(suffix=".traj", dir=directory)
+    fd, tmp = tempfile.mkstemp(suffix=os.path.splitext(path)[1], dir=directory)
     os.close(fd)
+    atoms = []
+    for i in range(len(frames.energy)):
+        a = molecule.to_atoms(frames.positions[i], frames.velocities[i])
+        a.calc = SinglePointCalculator(a, energy=float(frames.energy[i]), forces=np.asarray(frames.forces[i]))
+        atoms.append(a)
     try:
-        with Trajectory(tmp, "w") as traj:
-            for i in range(len(frames.energy)):
-                atoms = molecule.to_atoms(frames.positions[i], frames.velocities[i])
-                atoms.calc = SinglePointCalculator(atoms, energy=float(frames.energy[i]),
-                                                   forces=np.asarray(frames.forces[i]))
-                traj.write(atoms)
+        write(tmp, atoms, format=fmt)
         os.replace(tmp, path)
     finally:
         if os.path.exists(tmp):
             os.remove(tmp)
-
-

@@ -53,14 +53,18 @@ class Molecule:
         masses = atomic_masses[numbers] if self.masses is None else np.asarray(self.masses, np.float64)
         if masses.shape != numbers.shape or not np.all(masses > 0):
             raise InputError(f"masses must be {len(numbers)} positive values in amu, got {masses!r}")
-        if int(self.spin) < 0 or (int(numbers.sum()) - int(self.charge) + int(self.spin)) % 2:
+        charge, spin = _integer("charge (e)", self.charge), _integer("spin (unpaired electrons)", self.spin)
+        if charge >= int(numbers.sum()):
+            raise InputError(f"charge {charge} leaves no electrons (the molecule has {int(numbers.sum())}); "
+                             "check the charge")
+        if spin < 0 or (int(numbers.sum()) - charge + spin) % 2:
             raise InputError(f"spin {self.spin} (unpaired electrons) is impossible for "
                              f"{int(numbers.sum()) - int(self.charge)} electrons at charge {self.charge}")
         object.__setattr__(self, "numbers", numbers.astype(np.int64))
         object.__setattr__(self, "positions", positions)
         object.__setattr__(self, "masses", masses.astype(np.float64))
-        object.__setattr__(self, "charge", int(self.charge))
-        object.__setattr__(self, "spin", int(self.spin))
+        object.__setattr__(self, "charge", charge)
+        object.__setattr__(self, "spin", spin)
 
     def __len__(self) -> int:
         return len(self.numbers)
@@ -88,13 +92,14 @@ class Molecule:
 
         if not (isinstance(smiles, str) and smiles.strip()):
             raise InputError(f"cannot parse SMILES {smiles!r}")
+        seed = check_seed(seed, "conformer seed")
         with rdBase.BlockLogs():  # RDKit's own warnings (parser, UFF typer): our errors say it in one line
             mol = Chem.MolFromSmiles(smiles)
             if mol is None:
                 raise InputError(f"cannot parse SMILES {smiles!r}")
             mol = Chem.AddHs(mol)
             params = AllChem.ETKDGv3()
-            params.randomSeed = int(seed)
+            params.randomSeed = seed
             if AllChem.EmbedMolecule(mol, params) != 0:
                 params.useRandomCoords = True
                 if AllChem.EmbedMolecule(mol, params) != 0:
@@ -125,14 +130,22 @@ class Molecule:
     def read(cls, path, index=-1, charge: int | None = None, spin: int | None = None) -> "Molecule":
         """From any file ASE can read (xyz, pdb, sdf, traj, ...); ``index`` picks the frame."""
         from ase.io import read
+        from ase.io.formats import UnknownFileTypeError
 
         path = os.fspath(path)
+        if os.path.isdir(path):
+            raise InputError(f"{path} is a directory; give a molecule file (xyz, pdb, sdf, traj, ...)")
         if not os.path.isfile(path):
             raise InputError(f"no such file: {path}")
         try:
             atoms = read(path, index=index)
+        except UnknownFileTypeError:
+            raise InputError(f"ASE does not know the format of {path}; give a file it reads "
+                             "(xyz, pdb, sdf, mol, traj, ...), named with its usual extension") from None
+        except KeyError as exc:  # ASE's symbol lookup: an element name it does not know
+            raise InputError(f"ASE cannot read {path}: unknown element or key {exc}") from None
         except Exception as exc:  # ASE raises many kinds of errors for unreadable files
-            raise InputError(f"ASE cannot read {path}: {exc}") from None
+            raise InputError(f"ASE cannot read {path}: {type(exc).__name__}: {exc}") from None
         return cls.from_atoms(atoms, charge=charge, spin=spin, name=path)
 
     # -- conversions ----------------------------------------------------------------------
@@ -150,10 +163,14 @@ class Molecule:
         """Maxwell–Boltzmann velocities (Å/fs) at ``temperature`` K, centre-of-mass motion removed."""
         from ase.md.velocitydistribution import Stationary, thermalize_momenta
 
-        if not np.isfinite(temperature) or temperature < 0:
-            raise InputError(f"temperature must be a finite value ≥ 0 K, got {temperature}")
+        try:
+            ok = np.isfinite(float(temperature)) and temperature >= 0
+        except (TypeError, ValueError):
+            ok = False
+        if not ok:
+            raise InputError(f"temperature must be a finite value ≥ 0 K, got {temperature!r}")
         atoms = self.to_atoms()
-        thermalize_momenta(atoms, temperature, rng=np.random.default_rng(seed))
+        thermalize_momenta(atoms, float(temperature), rng=np.random.default_rng(check_seed(seed)))
         Stationary(atoms, preserve_temperature=False)  # leaves (3N-3)/2 kT on average
         return units.velocities_from_ase(atoms.get_velocities())
 
@@ -178,6 +195,28 @@ def _separate_fragments(mol, gap: float = 3.0) -> None:
         pos[atoms] = block
     for i, p in enumerate(pos):
         conf.SetAtomPosition(i, p.tolist())
+
+
+#: Seeds are integers in [0, MAX_SEED] (what RDKit's embedding and JAX's PRNG both take).
+MAX_SEED = 2**31 - 1
+
+
+def check_seed(seed, name: str = "seed") -> int:
+    """``seed`` as an int in [0, MAX_SEED]; raises InputError otherwise."""
+    if isinstance(seed, (bool, np.bool_)) or not isinstance(seed, (int, np.integer)) or not 0 <= seed <= MAX_SEED:
+        raise InputError(f"{name} must be an integer from 0 to {MAX_SEED}, got {seed!r}")
+    return int(seed)
+
+
+def _integer(name: str, value) -> int:
+    """``value`` as an int if it is a whole number; raises InputError otherwise."""
+    try:
+        whole = float(value) == int(value)
+    except (TypeError, ValueError, OverflowError):
+        whole = False
+    if isinstance(value, (bool, np.bool_)) or not whole:
+        raise InputError(f"{name} must be a whole number, got {value!r}")
+    return int(value)
 
 
 def check_positions(positions, n_atoms: int | None = None) -> np.ndarray:

@@ -10,6 +10,7 @@ import pytest
 from ase.io import read
 
 from jkstep import cli, units
+from jkstep.errors import InputError
 
 SUMMARY_KEYS = {"molecule", "integrator", "ensemble", "dt_fs", "k", "simulated_fs", "xtb_calls", "accepted",
                 "rejected", "fallbacks", "blew_up", "drift_kj_mol_ps", "energy_std_kj_mol",
@@ -80,18 +81,18 @@ def test_equilibrate_dt_starts_runs_of_different_steps_from_one_state(tmp_path):
 @pytest.mark.parametrize("argv, message", [
     (["run", "--smiles", "C1CC"], "cannot parse SMILES 'C1CC'"),
     (["run", "--file", "/no/such.xyz"], "no such file: /no/such.xyz"),
-    (["run", "--smiles", "CCO", "--dt", "0"], "dt must be > 0"),
+    (["run", "--smiles", "CCO", "--dt", "0"], "dt must be a finite value > 0, got 0.0"),
     (["run", "--integrator", "leapfrog"], "invalid choice: 'leapfrog'"),
     (["run", "--smiles", "CCO", "--file", "x.xyz"], "not allowed with argument"),
     (["run", "--smiles", "[Fr]F", "--integrator", "verlet"], "no parameters for atomic number"),
     (["run", "--smiles", "CCO", "--fallback-steps", "0"], "fallback_steps must be an integer ≥ 1"),
     (["evaluate", "--smiles", "CCO", "--fallback-steps", "0"], "fallback_steps must be an integer ≥ 1"),
-    (["run", "--smiles", "CCO", "--equilibrate-ps", "0.1", "--equilibrate-dt", "0"], "equilibrate_dt must be > 0"),
-    (["run", "--smiles", "CCO", "--ps", "-1"], "ps must be > 0"),
-    (["run", "--smiles", "CCO", "--temperature", "-5"], "temperature must be ≥ 0"),
+    (["run", "--smiles", "CCO", "--equilibrate-ps", "0.1", "--equilibrate-dt", "0"], "equilibrate_dt must be a finite value > 0 fs"),
+    (["run", "--smiles", "CCO", "--ps", "-1"], "ps must be a finite value > 0, got -1.0"),
+    (["run", "--smiles", "CCO", "--temperature", "-5"], "temperature must be a finite value ≥ 0"),
     (["run", "--smiles", "CCO", "--model", "no-such-model"], "no pretrained model 'no-such-model'"),
     (["run", "--smiles", "CCO", "--ensemble", "npt"], "invalid choice: 'npt'"),
-    (["evaluate", "--smiles", "CCO", "--ps", "0"], "ps > 0 are needed"),
+    (["evaluate", "--smiles", "CCO", "--ps", "0"], "ps must be a finite value > 0 ps, got 0.0"),
     (["evaluate", "--smiles", "CCO", "--replicas", "1"], "at least 2 replicas"),
     (["run", "--smiles", ""], "cannot parse SMILES ''"),  # not the default molecule
     (["run", "--smiles", "[He]", "--integrator", "verlet"], "[He] is a single atom"),
@@ -101,6 +102,32 @@ def test_equilibrate_dt_starts_runs_of_different_steps_from_one_state(tmp_path):
     (["evaluate", "--smiles", "CCO", "--plots", __file__], "is a file; give a directory"),
     (["generate", "--summary", os.path.dirname(__file__)], "is a directory; give the path of a file"),
     (["export", "--from", "gfn2-k8", "--name", "../gfn2-k8"], "a shipped name is letters, digits"),
+    # lengths, steps and seeds that cannot make a run
+    (["run", "--smiles", "CCO", "--ps", "inf"], "ps must be a finite value > 0, got inf"),
+    (["run", "--smiles", "CCO", "--equilibrate-ps", "inf"], "equilibrate_ps must be a finite value ≥ 0, got inf"),
+    (["run", "--smiles", "CCO", "--integrator", "verlet", "--dt", "1e-300"], "the run would take 5e+302 steps"),
+    (["run", "--smiles", "CCO", "--save-every", "400", "--ps", "0.01"],
+     "the run (40 steps of 0.25 fs) is shorter than one saved frame (400 steps)"),
+    (["run", "--smiles", "CCO", "--seed", "-1"], "seed must be an integer from 0 to 2147483647, got -1"),
+    (["run", "--smiles", "CCO", "--conformer-seed", "-1"], "conformer seed must be an integer from 0"),
+    (["evaluate", "--smiles", "CCO", "--ps", "nan"], "ps must be a finite value > 0 ps, got nan"),
+    (["evaluate", "--smiles", "CCO", "--equilibrate-ps", "inf"], "equilibrate_ps must be a finite value ≥ 0 ps"),
+    (["evaluate", "--smiles", "CCO", "--temperature", "0"], "temperature must be a finite value > 0 K, got 0.0"),
+    (["evaluate", "--smiles", "CCO", "--seed", "-3"], "seed must be an integer from 0"),
+    # options that do not apply are refused, not ignored
+    (["run", "--smiles", "CCO", "--charge", "1"], "--charge 1 contradicts the SMILES, which gives charge 0"),
+    (["run", "--smiles", "[CH3]", "--spin", "0"], "--spin 0 contradicts the SMILES, which gives spin 1"),
+    (["run", "--smiles", "CCO", "--integrator", "verlet", "--ensemble", "nvt"], "velocity Verlet is NVE"),
+    (["run", "--smiles", "CCO", "--integrator", "langevin", "--ensemble", "nve"], "langevin is NVT"),
+    # acceptance thresholds that would reject every jump
+    (["run", "--smiles", "CCO", "--max-displacement", "nan"], "Guards.max_displacement must be > 0"),
+    (["run", "--smiles", "CCO", "--max-energy-rise", "-1"], "Guards.max_energy_rise must be > 0"),
+    (["run", "--smiles", "CCO", "--max-energy-drift", "nan"], "Guards.max_energy_drift must be > 0"),
+    (["run", "--smiles", "CCO", "--clash-ratio", "-1"], "Guards.clash_ratio must be in [0, 1)"),
+    (["run", "--smiles", "CCO", "--max-attempts", "0"], "Guards.max_attempts must be an integer ≥ 1"),
+    (["run", "--smiles", "CCO", "--out", "run.txt"], "cannot tell the trajectory format of run.txt"),
+    (["run", "--smiles", "CCO", "--out", "run.sdf"], "ASE cannot write a multi-frame trajectory as sdf"),
+    (["run", "--file", os.path.dirname(__file__)], "is a directory; give a molecule file"),
 ])
 def test_bad_input_is_one_line_and_status_2(argv, message, capsys):
     with pytest.raises(SystemExit) as exc:
@@ -119,6 +146,43 @@ def test_atoms_on_top_of_each_other_are_refused_before_any_call(tmp_path, capsys
     err = capsys.readouterr().err.strip().splitlines()
     assert err == [f"jkstep: error: atoms 1 and 2 of {xyz} are 0.10 Å apart (closer than 0.5 Å): "
                    "not a molecular geometry; check the coordinates"]
+
+
+def test_outputs_that_would_overwrite_the_input_or_each_other_are_refused(tmp_path, capsys):
+    xyz = tmp_path / "water.xyz"
+    xyz.write_text("3\n\nO 0 0 0\nH 0.96 0 0\nH -0.24 0.93 0\n")
+    before = xyz.read_text()
+    for extra, message in ((["--out", str(xyz)], "--file and --out name the same file"),
+                           (["--summary", str(tmp_path / "." / "water.xyz")], "--file and --summary name the same"),
+                           (["--out", str(tmp_path / "a.json"), "--summary", str(tmp_path / "a.json")],
+                            "--out and --summary name the same file")):
+        with pytest.raises(SystemExit) as exc:
+            cli.main(["run", "--file", str(xyz), "--integrator", "verlet", "--ps", "0.01", *extra])
+        assert exc.value.code == 2
+        assert message in capsys.readouterr().err
+    assert xyz.read_text() == before and sorted(os.listdir(tmp_path)) == ["water.xyz"]
+
+
+def test_file_errors_name_the_problem(tmp_path):
+    unknown = tmp_path / "mol.txt"
+    unknown.write_text("hello\n")
+    with pytest.raises(InputError, match="ASE does not know the format of .*mol.txt"):
+        cli.load_molecule(cli.build_parser().parse_args(["run", "--file", str(unknown)]))
+    element = tmp_path / "qq.xyz"
+    element.write_text("2\n\nO 0 0 0\nQq 0.96 0 0\n")
+    with pytest.raises(InputError, match="unknown element or key 'Qq'"):
+        cli.load_molecule(cli.build_parser().parse_args(["run", "--file", str(element)]))
+
+
+def test_trajectory_format_follows_the_extension(tmp_path):
+    for name in ("t.xyz", "t.traj"):
+        cli.main(["run", "--smiles", "O", "--integrator", "verlet", "--ps", "0.005", "--save-every", "10",
+                  "--out", str(tmp_path / name)])
+    xyz, traj = read(tmp_path / "t.xyz", ":"), read(tmp_path / "t.traj", ":")
+    assert len(xyz) == len(traj) == 3
+    assert (tmp_path / "t.xyz").read_text().startswith("3\n")  # text, not ASE's binary format
+    np.testing.assert_allclose(xyz[-1].get_velocities(), traj[-1].get_velocities(), atol=1e-7)
+    np.testing.assert_allclose(xyz[-1].get_forces(), traj[-1].get_forces(), atol=1e-7)
 
 
 def test_console_script_runs_as_installed(tmp_path):

@@ -148,6 +148,10 @@ def test_a_failed_trajectory_freezes_and_counts_no_phantom_calls(ethanol, monkey
     (lambda pot, m: jkstep.langevin(pot, m, dt=-0.25), "dt \\(fs\\) must be a finite value > 0"),
     (lambda pot, m: jkstep.langevin(pot, m, temperature=-1.0), "temperature \\(K\\) must be a finite value ≥ 0"),
     (lambda pot, m: jkstep.langevin(pot, m, friction=-0.01), "friction \\(1/fs\\) must be a finite value ≥ 0"),
+    (lambda pot, m: jkstep.verlet(pot, m, dt="a"), "dt \\(fs\\) must be a number, got 'a'"),
+    (lambda pot, m: jkstep.verlet(pot, -m, dt=0.25), "masses must be a 1-D array of positive finite values"),
+    (lambda pot, m: jkstep.langevin(pot, 0 * m), "masses must be a 1-D array of positive finite values"),
+    (lambda pot, m: jkstep.verlet(None, m), "the potential must be a function of positions"),
 ])
 def test_integrator_settings_are_checked(make, match):
     mol = jkstep.Molecule.from_smiles("O")
@@ -160,3 +164,10 @@ def test_init_refuses_positions_that_do_not_fit_the_masses():
     init, _ = jkstep.verlet(jkstep.mmff_potential(mol), other.masses)
     with pytest.raises(jkstep.InputError, match=r"positions must have shape \(6, 3\) for the 6 masses"):
         init(mol.positions, mol.thermal_velocities(300.0))
+
+
+def test_init_refuses_velocities_that_are_not_finite():
+    mol = jkstep.Molecule.from_smiles("O")
+    init, _ = jkstep.verlet(jkstep.mmff_potential(mol), mol.masses)
+    with pytest.raises(jkstep.InputError, match="velocities contain NaN"):
+        init(mol.positions, np.full((3, 3), np.nan))

@@ -8,7 +8,7 @@ from tblite.exceptions import TBLiteRuntimeError
 from tblite.interface import Calculator
 
 import jkstep
-from jkstep import InputError, analysis
+from jkstep import InputError, analysis, load_pretrained
 from jkstep.kstep import Guards, ballistic_jump, fallback_step_count, kstep_integrator
 from jkstep.rollout import runner
 
@@ -261,6 +261,32 @@ def test_bad_k_and_dt():
     for k, dt in ((0, 0.25), (8, 0.0), (2.5, 0.25)):
         with pytest.raises(InputError, match="k must be an integer"):
             kstep_integrator(ballistic_jump(np.ones(2), 1, DT), harmonic, [1, 1], np.ones(2), k, dt)
+
+
+@pytest.mark.parametrize("options, match", [
+    (dict(max_displacement=float("nan")), "max_displacement must be > 0"),
+    (dict(max_displacement=-0.1), "max_displacement must be > 0"),
+    (dict(max_energy_rise=float("nan")), "max_energy_rise must be > 0"),
+    (dict(max_kinetic_rise=0.0), "max_kinetic_rise must be > 0"),
+    (dict(max_energy_drift=float("nan")), "max_energy_drift must be > 0"),
+    (dict(max_force_error="a"), "max_force_error must be > 0"),
+    (dict(clash_ratio=float("nan")), r"clash_ratio must be in \[0, 1\)"),
+    (dict(clash_ratio=1.5), r"clash_ratio must be in \[0, 1\)"),
+    (dict(max_attempts=0), "max_attempts must be an integer ≥ 1"),
+    (dict(max_attempts=2.5), "max_attempts must be an integer ≥ 1"),
+])
+def test_guards_that_would_reject_every_jump_are_refused(options, match):
+    with pytest.raises(InputError, match=match):
+        Guards(**options)
+    Guards(max_energy_rise=float("inf"), max_energy_drift=None, clash_ratio=0.0)  # bounds off: allowed
+
+
+def test_kstep_names_what_it_needs(ethanol):
+    bundle, pot = load_pretrained("gfn2-k8"), jkstep.mmff_potential(ethanol)
+    with pytest.raises(InputError, match="kstep needs a loaded model"):
+        jkstep.kstep("gfn2-k8", pot, ethanol)
+    with pytest.raises(InputError, match="kstep needs a jkstep.Molecule"):
+        jkstep.kstep(bundle, pot, "CCO")
 
 
 def verlet_jump(energy, masses, k, dt):

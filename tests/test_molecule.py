@@ -1,3 +1,5 @@
+import os
+
 import numpy as np
 import pytest
 from ase import Atoms
@@ -57,6 +59,9 @@ def test_thermal_velocities_units_and_com(ethanol):
     assert abs(np.mean(temps) - 300.0) < 15.0
 
 
+WATER = [[0, 0, 0], [0.96, 0, 0], [-0.24, 0.93, 0]]
+
+
 @pytest.mark.parametrize("make, match", [
     (lambda: Molecule.from_smiles("C1CC"), "cannot parse SMILES"),
     (lambda: Molecule.from_smiles(""), "cannot parse SMILES"),
@@ -67,6 +72,17 @@ def test_thermal_velocities_units_and_com(ethanol):
     (lambda: Molecule([0], [[0, 0, 0]]), "unknown atomic number"),
     (lambda: Molecule.read("/no/such/file.xyz"), "no such file"),
     (lambda: Molecule.from_smiles("CCO").thermal_velocities(-1), "temperature"),
+    (lambda: Molecule.from_smiles("CCO").thermal_velocities("hot"), "temperature must be a finite value"),
+    (lambda: Molecule.from_smiles("CCO").thermal_velocities(300.0, seed=-1), "seed must be an integer from 0"),
+    (lambda: Molecule.from_smiles("CCO", seed=-5), "conformer seed must be an integer from 0"),
+    (lambda: Molecule.from_smiles("CCO", seed=-1), "conformer seed"),  # RDKit's -1 would mean random
+    (lambda: Molecule.from_smiles("CCO", seed=2**40), "conformer seed"),
+    (lambda: Molecule.from_smiles("CCO", seed="a"), "conformer seed"),
+    (lambda: Molecule([8, 1, 1], WATER, charge=0.5), r"charge \(e\) must be a whole number, got 0.5"),
+    (lambda: Molecule([8, 1, 1], WATER, charge="a"), "charge .* must be a whole number"),
+    (lambda: Molecule([8, 1, 1], WATER, spin=1.5), "spin .* must be a whole number"),
+    (lambda: Molecule([8, 1, 1], WATER, charge=10), "charge 10 leaves no electrons"),
+    (lambda: Molecule.read(os.path.dirname(__file__)), "is a directory"),
 ])
 def test_bad_input_raises_one_clear_error(make, match):
     with pytest.raises(InputError, match=match):

@@ -232,3 +232,11 @@ def test_second_derivatives_raise_a_clear_error(ethanol):
     calls = pot.calls
     g = jax.jit(jax.vmap(jax.grad(pot.energy)))(jnp.stack([x, x + 0.01]))
     assert pot.calls - calls == 2 and np.all(np.isfinite(np.asarray(g)))
+
+
+def test_grad_of_float32_positions(ethanol):
+    """A float32 geometry is evaluated in float64; its gradient comes back in float32."""
+    pot = xtb_potential(ethanol)
+    grad = jax.grad(pot.energy)(jnp.asarray(ethanol.positions, jnp.float32))
+    assert grad.dtype == jnp.float32
+    np.testing.assert_allclose(np.asarray(grad), -np.asarray(pot(ethanol.positions)[1]), atol=2e-3)

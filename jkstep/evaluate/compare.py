@@ -38,12 +38,12 @@ import numpy as np
 
 from jkstep import analysis, integrate
 from jkstep.data.replicas import same_energy_velocities
-from jkstep.errors import InputError
+from jkstep.errors import MAX_STEPS, InputError, is_finite_number
 from jkstep.evaluate import metrics
 from jkstep.integrate import equal_cost_dt
 from jkstep.kstep import (REVERSAL_CORRECTION, Guards, ballistic_jump, fallback_step_count, kstep_integrator,
                           model_jump)
-from jkstep.molecule import Molecule
+from jkstep.molecule import Molecule, check_seed
 from jkstep.rollout import concat, frames_of, runner
 
 CONTENDERS = ("reference", "verlet_kdt", "corrector_only", "kstep")
@@ -89,12 +89,22 @@ class EvalConfig:
     equal_cost: bool = True
 
     def __post_init__(self):
-        if self.k < 1 or self.dt <= 0 or self.ps <= 0:
-            raise InputError(f"k ≥ 1, dt > 0 and ps > 0 are needed, got k={self.k}, dt={self.dt}, ps={self.ps}")
-        if self.n_replicas < 2:
-            raise InputError(f"at least 2 replicas are needed for a noise floor, got {self.n_replicas}")
-        if self.temperature <= 0 or self.equilibrate_ps < 0:
-            raise InputError("temperature must be > 0 K and equilibrate_ps ≥ 0")
+        if isinstance(self.k, bool) or not isinstance(self.k, (int, np.integer)) or self.k < 1:
+            raise InputError(f"k must be an integer ≥ 1 (base steps per jump), got {self.k!r}")
+        for name, unit in (("dt", "fs"), ("ps", "ps"), ("temperature", "K")):
+            if not is_finite_number(getattr(self, name)) or not getattr(self, name) > 0:
+                raise InputError(f"{name} must be a finite value > 0 {unit}, got {getattr(self, name)!r}")
+        if not is_finite_number(self.equilibrate_ps) or not self.equilibrate_ps >= 0:
+            raise InputError(f"equilibrate_ps must be a finite value ≥ 0 ps, got {self.equilibrate_ps!r}")
+        if (isinstance(self.n_replicas, bool) or not isinstance(self.n_replicas, (int, np.integer))
+                or self.n_replicas < 2):
+            raise InputError(f"at least 2 replicas are needed for a noise floor, got {self.n_replicas!r}")
+        for what, steps in (("ps", self.ps * 1000.0 / (self.k * self.dt)),
+                            ("equilibrate_ps", self.equilibrate_ps * 2000.0)):
+            if steps * self.n_replicas > MAX_STEPS:
+                raise InputError(f"{what} {getattr(self, what)} needs {steps:.3g} steps per replica; "
+                                 "give a length in ps that can finish")
+        check_seed(self.seed)
         if self.energy_relaxation is not None and not self.energy_relaxation > 0:
             raise InputError(f"energy_relaxation is a time constant in fs and must be > 0, got {self.energy_relaxation}")
         fallback_step_count(self.k, self.dt, self.fallback_steps)   # an integer ≥ 1, or None

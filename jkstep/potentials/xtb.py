@@ -139,7 +139,7 @@ class XTBPotential:
         if isinstance(positions, jax.core.Tracer):
             if positions.shape != (n, 3):
                 raise InputError(f"positions must have shape ({n}, 3) in Å, got {positions.shape}")
-            return positions
+            return positions.astype(jnp.float64)  # float32 input: the callback works in float64
         return jnp.asarray(check_positions(positions, n))
 
     # -- host side ------------------------------------------------------------------------
