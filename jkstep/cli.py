@@ -341,6 +341,10 @@ def cmd_evaluate(args) -> int:
     _print_evaluation(result)
     if args.summary:
         _write_json(args.summary, result)
+    if result.get("interrupted"):
+        print("jkstep: interrupted; the summary holds the contenders that finished (the others are null)",
+              file=sys.stderr)
+        return 143 if _TERMINATED else 130
     return 0
 
 

@@ -126,3 +126,28 @@ def test_a_contender_that_blows_up_reports_nulls():
     for name in ("reference", "corrector_only"):
         assert c[name]["blew_up"] is False and c[name]["energy_std_kj_mol"] is not None, name
     assert c["corrector_only"]["fallbacks"] == 2 * 16 and c["corrector_only"]["accepted"] == 0
+
+
+def test_an_interrupted_evaluation_keeps_the_contenders_that_finished(tmp_path, monkeypatch, capsys):
+    """Ctrl-C during a contender: the summary is still written, with the finished contenders'
+    figures, null for the rest, ``"interrupted": true``, and exit status 130."""
+    from jkstep.evaluate import compare
+
+    real, started = compare.run_contender, []
+
+    def interrupted_at_the_third(*args, **kwargs):  # reference, verlet_kdt, then Ctrl-C
+        started.append(1)
+        if len(started) == 3:
+            raise KeyboardInterrupt
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(compare, "run_contender", interrupted_at_the_third)
+    summary = tmp_path / "eval.json"
+    rc = cli.main(["evaluate", "--smiles", "CCO", "--ps", "0.04", "--replicas", "2", "--equilibrate-ps", "0.01",
+                   "--summary", str(summary)])
+    assert rc == 130 and "interrupted" in capsys.readouterr().err
+    r = json.loads(summary.read_text())
+    assert r["interrupted"] is True
+    c = r["contenders"]
+    assert c["reference"]["xtb_calls"] == 2 * (1 + 160) and c["verlet_kdt"]["xtb_calls"] == 2 * (1 + 20)
+    assert c["verlet_kdt"]["energy_std_kj_mol"] is not None and c["corrector_only"] is None

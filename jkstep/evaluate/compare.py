@@ -38,7 +38,7 @@ import numpy as np
 
 from jkstep import analysis, integrate
 from jkstep.data.replicas import same_energy_velocities
-from jkstep.errors import MAX_STEPS, InputError, is_finite_number
+from jkstep.errors import MAX_STEPS, InputError, is_finite_number, is_interrupt
 from jkstep.evaluate import metrics
 from jkstep.integrate import equal_cost_dt
 from jkstep.kstep import (REVERSAL_CORRECTION, Guards, ballistic_jump, fallback_step_count, kstep_integrator,
@@ -271,20 +271,29 @@ def evaluate_ks(molecule: Molecule, potential_factory: Callable[[], object], con
 
     ref_config = dataclasses.replace(config, k=base)
     reference = run("reference", ref_config, lambda pot: integrate.verlet(pot, masses, dt), base)
-    out = {}
+    out, interrupted = {}, False
     for k in ks:
         cfg = dataclasses.replace(config, k=k)
         ref_run = dict(reference, frames=jax.tree.map(lambda a: a[:, ::k // base], reference["frames"]))
         runs = {"reference": ref_run}
-        runs.update(_k_runs(molecule, cfg, models[k], lambda name, build, c=cfg: run(name, c, build, 1)))
+        if not interrupted:
+            try:
+                _k_runs(molecule, cfg, models[k], lambda name, build, c=cfg: run(name, c, build, 1), runs)
+            except BaseException as exc:  # an interrupt keeps the contenders that finished
+                if not is_interrupt(exc):
+                    raise
+                interrupted = True
         directory = None if not plots else plots if len(ks) == 1 else os.path.join(plots, f"k{k}")
         out[k] = _summary(molecule, cfg, models[k], runs, starts, terms, rotatable, directory)
+        if interrupted:
+            out[k]["interrupted"] = True
     return out
 
 
-def _k_runs(molecule, config, bundle, run) -> dict:
+def _k_runs(molecule, config, bundle, run, runs: dict) -> dict:
     """Verlet at k·dt, the zero-network corrector and the model's contenders at ``config.k``
-    (``run(name, build, config)``: one contender, frames every apply of ``config``)."""
+    (``run(name, build, config)``: one contender, frames every apply of ``config``), added to
+    ``runs`` one by one as they finish (so an interrupt leaves the finished ones there)."""
     k, dt, masses = config.k, config.dt, molecule.masses
 
     def hybrid(pot, jump, **options):
@@ -292,8 +301,8 @@ def _k_runs(molecule, config, bundle, run) -> dict:
                                        fallback_steps=config.fallback_steps, **options)
         return (lambda x, v: init(x, v)), apply
 
-    runs = {"verlet_kdt": run("verlet_kdt", lambda pot: integrate.verlet(pot, masses, k * dt)),
-            "corrector_only": run("corrector_only", lambda pot: hybrid(pot, ballistic_jump(masses, k, dt)))}
+    runs["verlet_kdt"] = run("verlet_kdt", lambda pot: integrate.verlet(pot, masses, k * dt))
+    runs["corrector_only"] = run("corrector_only", lambda pot: hybrid(pot, ballistic_jump(masses, k, dt)))
     if bundle is not None:
         runs["kstep"] = run("kstep", lambda pot: hybrid(pot, _learned(bundle, molecule, config)))
         if config.equal_cost:
