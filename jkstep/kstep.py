@@ -128,7 +128,8 @@ class Guards:
         if not (is_finite_number(self.clash_ratio) and 0 <= self.clash_ratio < 1):
             raise InputError(f"Guards.clash_ratio must be in [0, 1) (a fraction of the covalent bond length; "
                              f"0 turns the check off), got {self.clash_ratio!r}")
-        if isinstance(self.max_attempts, bool) or not isinstance(self.max_attempts, int) or self.max_attempts < 1:
+        n = self.max_attempts
+        if isinstance(n, bool) or not is_finite_number(n) or int(n) != n or n < 1:
             raise InputError(f"Guards.max_attempts must be an integer ≥ 1, got {self.max_attempts!r}")
 
 
