@@ -416,12 +416,13 @@ def cmd_export(args) -> int:
     from jkstep.config import read_yaml
     from jkstep.data.windows import provenance
     from jkstep.errors import InputError
-    from jkstep.model.pretrained import PRETRAINED_DIR, export_checkpoint, read_meta
+    from jkstep.model.pretrained import PRETRAINED_DIR, check_export_destination, export_checkpoint, read_meta
 
     # every input is checked before anything is written
     if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]*", args.name):
         raise InputError(f"--name {args.name!r}: a shipped name is letters, digits, '.', '_' and '-', "
                          "starting with a letter or digit (it is a directory of jkstep/pretrained), e.g. gfn2-k8")
+    check_export_destination(args.to or PRETRAINED_DIR / args.name)
     meta = read_meta(args.source)
     evaluations = None if args.evaluation is None else [_read_evaluation(p, meta["k"]) for p in args.evaluation]
     notes = read_yaml(args.notes) if args.notes else {}

@@ -79,6 +79,41 @@ def test_missing_or_corrupt_checkpoint(tmp_path):
         jkstep.load_pretrained(str(tmp_path))
 
 
+def test_damaged_weight_files_give_one_clear_error(tmp_path):
+    """Truncated weight files: TensorStore raises a bare Exception, reported as one InputError."""
+    damaged = tmp_path / "damaged"
+    shutil.copytree(PRETRAINED_DIR / "gfn2-k8", damaged)
+    files = [p for p in damaged.rglob("*") if p.is_file() and "ema" in p.parts and p.stat().st_size > 1000]
+    assert files
+    for p in files:
+        p.write_bytes(p.read_bytes()[:100])
+    with pytest.raises(InputError, match="incomplete or corrupt.*train/export it again"):
+        jkstep.load_pretrained(str(damaged))
+
+
+@pytest.mark.parametrize("name", [None, 5, ""])
+def test_a_model_name_that_is_not_text_is_refused(name):
+    with pytest.raises(InputError, match="a model is named by a shipped name .*gfn2-k8"):
+        jkstep.load_pretrained(name)
+
+
+@pytest.mark.parametrize("make", [lambda p: p.write_text("mine"),                 # a file
+                                  lambda p: (p.mkdir(), (p / "thesis.tex").write_text("mine"))])
+def test_export_never_replaces_what_is_not_an_exported_model(tmp_path, capsys, make):
+    from jkstep import cli
+
+    target = tmp_path / "precious"
+    make(target)
+    before = sorted(str(p) for p in tmp_path.rglob("*"))
+    with pytest.raises(SystemExit) as exc:
+        cli.main(["export", "--from", "gfn2-k8", "--name", "my-k8", "--to", str(target)])
+    assert exc.value.code == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and str(target) in err[0] and "give a new" in err[0]
+    assert sorted(str(p) for p in tmp_path.rglob("*")) == before
+    assert "mine" in ((target / "thesis.tex") if target.is_dir() else target).read_text()
+
+
 def _same_params(a, b):
     import jax
 

@@ -50,6 +50,9 @@ def resolve_checkpoint(name_or_path, which: str = "best") -> tuple[Path, int]:
     """
     if which not in ("best", "latest"):
         raise InputError(f"which must be 'best' or 'latest', got {which!r}")
+    if not isinstance(name_or_path, (str, os.PathLike)) or not os.fspath(name_or_path):
+        raise InputError(f"a model is named by a shipped name ({', '.join(shipped_names()) or 'none yet'}) "
+                         f"or a checkpoint path, got {name_or_path!r}")
     raw = os.fspath(name_or_path)
     path = Path(raw).expanduser()
     if not path.exists():
@@ -82,7 +85,7 @@ def _restore(step_dir: Path, **items):
     try:
         with ocp.Checkpointer(ocp.CompositeCheckpointHandler()) as checkpointer:
             return checkpointer.restore(os.fspath(step_dir), args=ocp.args.Composite(**items))
-    except (FileNotFoundError, KeyError, ValueError, OSError) as exc:
+    except Exception as exc:  # noqa: BLE001 - TensorStore reports damaged weight files as a bare Exception
         raise InputError(f"the checkpoint {step_dir} is incomplete or corrupt ({', '.join(items)}: "
                          f"{str(exc).splitlines()[0] if str(exc) else type(exc).__name__}); "
                          "restore it or train/export it again") from None
@@ -183,6 +186,29 @@ def _same_weights(step_dir: Path, params) -> bool:
                                     for x, y in zip(a, b))
 
 
+def is_model_directory(path) -> bool:
+    """Whether ``path`` is a directory written by ``export_checkpoint`` (provenance.json and
+    numbered step directories, nothing else)."""
+    path = Path(path)
+    if not (path / "provenance.json").is_file():
+        return False
+    others = [p for p in path.iterdir() if p.name != "provenance.json"]
+    return bool(others) and all(p.is_dir() and p.name.isdigit() for p in others)
+
+
+def check_export_destination(destination) -> None:
+    """InputError unless ``destination`` is free, an empty directory or an exported model (which
+    an export replaces): anything else there would be deleted."""
+    path = Path(destination)
+    if not path.exists():
+        return
+    if not path.is_dir():
+        raise InputError(f"{path} is a file; an export writes a model directory: give a new path")
+    if any(path.iterdir()) and not is_model_directory(path):
+        raise InputError(f"{path} exists and is not an exported jkstep model (provenance.json and "
+                         "numbered steps); an export replaces its target whole, so give a new or empty directory")
+
+
 def export_checkpoint(name_or_path, destination, extra_meta: dict | None = None, which: str = "best") -> Path:
     """Write a slim copy of a checkpoint (EMA weights + metadata, no optimizer state) to
     ``destination/<step>/``, and its metadata without the training history to
@@ -195,6 +221,7 @@ def export_checkpoint(name_or_path, destination, extra_meta: dict | None = None,
     import json
     import shutil
 
+    check_export_destination(destination)
     params, meta, _ = read_checkpoint(name_or_path, which)
     meta.pop("path", None)
     meta.update(extra_meta or {})
