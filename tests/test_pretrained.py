@@ -79,16 +79,44 @@ def test_missing_or_corrupt_checkpoint(tmp_path):
         jkstep.load_pretrained(str(tmp_path))
 
 
-def test_damaged_weight_files_give_one_clear_error(tmp_path):
-    """Truncated weight files: TensorStore raises a bare Exception, reported as one InputError."""
+def _truncate(files):
+    for p in files:
+        p.write_bytes(p.read_bytes()[:len(p.read_bytes()) // 3])
+
+
+def _wider_config(step_dir):
+    meta = step_dir / "meta" / "metadata"
+    record = json.loads(meta.read_text())
+    record["model_config"]["features"] += 8
+    meta.write_text(json.dumps(record))
+
+
+@pytest.mark.parametrize("damage, detail", [
+    (lambda step: _truncate(p for p in (step / "ema").rglob("*") if p.is_file() and p.parent.name == "d"),
+     "ema: "),
+    (lambda step: _truncate([step / "ema" / "_METADATA"]), "ema: "),
+    (lambda step: _truncate([step / "meta" / "metadata"]), "meta: "),
+    # found from the stored shapes, before a strict restore that leaves "Event loop is closed" noise
+    (_wider_config, r"ema: the weights do not fit the model config .*\(119, 64\) stored, \(119, 72\) in the config"),
+], ids=["weight-data", "weight-metadata", "meta", "shape-mismatch"])
+# truncated weight data: TensorStore's other pending reads still report "Event loop is closed"
+@pytest.mark.filterwarnings("ignore::pytest.PytestUnraisableExceptionWarning")
+def test_damaged_checkpoint_gives_one_clear_error(tmp_path, damage, detail):
+    """Truncated files (TensorStore raises a bare Exception) or weights that do not fit the
+    recorded config: one InputError naming the step and how to fix it."""
     damaged = tmp_path / "damaged"
     shutil.copytree(PRETRAINED_DIR / "gfn2-k8", damaged)
-    files = [p for p in damaged.rglob("*") if p.is_file() and "ema" in p.parts and p.stat().st_size > 1000]
-    assert files
-    for p in files:
-        p.write_bytes(p.read_bytes()[:100])
-    with pytest.raises(InputError, match="incomplete or corrupt.*train/export it again"):
+    step = next(p for p in damaged.iterdir() if p.name.isdigit())
+    damage(step)
+    with pytest.raises(InputError, match=f"incomplete or corrupt \\({detail}.*train or `jkstep export` it again") as exc:
         jkstep.load_pretrained(str(damaged))
+    assert str(step) in str(exc.value) and len(str(exc.value).splitlines()) == 1
+
+
+def test_a_damaged_shipped_model_says_reinstall():
+    from jkstep.model.pretrained import _damaged
+
+    assert "reinstall jkstep" in str(_damaged(PRETRAINED_DIR / "gfn2-k8" / "9000", "ema: truncated"))
 
 
 @pytest.mark.parametrize("name", [None, 5, ""])
@@ -112,6 +140,15 @@ def test_export_never_replaces_what_is_not_an_exported_model(tmp_path, capsys, m
     assert len(err) == 1 and str(target) in err[0] and "give a new" in err[0]
     assert sorted(str(p) for p in tmp_path.rglob("*")) == before
     assert "mine" in ((target / "thesis.tex") if target.is_dir() else target).read_text()
+
+
+def test_export_may_write_into_a_new_or_empty_directory_or_over_an_exported_model(tmp_path):
+    from jkstep.model.pretrained import check_export_destination, is_model_directory
+
+    (tmp_path / "empty").mkdir()
+    for target in (tmp_path / "new", tmp_path / "empty", PRETRAINED_DIR / "gfn2-k8"):
+        check_export_destination(target)
+    assert is_model_directory(PRETRAINED_DIR / "gfn2-k8") and not is_model_directory(tmp_path)
 
 
 def _same_params(a, b):

@@ -80,15 +80,45 @@ def resolve_checkpoint(name_or_path, which: str = "best") -> tuple[Path, int]:
                      "as written by jkstep.model.train)")
 
 
+def _damaged(step_dir: Path, what: str) -> InputError:
+    """The one error for a checkpoint that cannot be read, with how to get a good copy."""
+    shipped = PRETRAINED_DIR.resolve() in Path(step_dir).resolve().parents
+    fix = ("reinstall jkstep (or git checkout its jkstep/pretrained/)" if shipped
+           else "restore it from a backup, or train or `jkstep export` it again")
+    return InputError(f"the checkpoint {step_dir} is incomplete or corrupt ({what}); {fix}")
+
+
+def _first_line(exc: Exception) -> str:
+    return str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+
+
 def _restore(step_dir: Path, **items):
     """Restore the named items of one step directory (read-only: no manager, nothing written)."""
     try:
         with ocp.Checkpointer(ocp.CompositeCheckpointHandler()) as checkpointer:
             return checkpointer.restore(os.fspath(step_dir), args=ocp.args.Composite(**items))
     except Exception as exc:  # noqa: BLE001 - TensorStore reports damaged weight files as a bare Exception
-        raise InputError(f"the checkpoint {step_dir} is incomplete or corrupt ({', '.join(items)}: "
-                         f"{str(exc).splitlines()[0] if str(exc) else type(exc).__name__}); "
-                         "restore it or train/export it again") from None
+        raise _damaged(step_dir, f"{', '.join(items)}: {_first_line(exc)}") from None
+
+
+def _shapes(tree) -> dict:
+    """{leaf path: shape} of a parameter tree, or of Orbax's metadata of one."""
+    leaves = jax.tree_util.tree_flatten_with_path(tree, is_leaf=lambda x: hasattr(x, "shape"))[0]
+    return {jax.tree_util.keystr(path): tuple(leaf.shape) for path, leaf in leaves}
+
+
+def _check_weight_shapes(step_dir: Path, target) -> None:
+    """InputError unless the stored EMA weights have the shapes of ``target``; checked from Orbax's
+    metadata, as a failed strict restore leaves asyncio noise ("Event loop is closed") on stderr."""
+    try:
+        stored = _shapes(ocp.StandardCheckpointHandler().metadata(step_dir / "ema").tree)
+    except Exception as exc:  # noqa: BLE001 - as in _restore
+        raise _damaged(step_dir, f"ema: {_first_line(exc)}") from None
+    wanted = _shapes(target)
+    if stored != wanted:
+        diff = next(k for k in sorted(set(stored) | set(wanted)) if stored.get(k) != wanted.get(k))
+        raise _damaged(step_dir, f"ema: the weights do not fit the model config in its metadata: {diff} is "
+                                 f"{stored.get(diff, 'missing')} stored, {wanted.get(diff, 'absent')} in the config")
 
 
 def read_meta(name_or_path, which: str = "best") -> dict:
@@ -106,7 +136,9 @@ def read_checkpoint(name_or_path, which: str = "best") -> tuple[Any, dict, Model
     if "model_config" not in meta:
         raise InputError(f"{step_dir} has no model config in its metadata")
     config = ModelConfig.from_dict(meta["model_config"])
-    params = _restore(step_dir, ema=ocp.args.StandardRestore(init_params(config)))["ema"]
+    target = init_params(config)
+    _check_weight_shapes(step_dir, target)
+    params = _restore(step_dir, ema=ocp.args.StandardRestore(target))["ema"]
     params = jax.tree.map(lambda a: jnp.asarray(np.asarray(a)), params)   # uncommitted: no re-jit
     meta["path"] = os.fspath(step_dir)
     return params, meta, config
