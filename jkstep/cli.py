@@ -374,13 +374,15 @@ def _print_evaluation(r: dict):
 
 def cmd_train(args) -> int:
     from jkstep.errors import InputError
-    from jkstep.data.windows import datasets_from_config
-    from jkstep.model.train import EpochBatches, ProgressBar, load_model_config, load_train_config, train_from_config
+    from jkstep.data.windows import data_setting, datasets_from_config
+    from jkstep.model.train import (EpochBatches, ProgressBar, check_max_steps, load_model_config, load_train_config,
+                                    train_from_config)
 
+    check_max_steps(args.max_steps, "--max-steps")
     model_config = load_model_config(args.model_config)
     train_config = load_train_config(args.train_config)
+    batch = data_setting(train_config.data, "batch_size", 32)
     train_set, val_set = datasets_from_config(train_config.data, model_config.k, train_config.jumps)
-    batch = int(train_config.data.get("batch_size", 32))
     seed = train_config.seed
     print(f"train: {len(train_set.names)} trajectories, {train_set.n_windows} windows; "
           f"validation: {len(val_set.names)} trajectories, {val_set.n_windows} windows; "
@@ -388,6 +390,16 @@ def cmd_train(args) -> int:
           + (f", {train_config.jumps} jumps per window" if train_config.jumps > 1 else ""))
     if abs(train_set.dt_fs - model_config.dt_fs) > 1e-12:
         raise InputError(f"the data have dt {train_set.dt_fs} fs but the model config says {model_config.dt_fs} fs")
+    buckets = train_set.bucket_sizes()
+    largest = max(buckets.values(), default=0)
+    if not largest:
+        raise InputError(f"the training trajectories give no windows of {train_config.jumps} jump(s) of "
+                         f"k = {model_config.k} steps: they are too short; give longer trajectories")
+    if batch > largest:  # a batch holds windows of one size bucket, and a smaller last batch is dropped
+        where = f"; a batch holds one size bucket, the largest has {largest}" if len(buckets) > 1 else ""
+        raise InputError(f"data: batch_size {batch} (in {args.train_config}) is larger than the "
+                         f"{train_set.n_windows} training windows{where}: set batch_size to at most {largest}, "
+                         "or give more windows (more or longer trajectories, a smaller stride)")
     batches = EpochBatches(lambda epoch: train_set.batches(batch, seed=seed + epoch, drop_last=True))
     val_batches = lambda: val_set.batches(batch, shuffle=False)  # noqa: E731
     from jkstep.data.windows import provenance

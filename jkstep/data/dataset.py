@@ -96,10 +96,47 @@ def build_file(store_path, ks: Sequence[int], stride: int, out_path) -> dict:
     return {"file": os.fspath(out_path), "frames": len(steps), "windows": counts}
 
 
+def check_inputs(paths: Sequence, ks: Sequence[int], stride: int) -> None:
+    """InputError, from the trajectories' metadata alone, for k values or a stride that are not
+    integers ≥ 1 or not multiples of a trajectory's frame spacing, and for a k longer than every
+    trajectory (it would give no window at all)."""
+    if not ks or any(isinstance(v, bool) or not isinstance(v, (int, np.integer)) or v < 1 for v in [*ks, stride]):
+        raise InputError(f"k values and the stride must be integers ≥ 1, got k {list(ks)}, stride {stride!r}")
+    frame_step = math.gcd(int(stride), *map(int, ks))
+    longest, longest_path, dt = 0, None, 0.0
+    for path in paths:
+        store = TrajectoryStore(path)
+        if not store.exists:
+            raise InputError(f"no trajectory at {path} (meta.json missing)")
+        spacing = int(store.meta["frame_spacing"])
+        if frame_step % spacing:
+            raise InputError(f"{path} stores every {spacing} steps; the stride and every k must be "
+                             f"multiples of it (gcd of stride {stride} and k {list(ks)} is {frame_step})")
+        span = (store.n_frames - 1) * spacing  # base steps from the first frame to the last
+        if longest_path is None or span > longest:
+            longest, longest_path, dt = max(span, 0), store.path, float(store.meta["dt_fs"])
+    too_long = sorted(int(k) for k in ks if int(k) > longest)
+    if paths and too_long:
+        raise InputError(f"k {too_long} is longer than every trajectory, so it would give no window: the longest, "
+                         f"{longest_path}, spans {longest} base steps ({longest * dt / 1000:g} ps), so k can be at "
+                         f"most {longest}; give a smaller --k or generate longer trajectories")
+
+
 def build_dataset(paths: Sequence, ks: Sequence[int], stride: int, out_dir, overwrite: bool = False) -> list[dict]:
     """Window files of many trajectories into ``out_dir`` (one per trajectory, see the module
-    doc). Existing files are kept unless ``overwrite`` (an interrupted build resumes)."""
-    os.makedirs(out_dir, exist_ok=True)
+    doc). Existing files are kept unless ``overwrite`` (an interrupted build resumes). Bad input
+    (k, stride, an output path that is a file) raises InputError before anything is written."""
+    check_inputs(paths, ks, stride)
+    out_dir = os.fspath(out_dir)
+    if os.path.exists(out_dir) and not os.path.isdir(out_dir):
+        raise InputError(f"the output {out_dir} is a file; give a directory for the window files "
+                         "(an existing one keeps its files unless --overwrite)")
+    try:
+        os.makedirs(out_dir, exist_ok=True)
+    except OSError as exc:
+        raise InputError(f"cannot create the output directory {out_dir}: {exc.strerror}") from None
+    if not os.access(out_dir, os.W_OK):
+        raise InputError(f"the output directory {out_dir} is not writable")
     out = []
     for path in paths:
         target = os.path.join(out_dir, dataset_file_name(path))

@@ -58,6 +58,13 @@ class RunLengths:
     define dt_fs in fs, frame_spacing in steps, equilibration_ps, production_ps, only)."""
 
     def _check_lengths_and_only(self):
+        from jkstep.errors import MAX_STEPS
+
+        for key in ("equilibration_ps", "production_ps", "replica_ps"):
+            ps = getattr(self, key, 0.0)
+            if ps * 1000.0 / self.dt_fs > MAX_STEPS:
+                raise InputError(f"config {key} {ps} at dt_fs {self.dt_fs} would take {ps * 1000.0 / self.dt_fs:.3g} "
+                                 f"steps (more than {MAX_STEPS:.0e}); check the length (ps) and the time step (fs)")
         if self.only is not None:
             if isinstance(self.only, str) or not all(isinstance(n, str) for n in self.only):
                 raise InputError(f"config only must be a list of molecule names, got {self.only!r}")
@@ -284,7 +291,7 @@ def run_molecule(job: Job, cfg: GenerateConfig, progress: Callable[[int], None] 
     base_meta = _base_meta(job, cfg, molecule)
     init_nve, apply_nve = integrate.verlet(pot, molecule.masses, cfg.dt_fs)
     ctx = _RunContext(pot=pot, masses=molecule.masses, init=init_nve, apply=apply_nve, cfg=cfg,
-                      progress=progress, budget=budget)
+                      progress=progress, budget=budget, hint=_scf_hint(molecule))
     summary = {"name": job.name, "split": job.split, "n_atoms": len(molecule), "runs": {}}
     try:
         prod = TrajectoryStore(os.path.join(root, PRODUCTION))
@@ -293,14 +300,13 @@ def run_molecule(job: Job, cfg: GenerateConfig, progress: Callable[[int], None] 
             pass  # recorded; a rerun does not retry a failed run
         elif prod.n_frames == 0:
             t_eq, mark = time.perf_counter(), _counter_delta(pot, None)
-            start = _thermalise(molecule, pot, cfg, job, progress)
+            start = _thermalise(molecule, pot, cfg, job, progress)  # (positions, velocities) or a failure
             meta = dict(base_meta, run=PRODUCTION, target_frames=cfg.target_frames(cfg.production_ps),
                         start={"from": "langevin thermalisation, rigid motion removed"},
                         equilibration_counters=_counter_delta(pot, mark),
                         equilibration_wall_s=time.perf_counter() - t_eq)
-            if start is None:
-                prod.create(dict(meta, status="failed", failure="SCF failed during the Langevin "
-                                 "thermalisation"))
+            if isinstance(start, str):
+                prod.create(dict(meta, status="failed", failure=start))
             else:
                 prod.create(meta)
                 _run_nve(ctx, prod, start, cfg.target_frames(cfg.production_ps))
@@ -389,9 +395,14 @@ def _jsonish(value):
     return json.loads(json.dumps(value))
 
 
+def _scf_hint(molecule) -> str:
+    return (f"check the charge ({molecule.charge}) and unpaired electrons ({molecule.spin}) that the SMILES "
+            "gives (e.g. [NH4+], [CH3] for a radical) and the geometry (try another conformer_seed)")
+
+
 def _thermalise(molecule, pot, cfg: GenerateConfig, job: Job, progress):
     """Langevin thermalisation from Maxwell–Boltzmann velocities → (positions, velocities) with
-    rigid motion removed, or None if a force call failed."""
+    rigid motion removed, or the failure (a message) if a force call failed."""
     import jax
 
     from jkstep import integrate
@@ -405,6 +416,9 @@ def _thermalise(molecule, pot, cfg: GenerateConfig, job: Job, progress):
         init, apply = integrate.langevin(pot, molecule.masses, cfg.dt_fs, cfg.temperature_k,
                                          cfg.friction_per_fs)
         state = init(positions, velocities, jax.random.PRNGKey(seed))
+        if bool(state.failed):
+            return (f"the xTB SCF did not converge at the start geometry (the RDKit conformer), before any "
+                    f"MD step; {_scf_hint(molecule)}; no frames written")
         piece = max(1, min(n_steps, cfg.chunk_frames * cfg.frame_spacing))
         runners = {}
         done = 0
@@ -416,7 +430,8 @@ def _thermalise(molecule, pot, cfg: GenerateConfig, job: Job, progress):
             done += n
             progress(n)
         if bool(state.failed):
-            return None
+            return (f"SCF failed during the Langevin thermalisation (steps {done - n}-{done} of {n_steps}); "
+                    "no frames written")
         positions, velocities = np.asarray(state.positions), np.asarray(state.velocities)
     return positions, remove_rigid_motion(molecule.masses, positions, velocities)
 
@@ -430,6 +445,7 @@ class _RunContext:
     cfg: GenerateConfig
     progress: Callable
     budget: list
+    hint: str = ""
     runners: dict = dataclasses.field(default_factory=dict)
 
     def runner(self, n_frames: int):
@@ -491,7 +507,8 @@ def _run_nve(ctx: _RunContext, store: TrajectoryStore, start, target_frames: int
         state = ctx.init(jnp.asarray(positions), jnp.asarray(velocities))
         first = _to_frames(state, ctx.masses, single=True)
         if first is None:
-            record(status="failed", failure="SCF failed at the start frame (step 0); no frames written")
+            record(status="failed", failure=f"the xTB SCF did not converge at the start geometry of this run "
+                                            f"(step 0), before any MD step; {ctx.hint}; no frames written")
             return
         pending = [first]
     else:
@@ -576,9 +593,29 @@ def plan(cfg: GenerateConfig) -> list[Job]:
     for smiles, name in molecules:
         if cfg.only is not None and name not in cfg.only:
             continue
+        check_molecule(smiles, name, cfg)
         split = split_of.get(name)
         jobs.append(Job(smiles, name, cfg.replicas if split in cfg.replica_splits else 0, split))
     return jobs
+
+
+def check_molecule(smiles: str, name: str, cfg: GenerateConfig) -> None:
+    """InputError naming the molecule if its SMILES does not give a conformer that ``cfg.method``
+    can simulate (unparsable, a single atom, elements without parameters); no xTB call."""
+    from jkstep.molecule import Molecule
+    from jkstep.potentials.xtb import MAX_Z
+
+    try:
+        molecule = Molecule.from_smiles(smiles, seed=cfg.conformer_seed)
+        if len(molecule) < 2:
+            raise InputError("a single atom has no internal motion to simulate; give a molecule of two or "
+                             "more atoms")
+        heavy = sorted({int(z) for z in molecule.numbers if z > MAX_Z[cfg.method]})
+        if heavy:
+            raise InputError(f"{cfg.method} has no parameters for atomic number(s) {heavy} "
+                             f"(it covers Z = 1-{MAX_Z[cfg.method]})")
+    except InputError as exc:
+        raise InputError(f"{cfg.molecules}: molecule {name!r}: {exc}") from None
 
 
 def generate(cfg: GenerateConfig, progress: Callable[[int], None] | None = None,

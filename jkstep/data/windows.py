@@ -259,7 +259,7 @@ def datasets_from_config(data: dict, k: int, jumps: int = 1) -> tuple["WindowDat
         raise InputError(f"no window directory {windows}: build it with `jkstep dataset --data {root} --out {windows}`")
     if not os.path.isdir(root) and (windows is None or not data.get("splits")):
         raise InputError(f"no data directory {root}: generate it first (jkstep generate / generate-mm)")
-    stride = int(data.get("stride", k))
+    stride = data_setting(data, "stride", k)
     buckets = tuple(data.get("buckets", DEFAULT_BUCKETS))
     runs = data.get("runs", ["production"])
     if data.get("splits"):
@@ -268,7 +268,7 @@ def datasets_from_config(data: dict, k: int, jumps: int = 1) -> tuple["WindowDat
         names = read_splits(data["splits"])
         split_names = {s: names.get(s, []) for s in ("train", "val")}
     else:
-        every = int(data.get("val_every", 10))
+        every = data_setting(data, "val_every", 10)
         molecules = sorted(d for d in os.listdir(root) if os.path.isdir(os.path.join(root, d)))
         split_names = {"train": [m for i, m in enumerate(molecules) if i % every != every - 1],
                        "val": [m for i, m in enumerate(molecules) if i % every == every - 1]}
@@ -292,6 +292,14 @@ def datasets_from_config(data: dict, k: int, jumps: int = 1) -> tuple["WindowDat
             raise InputError(f"no {split} trajectories with more than {span} frames under {root}")
         out.append(WindowDataset(paths, k, stride, buckets, jumps))
     return out[0], out[1]
+
+
+def data_setting(data: dict, key: str, default: int) -> int:
+    """An integer setting ≥ 1 of a data: section (stride, val_every, batch_size); InputError naming it."""
+    value = data.get(key, default)
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
+        raise InputError(f"data: {key} must be an integer ≥ 1, got {value!r}")
+    return int(value)
 
 
 def _window_files(windows: str, directory: str, runs, k: int) -> list[str]:

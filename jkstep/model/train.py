@@ -145,6 +145,9 @@ class TrainConfig:
         if not 0.0 <= float(self.reversal_correction) <= 1.0:
             raise InputError(f"train config: reversal_correction must be in [0, 1] (0 = off, 0.5 = the "
                              f"integrator's default), got {self.reversal_correction!r}")
+        if self.data is not None and not isinstance(self.data, Mapping):
+            raise InputError(f"train config: data must be a mapping (the data: section with dir, splits, "
+                             f"stride, batch_size, ...), got {self.data!r}")
         object.__setattr__(self, "data", dict(self.data or {}))
 
     def to_dict(self) -> dict[str, Any]:
@@ -261,7 +264,8 @@ class EpochBatches:
                 self._taken += 1
                 return batch
             self._start(self._epoch + 1)
-        raise InputError(f"epoch {self._epoch} of the batch source yielded no batch")
+        raise InputError(f"epoch {self._epoch} of the batch source yielded no batch: with drop_last, a batch "
+                         "size above the windows of every size bucket gives none; lower the batch size")
 
     def get_state(self) -> dict:
         return {"epoch": self._epoch, "taken": self._taken}
@@ -691,6 +695,7 @@ def train(model_config: ModelConfig, train_config: TrainConfig, batches_train: I
         max_steps: stop after this step (the schedule still runs to ``total_steps``).
         extra_meta: JSON-able entries added to every checkpoint's metadata.
     """
+    check_max_steps(max_steps)
     learning_rate = float(learning_rate or train_config.learning_rate)
     freeze = tuple(freeze)
     fns = _compile(model_config, train_config, learning_rate, freeze)
@@ -802,6 +807,14 @@ def train(model_config: ModelConfig, train_config: TrainConfig, batches_train: I
                        elements=tuple(sorted(elements)))
 
 
+def check_max_steps(max_steps, flag: str = "max_steps") -> None:
+    """InputError unless ``max_steps`` is None or an integer ≥ 1 (0 would save an untrained checkpoint)."""
+    if max_steps is None:
+        return
+    if isinstance(max_steps, bool) or not isinstance(max_steps, (int, np.integer)) or max_steps < 1:
+        raise InputError(f"{flag} must be an integer ≥ 1 (leave it out to train total_steps), got {max_steps!r}")
+
+
 def _check_resumable(meta: dict, model_config: ModelConfig, freeze: tuple, out_dir) -> None:
     if meta.get("format") != CHECKPOINT_FORMAT:
         raise InputError(f"{out_dir}/latest is not a jkstep model checkpoint")
@@ -834,6 +847,7 @@ def train_from_config(model_config_path, train_config_path, batches_train, batch
     bounds/k/dt) at the train config's ``finetune_learning_rate``; ``freeze`` names layers (prefixes
     or globs of parameter names, e.g. "embedding", "interaction_0") kept bitwise fixed.
     """
+    check_max_steps(max_steps)
     model_config = load_model_config(model_config_path)
     train_config = load_train_config(train_config_path)
     if pretrained is not None:
