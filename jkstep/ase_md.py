@@ -15,7 +15,7 @@ from ase.calculators.singlepoint import SinglePointCalculator
 from ase.md.md import MolecularDynamics
 
 from jkstep import units
-from jkstep.errors import InputError
+from jkstep.errors import InputError, SimulationError
 from jkstep.kstep import kstep_integrator, model_jump
 from jkstep.molecule import Molecule
 from jkstep.potentials.xtb import xtb_potential
@@ -71,5 +71,5 @@ class KStepMD(MolecularDynamics):
         self._sync()
         self.state = self._apply(self.state)
         if bool(self.state.failed):
-            raise RuntimeError("an xTB force call failed for good (SCF); see the potential's counters()")
+            raise SimulationError("an xTB force call failed for good (SCF); see the potential's counters()")
         self._publish()

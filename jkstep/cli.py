@@ -675,7 +675,7 @@ def _terminate(*_):
 
 
 def main(argv=None) -> int:
-    from jkstep.errors import InputError, is_interrupt
+    from jkstep.errors import InputError, SimulationError, is_interrupt
 
     parser = build_parser()
     argv = list(sys.argv[1:] if argv is None else argv)
@@ -690,6 +690,9 @@ def main(argv=None) -> int:
         return args.handler(args)
     except InputError as exc:
         _fail(str(exc))
+    except SimulationError as exc:  # a run that cannot go on: the status of a blow-up
+        print(f"jkstep: error: {exc}", file=sys.stderr)
+        return 1
     except BaseException as exc:
         if not is_interrupt(exc):
             raise

@@ -1,8 +1,18 @@
-"""The one exception type that bad input raises, and how to recognise an interrupt."""
+"""The exception types of bad input and of a failed simulation, and how to recognise an interrupt."""
 
 
 class InputError(ValueError):
     """Bad input: the message names what was wrong and how to fix it."""
+
+
+class SimulationError(RuntimeError):
+    """A simulation could not go on (e.g. the xTB SCF failed for good); the CLI prints it as one
+    line and exits 1, the status of a run that blew up."""
+
+
+#: What to check when the SCF fails at a starting geometry.
+SCF_HINT = ("check the charge and unpaired electrons (SMILES carry their own: [NH4+], [CH3]; for a file "
+            "give --charge/--spin) and the geometry")
 
 
 def is_interrupt(exc: BaseException) -> bool:

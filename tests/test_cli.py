@@ -190,3 +190,19 @@ def test_console_script_runs_as_installed(tmp_path):
     proc = subprocess.run([exe, "run", "--smiles", "C1CC"], capture_output=True, text=True, timeout=120)
     assert proc.returncode == 2
     assert proc.stderr.strip() == "jkstep: error: cannot parse SMILES 'C1CC'"
+
+
+@pytest.mark.parametrize("extra", [[], ["--equilibrate-ps", "0.01"]])
+def test_an_scf_failure_at_the_start_is_named_as_such(monkeypatch, capsys, extra):
+    """Not a 'blow-up' and not a traceback: one line naming the SCF and what to check, status 1."""
+    from tblite.exceptions import TBLiteRuntimeError
+    from tblite.interface import Calculator
+
+    def broken(calc, res=None, copy=False):
+        raise TBLiteRuntimeError("SCF not converged (injected)")
+
+    monkeypatch.setattr(Calculator, "singlepoint", broken)
+    assert cli.main(["run", "--smiles", "O", "--integrator", "verlet", "--ps", "0.01", *extra]) == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "the xTB SCF did not converge at the starting geometry of O" in err[0]
+    assert "check the charge and unpaired electrons" in err[0]
