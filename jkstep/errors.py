@@ -38,3 +38,11 @@ def is_finite_number(x) -> bool:
         return math.isfinite(float(x))
     except (TypeError, ValueError, OverflowError):
         return False
+
+
+def is_integer(x, low: int | None = None) -> bool:
+    """True for an integer (Python or NumPy, not a bool), at least ``low`` if given."""
+    import numbers
+
+    ok = isinstance(x, numbers.Integral) and not isinstance(x, bool)
+    return ok and (low is None or x >= low)

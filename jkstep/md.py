@@ -17,8 +17,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jkstep import analysis, integrate, units
-from jkstep.errors import MAX_STEPS, SCF_HINT, InputError, SimulationError, is_finite_number, is_interrupt
+from jkstep import analysis, integrate
+from jkstep.errors import (MAX_STEPS, SCF_HINT, InputError, SimulationError, is_finite_number, is_integer,
+                           is_interrupt)
 from jkstep.kstep import fallback_step_count, kstep_integrator
 from jkstep.molecule import Molecule, check_seed
 from jkstep.rollout import Frames, concat, frames_of, runner
@@ -113,7 +114,7 @@ def run_md(molecule: Molecule, potential: Callable, config: RunConfig, jump=None
     if config.integrator == "kstep":
         if jump is None:
             raise InputError("the kstep integrator needs a model (--model NAME|PATH)")
-        if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or k < 1:
+        if not is_integer(k, 1):
             raise InputError(f"k must be an integer ≥ 1 (base steps per jump), got {k!r}")
     steps_per_apply = k if config.integrator == "kstep" else 1
     every = max(1, -(-config.save_every // steps_per_apply))  # applies per frame

@@ -15,7 +15,7 @@ from ase import Atoms
 from ase.data import atomic_masses, chemical_symbols
 
 from jkstep import units
-from jkstep.errors import InputError
+from jkstep.errors import InputError, is_integer
 
 
 @dataclasses.dataclass(frozen=True, eq=False)
@@ -203,7 +203,7 @@ MAX_SEED = 2**31 - 1
 
 def check_seed(seed, name: str = "seed") -> int:
     """``seed`` as an int in [0, MAX_SEED]; raises InputError otherwise."""
-    if isinstance(seed, (bool, np.bool_)) or not isinstance(seed, (int, np.integer)) or not 0 <= seed <= MAX_SEED:
+    if not is_integer(seed, 0) or seed > MAX_SEED:
         raise InputError(f"{name} must be an integer from 0 to {MAX_SEED}, got {seed!r}")
     return int(seed)
 

@@ -29,7 +29,7 @@ from typing import Sequence
 import numpy as np
 
 from jkstep.data.store import TrajectoryStore, atomic_write_bytes
-from jkstep.errors import InputError
+from jkstep.errors import InputError, is_integer
 
 FORMAT = "jkstep-windows"
 VERSION = 1
@@ -100,7 +100,7 @@ def check_inputs(paths: Sequence, ks: Sequence[int], stride: int) -> None:
     """InputError, from the trajectories' metadata alone, for k values or a stride that are not
     integers ≥ 1 or not multiples of a trajectory's frame spacing, and for a k longer than every
     trajectory (it would give no window at all)."""
-    if not ks or any(isinstance(v, bool) or not isinstance(v, (int, np.integer)) or v < 1 for v in [*ks, stride]):
+    if not ks or any(not is_integer(v, 1) for v in [*ks, stride]):
         raise InputError(f"k values and the stride must be integers ≥ 1, got k {list(ks)}, stride {stride!r}")
     frame_step = math.gcd(int(stride), *map(int, ks))
     longest, longest_path, dt = 0, None, 0.0

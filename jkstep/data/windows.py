@@ -27,7 +27,7 @@ from typing import Iterator, Sequence
 import numpy as np
 
 from jkstep.data.store import TrajectoryStore
-from jkstep.errors import InputError
+from jkstep.errors import InputError, is_integer
 
 DEFAULT_BUCKETS = (16, 32, 48)
 KEYS = ("numbers", "mask", "masses", "positions", "velocities", "forces",
@@ -54,7 +54,7 @@ class WindowDataset:
     def __init__(self, paths: Sequence, k: int, stride: int = 1, buckets: Sequence[int] = DEFAULT_BUCKETS,
                  jumps: int = 1):
         for what, value in (("k", k), ("stride", stride), ("jumps", jumps)):
-            if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
+            if not is_integer(value, 1):
                 raise InputError(f"{what} must be an integer ≥ 1{' (base steps)' if what != 'jumps' else ''}, "
                                  f"got {value!r}")
         buckets = tuple(sorted(int(b) for b in buckets))
@@ -177,7 +177,7 @@ class WindowDataset:
         With ``shuffle`` the windows within each bucket and the order of the batches are
         permuted by ``seed``; without, batches come bucket by bucket in storage order. The last
         batch of a bucket may be smaller unless ``drop_last``."""
-        if isinstance(batch_size, bool) or not isinstance(batch_size, (int, np.integer)) or batch_size < 1:
+        if not is_integer(batch_size, 1):
             raise InputError(f"batch_size must be an integer ≥ 1, got {batch_size!r}")
         rng = np.random.default_rng(seed)
         plan = []
@@ -297,7 +297,7 @@ def datasets_from_config(data: dict, k: int, jumps: int = 1) -> tuple["WindowDat
 def data_setting(data: dict, key: str, default: int) -> int:
     """An integer setting ≥ 1 of a data: section (stride, val_every, batch_size); InputError naming it."""
     value = data.get(key, default)
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
+    if not is_integer(value, 1):
         raise InputError(f"data: {key} must be an integer ≥ 1, got {value!r}")
     return int(value)
 

@@ -38,7 +38,8 @@ import numpy as np
 
 from jkstep import analysis, integrate
 from jkstep.data.replicas import same_energy_velocities
-from jkstep.errors import MAX_STEPS, SCF_HINT, InputError, SimulationError, is_finite_number, is_interrupt
+from jkstep.errors import (MAX_STEPS, SCF_HINT, InputError, SimulationError, is_finite_number, is_integer,
+                           is_interrupt)
 from jkstep.evaluate import metrics
 from jkstep.integrate import equal_cost_dt
 from jkstep.kstep import (REVERSAL_CORRECTION, Guards, ballistic_jump, fallback_step_count, kstep_integrator,
@@ -89,15 +90,14 @@ class EvalConfig:
     equal_cost: bool = True
 
     def __post_init__(self):
-        if isinstance(self.k, bool) or not isinstance(self.k, (int, np.integer)) or self.k < 1:
+        if not is_integer(self.k, 1):
             raise InputError(f"k must be an integer ≥ 1 (base steps per jump), got {self.k!r}")
         for name, unit in (("dt", "fs"), ("ps", "ps"), ("temperature", "K")):
             if not is_finite_number(getattr(self, name)) or not getattr(self, name) > 0:
                 raise InputError(f"{name} must be a finite value > 0 {unit}, got {getattr(self, name)!r}")
         if not is_finite_number(self.equilibrate_ps) or not self.equilibrate_ps >= 0:
             raise InputError(f"equilibrate_ps must be a finite value ≥ 0 ps, got {self.equilibrate_ps!r}")
-        if (isinstance(self.n_replicas, bool) or not isinstance(self.n_replicas, (int, np.integer))
-                or self.n_replicas < 2):
+        if not is_integer(self.n_replicas, 2):
             raise InputError(f"at least 2 replicas are needed for a noise floor, got {self.n_replicas!r}")
         for what, steps in (("ps", self.ps * 1000.0 / (self.k * self.dt)),
                             ("equilibrate_ps", self.equilibrate_ps * 2000.0)):

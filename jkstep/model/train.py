@@ -43,7 +43,7 @@ from flax import struct
 
 from jkstep import units
 from jkstep.config import check_types, read_yaml
-from jkstep.errors import InputError
+from jkstep.errors import InputError, is_integer
 from jkstep.kstep import reversal_corrected
 from jkstep.model.network import UNITS, KStepNet, ModelConfig, ballistic_jump
 from jkstep.model.network import init_params as _init_params
@@ -811,7 +811,7 @@ def check_max_steps(max_steps, flag: str = "max_steps") -> None:
     """InputError unless ``max_steps`` is None or an integer ≥ 1 (0 would save an untrained checkpoint)."""
     if max_steps is None:
         return
-    if isinstance(max_steps, bool) or not isinstance(max_steps, (int, np.integer)) or max_steps < 1:
+    if not is_integer(max_steps, 1):
         raise InputError(f"{flag} must be an integer ≥ 1 (leave it out to train total_steps), got {max_steps!r}")
 
 
