@@ -536,6 +536,7 @@ def cmd_generate(args) -> int:
     if args.workers is not None and args.workers < 1:
         raise InputError(f"--workers must be ≥ 1, got {args.workers}")
     config = load_config(args.config, workers=args.workers, only=args.only)
+    _check_generation_summary(args.summary, args.config, config)
     bars = []  # made once the steps still to run are known
 
     def set_total(n):
@@ -556,6 +557,7 @@ def cmd_generate_mm(args) -> int:
     from jkstep.data.mm import generate_mm, load_config
 
     config = load_config(args.config, only=args.only)
+    _check_generation_summary(args.summary, args.config, config)
     bars = []  # made once the steps still to run are known
 
     def set_total(n):
@@ -568,6 +570,24 @@ def cmd_generate_mm(args) -> int:
         for bar in bars:
             bar.close()
     return _report_generation(results, config.output, args.summary)
+
+
+def _check_generation_summary(summary_path, config_path, config) -> None:
+    """InputError if --summary of generate/generate-mm would overwrite the config, its molecules or
+    splits file, or a file inside the data directory it writes."""
+    from jkstep.errors import InputError
+
+    if not summary_path:
+        return
+    target = os.path.realpath(summary_path)
+    inputs = [config_path, config.molecules, getattr(config, "splits", None)]
+    if target in {os.path.realpath(p) for p in inputs if p}:
+        raise InputError(f"--summary {summary_path} is one of the job's inputs (config, molecules or splits "
+                         "file); give a new path")
+    output = os.path.realpath(config.output)
+    if os.path.commonpath([target, output]) == output:
+        raise InputError(f"--summary {summary_path} is inside the data directory {config.output}, whose files the "
+                         "job owns; give a path outside it")
 
 
 def _report_generation(results, output, summary_path) -> int:

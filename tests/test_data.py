@@ -489,7 +489,7 @@ def test_cli_generate_runs_in_a_worker_process(tmp_path, capsys):
     ({"replicas": True}, "replicas must be an integer, got True"),
     ({"molecules": "/nonexistent/m.smi"}, "no such molecules file"),
     ({"method": "GFN-FF"}, "method 'GFN-FF' is unknown"),
-    ({"only": ["benzene"]}, "unknown molecule(s): benzene"),
+    ({"only": ["benzene"]}, "names unknown molecule(s) benzene; the names are those of"),
 ])
 def test_cli_generate_bad_config_exits_2_with_one_line(tmp_path, capsys, settings, message):
     from jkstep import cli

@@ -206,6 +206,13 @@ def test_generate_refuses_absurd_time_steps_and_lengths(tmp_path, capsys, settin
     assert not (tmp_path / "qm").exists()
 
 
+@pytest.mark.parametrize("target", ["gen.yaml", "m.smi", "s.json", "qm/ethanol/production/meta.json"])
+def test_generate_summary_never_overwrites_its_inputs_or_data(tmp_path, capsys, target):
+    config = _gen_yaml(tmp_path, "CCO ethanol\n")
+    _fails(["generate", "--config", str(config), "--summary", str(tmp_path / target)], capsys, "--summary")
+    assert not (tmp_path / "qm").exists() and json.loads((tmp_path / "s.json").read_text())["train"] == ["ethanol"]
+
+
 def test_mm_config_refuses_an_absurd_time_step(tmp_path):
     from jkstep.data.mm import MMConfig
 

@@ -334,7 +334,7 @@ def test_cli_generate_mm_runs_and_resumes(tmp_path, capsys):
     ({"buckets": [8]}, "larger than the largest bucket 8"),
     ({"method": "UFF"}, "method 'UFF' is unknown"),
     ({"molecules": "/nonexistent/m.smi"}, "no such molecules file"),
-    ({"only": ["benzene"]}, "unknown molecule(s): benzene"),
+    ({"only": ["benzene"]}, "names unknown molecule(s) benzene; the names are those of"),
 ])
 def test_cli_generate_mm_bad_config_exits_2_with_one_line(tmp_path, capsys, settings, message):
     from jkstep import cli
@@ -345,6 +345,41 @@ def test_cli_generate_mm_bad_config_exits_2_with_one_line(tmp_path, capsys, sett
     assert exc.value.code == 2
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and err.startswith("jkstep: error: ") and message in err, err
+
+
+@pytest.mark.parametrize("target", ["mm.yaml", "small.smi", "mm/ethanethiol/production/meta.json"])
+def test_generate_mm_summary_never_overwrites_its_inputs_or_data(tmp_path, capsys, target):
+    from jkstep import cli
+
+    config = _yaml(tmp_path, only=["ethanethiol"])
+    before = {p: p.read_bytes() for p in tmp_path.rglob("*") if p.is_file()}
+    with pytest.raises(SystemExit) as exc:
+        cli.main(["generate-mm", "--config", str(config), "--summary", str(tmp_path / target)])
+    assert exc.value.code == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and ("is one of the job's inputs" in err or "inside the data directory" in err)
+    assert {p: p.read_bytes() for p in tmp_path.rglob("*") if p.is_file()} == before
+
+
+def test_generate_mm_refuses_single_atoms_and_an_output_that_is_a_file(tmp_path):
+    (tmp_path / "ions.smi").write_text("CCO ethanol\n[Cl-] chloride\n")
+    with pytest.raises(InputError, match="molecule 'chloride': a single atom"):
+        mm.plan(mm.MMConfig(molecules=str(tmp_path / "ions.smi"), output=str(tmp_path / "mm")))
+    (tmp_path / "one.smi").write_text("CCO ethanol\n")
+    (tmp_path / "taken").write_text("mine")
+    with pytest.raises(InputError, match="output: .*taken .* is a file"):
+        mm.generate_mm(mm.MMConfig(molecules=str(tmp_path / "one.smi"), output=str(tmp_path / "taken"),
+                                   replicas=1, production_ps=0.001, equilibration_ps=0.0), max_chunks=0)
+    assert (tmp_path / "taken").read_text() == "mine"
+
+
+def test_triple_bonds_are_not_comments():
+    import tempfile
+
+    with tempfile.NamedTemporaryFile("w", suffix=".smi", delete=False) as fh:
+        fh.write("# a comment line\nC#C acetylene  # a trailing comment\nN#N nitrogen\n")
+    assert read_molecules(fh.name) == [("C#C", "acetylene"), ("N#N", "nitrogen")]
+    os.remove(fh.name)
 
 
 def test_untypeable_molecule_is_a_clear_input_error(tmp_path):

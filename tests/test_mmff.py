@@ -257,3 +257,9 @@ def test_untypeable_or_bad_input_raises_input_error():
         mmff_potential(Molecule(methane.numbers, methane.positions, charge=2))
     with pytest.raises(InputError, match="shape"):
         pot(np.zeros((3, 3)))
+
+
+@pytest.mark.parametrize("cutoff", [True, "5", [5], float("nan"), -1.0])
+def test_nonbonded_cutoff_must_be_a_positive_distance(cutoff):
+    with pytest.raises(InputError, match="nonbonded_cutoff must be a positive distance"):
+        mmff_potential(Molecule.from_smiles("O"), nonbonded_cutoff=cutoff)

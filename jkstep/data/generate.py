@@ -153,16 +153,29 @@ def load_config(path, **overrides) -> GenerateConfig:
 # -- molecule list and splits -------------------------------------------------------------
 
 
+def make_output_dir(path) -> None:
+    """Create the data directory ``path`` (or use it as it is); InputError if it cannot be."""
+    try:
+        os.makedirs(path, exist_ok=True)
+    except (FileExistsError, NotADirectoryError):
+        raise InputError(f"output: {path} (or a folder above it) is a file; give a directory for the data") from None
+    except OSError as exc:
+        raise InputError(f"output: cannot create {path}: {exc.strerror}") from None
+
+
 def read_molecules(path) -> list[tuple[str, str]]:
-    """(SMILES, name) pairs of a ``SMILES name`` file; blank lines and ``#`` comments skipped.
-    Names must be unique and usable as directory names."""
+    """(SMILES, name) pairs of a ``SMILES name`` file; blank lines and ``#`` comments (at the start
+    of a line or after a space: SMILES use ``#`` for triple bonds) skipped. Names must be unique and
+    usable as directory names."""
     path = os.fspath(path)
+    if os.path.isdir(path):
+        raise InputError(f"molecules: {path} is a directory; give a file of `SMILES name` lines")
     if not os.path.isfile(path):
         raise InputError(f"no such molecules file: {path}")
     out, seen = [], set()
     with open(path) as fh:
         for lineno, line in enumerate(fh, 1):
-            fields = line.split("#", 1)[0].split()
+            fields = re.sub(r"(?:^|\s)#.*", "", line).split()
             if not fields:
                 continue
             if len(fields) != 2:
@@ -588,7 +601,8 @@ def plan(cfg: GenerateConfig) -> list[Job]:
     if cfg.only is not None:
         unknown = sorted(set(cfg.only) - set(names))
         if unknown:
-            raise InputError(f"config only names unknown molecule(s): {', '.join(unknown)}")
+            raise InputError(f"only (--only or the config's only:) names unknown molecule(s) {', '.join(unknown)}; "
+                             f"the names are those of {cfg.molecules}")
     jobs = []
     for smiles, name in molecules:
         if cfg.only is not None and name not in cfg.only:
@@ -633,7 +647,7 @@ def generate(cfg: GenerateConfig, progress: Callable[[int], None] | None = None,
         for run in [PRODUCTION] + [replica_name(r) for r in range(1, job.replicas + 1)]:
             _check_resume(TrajectoryStore(os.path.join(cfg.output, job.name, run)), dict(
                 _config_meta(job, cfg), smiles=job.smiles))
-    os.makedirs(cfg.output, exist_ok=True)
+    make_output_dir(cfg.output)
     planned = {job.name: planned_steps(job, cfg) for job in jobs}
     if on_total:
         on_total(sum(planned.values()))

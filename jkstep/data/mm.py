@@ -47,8 +47,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jkstep.data.generate import (PRODUCTION, RunLengths, molecule_seed, package_versions, read_molecules,
-                                   replica_name)
+from jkstep.data.generate import (PRODUCTION, RunLengths, make_output_dir, molecule_seed, package_versions,
+                                   read_molecules, replica_name)
 from jkstep.data.store import TrajectoryStore
 from jkstep.config import load_dataclass
 from jkstep.errors import InputError
@@ -298,13 +298,17 @@ def plan(cfg: MMConfig) -> tuple[list[MMJob], dict[int, dict[str, int]]]:
     if cfg.only is not None:
         unknown = sorted(set(cfg.only) - set(names))
         if unknown:
-            raise InputError(f"config only names unknown molecule(s): {', '.join(unknown)}")
+            raise InputError(f"only (--only or the config's only:) names unknown molecule(s) {', '.join(unknown)}; "
+                             f"the names are those of {cfg.molecules}")
     jobs = []
     for smiles, name in molecules:
         if cfg.only is not None and name not in cfg.only:
             continue
         try:
             molecule = Molecule.from_smiles(smiles, seed=cfg.conformer_seed)
+            if len(molecule) < 2:
+                raise InputError("a single atom has no internal motion to simulate; give a molecule of two or "
+                                 "more atoms")
             pot = mmff_potential(molecule, variant=cfg.method)
             bucket = bucket_of(len(molecule), cfg.buckets)
         except InputError as exc:
@@ -639,7 +643,7 @@ def generate_mm(cfg: MMConfig, progress: Callable[[int], None] | None = None,
     for job in jobs:  # changed settings under existing data: bad input, before any work
         for r, store in enumerate(stores[job.name]):
             _check_resume(store, _run_meta(job, cfg, r, sizes))
-    os.makedirs(cfg.output, exist_ok=True)
+    make_output_dir(cfg.output)
     planned = {job.name: planned_steps(job, cfg) for job in jobs}
     if on_total:
         on_total(sum(planned.values()))

@@ -26,7 +26,7 @@ import jax.numpy as jnp
 import numpy as np
 from ase import units as _ase
 
-from jkstep.errors import InputError
+from jkstep.errors import InputError, is_finite_number
 from jkstep.molecule import Molecule
 
 #: One kcal/mol in eV.
@@ -59,6 +59,10 @@ class MMFFPotential:
     reference angles degrees. ``ele_qq`` holds 332.0716·qi·qj (×0.75 for 1-4 pairs) in
     kcal·Å/mol. The dielectric model and cutoff are arrays too, so potentials that differ
     only in parameters share one compiled function. Build one with ``mmff_potential``.
+
+    Like the xTB potential it never raises inside a trace: positions that are not finite, or
+    atoms on top of each other, give NaN energy and forces, which the integrators report as a
+    failed state (``state.failed``).
     """
 
     bond_idx: jax.Array       # (nb, 2)
@@ -281,7 +285,9 @@ def mmff_potential(molecule: Molecule, variant: str = "MMFF94", nonbonded_cutoff
         raise InputError(f"variant must be 'MMFF94' or 'MMFF94s', got {variant!r}")
     if dielectric not in ("constant", "distance"):
         raise InputError(f"dielectric must be 'constant' or 'distance', got {dielectric!r}")
-    if nonbonded_cutoff is not None and not (np.isfinite(nonbonded_cutoff) and nonbonded_cutoff > 0):
+    cutoff_ok = (isinstance(nonbonded_cutoff, (int, float, np.number)) and not isinstance(nonbonded_cutoff, bool)
+                 and is_finite_number(nonbonded_cutoff) and nonbonded_cutoff > 0)
+    if nonbonded_cutoff is not None and not cutoff_ok:
         raise InputError(f"nonbonded_cutoff must be a positive distance in Å or None, "
                          f"got {nonbonded_cutoff!r}")
     from rdkit import Chem
