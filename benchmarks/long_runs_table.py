@@ -14,7 +14,6 @@ import glob
 import json
 import os
 import re
-import sys
 
 from jkstep.md import call_rates
 
@@ -135,10 +134,19 @@ def test_runs(directory: str) -> None:
 
 
 if __name__ == "__main__":
-    if len(sys.argv) > 1 and sys.argv[1] == "--test":
-        test_runs(sys.argv[2] if len(sys.argv) > 2 else "outputs/test10")
-        sys.exit(0)
-    directory = sys.argv[1] if len(sys.argv) > 1 else "outputs/long"
-    main(directory)
-    evaluations(directory)
-    k16(directory)
+    import argparse
+
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("directory", nargs="?", help="the runs' directory (default outputs/long; "
+                        "with --test, outputs/test10)")
+    parser.add_argument("--test", action="store_true", help="the test molecules' runs (benchmarks/test_long_runs.sh)")
+    args = parser.parse_args()
+    directory = args.directory or ("outputs/test10" if args.test else "outputs/long")
+    if not os.path.isdir(directory):
+        parser.error(f"no directory {directory}: run benchmarks/{'test_' if args.test else ''}long_runs.sh first")
+    if args.test:
+        test_runs(directory)
+    else:
+        main(directory)
+        evaluations(directory)
+        k16(directory)
