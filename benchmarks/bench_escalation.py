@@ -33,6 +33,10 @@ from jkstep.rollout import runner  # noqa: E402
 
 from bench_kstep import read_molecules  # noqa: E402
 
+import sys
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from _args import positive_float, positive_int  # noqa: E402
+
 
 def run(bundle, mol, starts, guards, rescale, n_macro, fallback_steps=None):
     pot = jkstep.xtb_potential(mol)
@@ -55,12 +59,12 @@ def main():
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--model", default="gfn2-k8")
     p.add_argument("--molecules", default="val")
-    p.add_argument("--ps", type=float, default=1.0)
-    p.add_argument("--replicas", type=int, default=2)
-    p.add_argument("--max-force-error", type=float, default=0.4)
+    p.add_argument("--ps", type=positive_float, default=1.0)
+    p.add_argument("--replicas", type=positive_int, default=2)
+    p.add_argument("--max-force-error", type=positive_float, default=0.4)
     p.add_argument("--rescale", action="store_true")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--fallback-steps", type=int, default=None,
+    p.add_argument("--fallback-steps", type=positive_int, default=None,
                    help="Verlet steps per fallback macro-step (default: steps of at most 0.5 fs)")
     args = p.parse_args()
     bundle = jkstep.load_pretrained(args.model)

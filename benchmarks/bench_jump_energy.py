@@ -33,6 +33,10 @@ from jkstep.data.store import TrajectoryStore
 from jkstep.integrate import kinetic_energy
 from jkstep.kstep import Guards, ballistic_jump, kstep, kstep_integrator
 
+import sys
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from _args import positive_int  # noqa: E402
+
 #: accept every jump (nothing retried, no fallback): the raw error of one macro-step
 LOOSE = Guards(max_energy_drift=None, max_energy_rise=10.0, max_kinetic_rise=50.0, max_attempts=1)
 
@@ -80,10 +84,10 @@ def main():
     ap.add_argument("--data", default="data/qm", help="trajectory root")
     ap.add_argument("--splits", default="data/qm_splits.json", help="splits file (its val molecules are the default)")
     ap.add_argument("--molecules", nargs="+", default=None, help="default: the validation molecules")
-    ap.add_argument("--windows", type=int, default=60, help="starting frames per molecule")
-    ap.add_argument("--stride", type=int, default=300, help="base steps between starting frames")
+    ap.add_argument("--windows", type=positive_int, default=60, help="starting frames per molecule")
+    ap.add_argument("--stride", type=positive_int, default=300, help="base steps between starting frames")
     ap.add_argument("--rollout", type=int, default=250, help="macro-steps of the rollout (0: none)")
-    ap.add_argument("--lag", type=int, default=25, help="macro-steps of the walk ratio")
+    ap.add_argument("--lag", type=positive_int, default=25, help="macro-steps of the walk ratio")
     ap.add_argument("--reversal-correction", type=float, default=None,
                     help="α of the models' time-reversal correction (default: the integrator's, 0.5; 0 = the bare jump)")
     args = ap.parse_args()

@@ -43,6 +43,10 @@ from jkstep.evaluate.compare import EvalConfig, evaluate, evaluate_ks  # noqa: E
 from jkstep.kstep import kstep_integrator, model_jump  # noqa: E402
 from jkstep.rollout import runner  # noqa: E402
 
+import sys
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from _args import positive_float, positive_int  # noqa: E402
+
 KEYS = ("xtb_calls", "blew_up", "drift_kj_mol_ps", "energy_std_kj_mol", "mean_temperature_k", "bond_js",
         "angle_js", "dihedral_js", "spectrum_overlap", "xh_band_shift_cm1", "flip_rate_ratio")
 
@@ -186,22 +190,22 @@ def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--model", nargs="+", required=True,
                     help="model(s): a shipped name or checkpoint directory; with --ks, one per k at most")
-    ap.add_argument("--ks", type=int, nargs="+", default=None,
+    ap.add_argument("--ks", type=positive_int, nargs="+", default=None,
                     help="k sweep instead of the full report: one evaluation per k and molecule")
     ap.add_argument("--energy-rescale", action="store_true", help="with --ks: also kstep_rescaled")
     ap.add_argument("--json", default=None, help="with --ks: write every summary here ({molecule: {k: summary}})")
     ap.add_argument("--molecules", default="test",
                     help="train|val|test, or comma-separated names (data/qm_molecules.smi) or SMILES")
-    ap.add_argument("--ps", type=float, default=5.0)
-    ap.add_argument("--replicas", type=int, default=4)
+    ap.add_argument("--ps", type=positive_float, default=5.0)
+    ap.add_argument("--replicas", type=positive_int, default=4)
     ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--fallback-steps", type=int, default=None,
+    ap.add_argument("--fallback-steps", type=positive_int, default=None,
                     help="Verlet steps per fallback macro-step (default: steps of at most 0.5 fs; "
                          "8 reproduces the figures measured before that default, at k = 8)")
-    ap.add_argument("--timing-steps", type=int, default=50)
-    ap.add_argument("--repeats", type=int, default=5)
-    ap.add_argument("--batch", type=int, default=64)
-    ap.add_argument("--workers", type=int, nargs="+", default=[1, 2], help="xTB threads for the batch")
+    ap.add_argument("--timing-steps", type=positive_int, default=50)
+    ap.add_argument("--repeats", type=positive_int, default=5)
+    ap.add_argument("--batch", type=positive_int, default=64)
+    ap.add_argument("--workers", type=positive_int, nargs="+", default=[1, 2], help="xTB threads for the batch")
     ap.add_argument("--skip-accuracy", action="store_true")
     ap.add_argument("--skip-timing", action="store_true", help="only the batched throughput")
     args = ap.parse_args()

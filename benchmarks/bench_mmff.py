@@ -23,6 +23,11 @@ from rdkit.Chem import rdForceFieldHelpers
 import jkstep
 from jkstep.potentials.mmff import KCAL_MOL
 
+import os
+import sys
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from _args import positive_int  # noqa: E402
+
 
 def timed(fn, repeat: int, min_time: float = 0.2) -> float:
     """Median seconds per call of ``fn()`` over ``repeat`` blocks of at least ``min_time`` s."""
@@ -42,8 +47,8 @@ def timed(fn, repeat: int, min_time: float = 0.2) -> float:
 def main():
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--smiles", default="CC(=O)NC(C)C(=O)NC")
-    p.add_argument("--batch", type=int, default=256)
-    p.add_argument("--repeat", type=int, default=5)
+    p.add_argument("--batch", type=positive_int, default=256)
+    p.add_argument("--repeat", type=positive_int, default=5)
     args = p.parse_args()
 
     mol = jkstep.Molecule.from_smiles(args.smiles, seed=0)

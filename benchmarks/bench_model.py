@@ -16,16 +16,19 @@ import os
 import sys
 import time
 
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from _args import positive_float, positive_int
+
 
 def parse():
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--features", type=int, default=64)
-    p.add_argument("--layers", type=int, default=3)
-    p.add_argument("--cutoff", type=float, default=5.0)
-    p.add_argument("--batches", type=int, nargs="+", default=[1, 8, 64])
+    p.add_argument("--features", type=positive_int, default=64)
+    p.add_argument("--layers", type=positive_int, default=3)
+    p.add_argument("--cutoff", type=positive_float, default=5.0)
+    p.add_argument("--batches", type=positive_int, nargs="+", default=[1, 8, 64])
     p.add_argument("--threads", type=int, default=1, help="XLA CPU threads (0: XLA's default)")
-    p.add_argument("--repeat", type=int, default=7)
-    p.add_argument("--min-time", type=float, default=0.2, help="seconds per timing repeat, at least")
+    p.add_argument("--repeat", type=positive_int, default=7)
+    p.add_argument("--min-time", type=positive_float, default=0.2, help="seconds per timing repeat, at least")
     return p.parse_args()
 
 

@@ -23,17 +23,20 @@ import os
 import sys
 import time
 
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from _args import positive_int
+
 
 def parse():
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--model-config", default="configs/model_qm_k8.yaml")
     p.add_argument("--train-config", default="configs/ship/gfn2-k8_finetune.yaml")
-    p.add_argument("--batches", type=int, nargs="+", default=[32, 128])
+    p.add_argument("--batches", type=positive_int, nargs="+", default=[32, 128])
     p.add_argument("--smiles", default="CC(=O)NC(C)C(=O)NC", help="molecule of the windows")
-    p.add_argument("--bucket", type=int, default=24, help="padded size (atoms)")
+    p.add_argument("--bucket", type=positive_int, default=24, help="padded size (atoms)")
     p.add_argument("--threads", type=int, default=0, help="XLA CPU threads (0: XLA's default)")
-    p.add_argument("--steps", type=int, default=10, help="steps per timing repeat")
-    p.add_argument("--repeat", type=int, default=5)
+    p.add_argument("--steps", type=positive_int, default=10, help="steps per timing repeat")
+    p.add_argument("--repeat", type=positive_int, default=5)
     return p.parse_args()
 
 

@@ -21,14 +21,18 @@ import jkstep  # noqa: E402
 from jkstep import analysis  # noqa: E402
 from jkstep.rollout import runner  # noqa: E402
 
+import sys
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from _args import positive_float  # noqa: E402
+
 
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--smiles", default="CC(=O)NC(C)C(=O)NC")
-    ap.add_argument("--ps", type=float, default=2.0, help="NVE length per dt (ps)")
+    ap.add_argument("--ps", type=positive_float, default=2.0, help="NVE length per dt (ps)")
     ap.add_argument("--equilibrate-ps", type=float, default=1.0)
-    ap.add_argument("--dts", type=float, nargs="+", default=[0.25, 0.5, 1.0, 2.0])
-    ap.add_argument("--accuracy", type=float, default=0.01)
+    ap.add_argument("--dts", type=positive_float, nargs="+", default=[0.25, 0.5, 1.0, 2.0])
+    ap.add_argument("--accuracy", type=positive_float, default=0.01)
     ap.add_argument("--seed", type=int, default=0)
     args = ap.parse_args()
 

@@ -21,6 +21,10 @@ import numpy as np  # noqa: E402
 import jkstep  # noqa: E402
 from jkstep.rollout import runner  # noqa: E402
 
+import sys
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from _args import positive_int  # noqa: E402
+
 MOLECULES = [("ethanol", "CCO"), ("glycine", "NCC(=O)O"), ("benzene", "c1ccccc1"),
              ("alanine dipeptide", "CC(=O)NC(C)C(=O)NC"), ("caffeine", "Cn1cnc2c1c(=O)n(C)c(=O)n2C")]
 
@@ -45,8 +49,8 @@ def per_call_ms(pot, path):
 
 def main():
     ap = argparse.ArgumentParser()
-    ap.add_argument("--repeats", type=int, default=40)
-    ap.add_argument("--batch", type=int, default=8)
+    ap.add_argument("--repeats", type=positive_int, default=40)
+    ap.add_argument("--batch", type=positive_int, default=8)
     args = ap.parse_args()
     print(f"cores available: {len(os.sched_getaffinity(0))}; OMP_NUM_THREADS={os.environ['OMP_NUM_THREADS']}")
     print(f"{'molecule':20s} {'atoms':>5s} {'restart ms':>11s} {'fresh ms':>9s} "

@@ -28,6 +28,10 @@ from ase.data import chemical_symbols
 from jkstep.data.store import TrajectoryStore
 from jkstep.model.network import ballistic_jump
 
+import sys
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from _args import positive_float, positive_int  # noqa: E402
+
 
 def deviations(store: TrajectoryStore, k: int, every: int, n_frames: int):
     """(|δx| (W, N) Å, |δv| (W, N) Å/fs, numbers (N,)) of windows t = 0, every, ... < n_frames − k."""
@@ -50,9 +54,9 @@ def main():
     ap.add_argument("--data", default="data/qm")
     ap.add_argument("--splits", default="data/qm_splits.json")
     ap.add_argument("--split", default="train", help="train, val or all")
-    ap.add_argument("--ks", type=int, nargs="+", default=[4, 8, 16, 32])
-    ap.add_argument("--ps", type=float, default=5.0, help="first ps of each production run")
-    ap.add_argument("--every", type=int, default=40, help="base steps between window starts")
+    ap.add_argument("--ks", type=positive_int, nargs="+", default=[4, 8, 16, 32])
+    ap.add_argument("--ps", type=positive_float, default=5.0, help="first ps of each production run")
+    ap.add_argument("--every", type=positive_int, default=40, help="base steps between window starts")
     ap.add_argument("--model-configs", nargs="*", default=[], help="model YAML files whose bounds to show")
     args = ap.parse_args()
     splits = json.load(open(args.splits))

@@ -25,6 +25,9 @@ from concurrent.futures import ThreadPoolExecutor
 
 from jkstep.integrate import equal_cost_dt
 
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from _args import positive_int  # noqa: E402
+
 
 def command(summary_path: str, setting: str = "fb4") -> tuple[list[str], str] | None:
     """(command line, output summary path) of the equal-cost Verlet run, or None if it exists."""
@@ -46,7 +49,7 @@ def main() -> None:
     p.add_argument("directories", nargs="+")
     p.add_argument("--setting", default="fb4", help="the hybrid runs to match: fb4 (default settings) or rs "
                                                       "(energy rescale)")
-    p.add_argument("--jobs", type=int, default=2, help="runs at a time (default 2)")
+    p.add_argument("--jobs", type=positive_int, default=2, help="runs at a time (default 2)")
     args = p.parse_args()
     todo = [c for d in args.directories for path in sorted(glob.glob(f"{d}/*_s*_{args.setting}.json"))
             if (c := command(path, args.setting)) is not None]

@@ -19,12 +19,16 @@ import numpy as np
 
 from jkstep.data.dataset import build_file, dataset_file_name
 
+import sys
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from _args import positive_float  # noqa: E402
+
 
 def main():
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--data", default="data/qm")
     ap.add_argument("--splits", default="data/qm_splits.json")
-    ap.add_argument("--ps", type=float, default=15.0, help="first ps of each run to keep")
+    ap.add_argument("--ps", type=positive_float, default=15.0, help="first ps of each run to keep")
     ap.add_argument("--out", default="gpuw")
     args = ap.parse_args()
     splits = json.load(open(args.splits))

@@ -23,6 +23,9 @@ from concurrent.futures import ThreadPoolExecutor
 
 from jkstep.data.generate import read_molecules, read_splits
 
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from _args import positive_float, positive_int  # noqa: E402
+
 SMILES = {name: smiles for smiles, name in read_molecules("data/qm_molecules.smi")}
 VALIDATION = read_splits("data/qm_splits.json", names=list(SMILES))["val"]
 
@@ -52,10 +55,10 @@ def main():
     ap.add_argument("--molecules", nargs="+", default=VALIDATION,
                     help="names in data/qm_molecules.smi (default: the validation split)")
     ap.add_argument("--seeds", nargs="+", type=int, default=[0, 1])
-    ap.add_argument("--ps", type=float, default=10.0)
+    ap.add_argument("--ps", type=positive_float, default=10.0)
     ap.add_argument("--out", default="outputs/paired")
     ap.add_argument("--references", default="outputs/long", help="directory of 0.25 fs reference summaries")
-    ap.add_argument("--jobs", type=int, default=2)
+    ap.add_argument("--jobs", type=positive_int, default=2)
     ap.add_argument("--extra", default="", help="more `jkstep run` flags for every run, one string")
     args = ap.parse_args()
     unknown = set(args.molecules) - set(SMILES)
