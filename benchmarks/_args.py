@@ -25,3 +25,12 @@ def positive_float(text: str) -> float:
     if not (math.isfinite(value) and value > 0):
         raise argparse.ArgumentTypeError(f"expected a finite number > 0, got {value}")
     return value
+
+
+def existing_dir(text: str) -> str:
+    """The path of a directory that exists (a data root, a runs' directory)."""
+    import os
+
+    if not os.path.isdir(text):
+        raise argparse.ArgumentTypeError(f"no directory {text}")
+    return text

@@ -35,7 +35,7 @@ from jkstep.kstep import Guards, ballistic_jump, kstep, kstep_integrator
 
 import sys
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from _args import positive_int  # noqa: E402
+from _args import existing_dir, positive_int  # noqa: E402
 
 #: accept every jump (nothing retried, no fallback): the raw error of one macro-step
 LOOSE = Guards(max_energy_drift=None, max_energy_rise=10.0, max_kinetic_rise=50.0, max_attempts=1)
@@ -81,7 +81,7 @@ def walk_ratio(energies: np.ndarray, lag: int) -> float:
 def main():
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--model", nargs="+", required=True, help="shipped names or checkpoint directories")
-    ap.add_argument("--data", default="data/qm", help="trajectory root")
+    ap.add_argument("--data", type=existing_dir, default="data/qm", help="trajectory root")
     ap.add_argument("--splits", default="data/qm_splits.json", help="splits file (its val molecules are the default)")
     ap.add_argument("--molecules", nargs="+", default=None, help="default: the validation molecules")
     ap.add_argument("--windows", type=positive_int, default=60, help="starting frames per molecule")

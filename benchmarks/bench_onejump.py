@@ -32,7 +32,7 @@ from jkstep.kstep import ballistic_jump, model_jump
 
 import sys
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from _args import positive_int  # noqa: E402
+from _args import existing_dir, positive_int  # noqa: E402
 
 KEYS = ("position_rmse_a", "bond_rmse_a", "angle_rmse_deg", "dihedral_rmse_deg", "force_rmse_ev_a")
 
@@ -40,7 +40,7 @@ KEYS = ("position_rmse_a", "bond_rmse_a", "angle_rmse_deg", "dihedral_rmse_deg",
 def main():
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--model", required=True, help="shipped name or checkpoint directory")
-    ap.add_argument("--data", required=True, help="trajectory root (data/mm_small, data/qm, ...)")
+    ap.add_argument("--data", type=existing_dir, required=True, help="trajectory root (data/mm_small, data/qm, ...)")
     ap.add_argument("--molecules", nargs="*", default=None, help="default: every 10th molecule by name")
     ap.add_argument("--windows", type=positive_int, default=200, help="windows per molecule")
     ap.add_argument("--stride", type=positive_int, default=40, help="base steps between window starts")

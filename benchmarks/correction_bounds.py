@@ -30,7 +30,7 @@ from jkstep.model.network import ballistic_jump
 
 import sys
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from _args import positive_float, positive_int  # noqa: E402
+from _args import existing_dir, positive_float, positive_int  # noqa: E402
 
 
 def deviations(store: TrajectoryStore, k: int, every: int, n_frames: int):
@@ -51,7 +51,7 @@ def deviations(store: TrajectoryStore, k: int, every: int, n_frames: int):
 
 def main():
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--data", default="data/qm")
+    ap.add_argument("--data", type=existing_dir, default="data/qm")
     ap.add_argument("--splits", default="data/qm_splits.json")
     ap.add_argument("--split", default="train", help="train, val or all")
     ap.add_argument("--ks", type=positive_int, nargs="+", default=[4, 8, 16, 32])

@@ -26,7 +26,7 @@ from concurrent.futures import ThreadPoolExecutor
 from jkstep.integrate import equal_cost_dt
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from _args import positive_int  # noqa: E402
+from _args import existing_dir, positive_int  # noqa: E402
 
 
 def command(summary_path: str, setting: str = "fb4") -> tuple[list[str], str] | None:
@@ -46,7 +46,7 @@ def command(summary_path: str, setting: str = "fb4") -> tuple[list[str], str] | 
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("directories", nargs="+")
+    p.add_argument("directories", type=existing_dir, nargs="+")
     p.add_argument("--setting", default="fb4", help="the hybrid runs to match: fb4 (default settings) or rs "
                                                       "(energy rescale)")
     p.add_argument("--jobs", type=positive_int, default=2, help="runs at a time (default 2)")

@@ -21,12 +21,12 @@ from jkstep.data.dataset import build_file, dataset_file_name
 
 import sys
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from _args import positive_float  # noqa: E402
+from _args import existing_dir, positive_float  # noqa: E402
 
 
 def main():
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--data", default="data/qm")
+    ap.add_argument("--data", type=existing_dir, default="data/qm")
     ap.add_argument("--splits", default="data/qm_splits.json")
     ap.add_argument("--ps", type=positive_float, default=15.0, help="first ps of each run to keep")
     ap.add_argument("--out", default="gpuw")
