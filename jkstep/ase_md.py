@@ -9,6 +9,8 @@ ASE trajectory files and logs through the usual ``trajectory=`` / ``logfile=`` a
 
 from __future__ import annotations
 
+import inspect
+
 import jax
 import numpy as np
 from ase.calculators.singlepoint import SinglePointCalculator
@@ -25,7 +27,8 @@ class KStepMD(MolecularDynamics):
     """Hybrid k-step MD of an ASE ``Atoms``.
 
     Args:
-        atoms: the system (its velocities are the start; ``atoms.info['charge'|'spin']`` honoured).
+        atoms: the system (its velocities are the start; ``atoms.info['charge'|'spin']`` honoured);
+            an isolated molecule: no constraints, no periodic boundary conditions.
         bundle: a loaded model (``jkstep.load_pretrained``); k and dt come from it. Without a
             bundle give ``jump``, ``k`` and ``dt`` (fs), e.g. ``jkstep.kstep.ballistic_jump``.
         potential: energy-and-forces function; default GFN2-xTB of the atoms.
@@ -38,10 +41,25 @@ class KStepMD(MolecularDynamics):
     def __init__(self, atoms, bundle=None, *, potential=None, jump=None, k: int | None = None,
                  dt: float | None = None, trajectory=None, logfile=None, loginterval: int = 1, **options):
         molecule = Molecule.from_atoms(atoms)
+        if atoms.constraints:
+            raise InputError("KStepMD cannot honour ASE constraints (FixAtoms, ...): the learned jump moves "
+                             "every atom; remove them (del atoms.constraints) or use an ASE integrator")
+        if any(atoms.pbc):
+            raise InputError("KStepMD runs isolated molecules: set atoms.pbc = False (no periodic cell)")
+        if atoms.has("momenta") and not np.isfinite(atoms.get_momenta()).all():
+            raise InputError("atoms has NaN or inf velocities: set finite ones (e.g. "
+                             "MaxwellBoltzmannDistribution) or none (start at rest)")
+        if bundle is not None and not (hasattr(bundle, "apply") and hasattr(bundle, "check_elements")):
+            raise InputError(f"bundle must be a loaded model, e.g. jkstep.load_pretrained('gfn2-k8'); "
+                             f"got {type(bundle).__name__} {bundle!r:.60}")
         if bundle is not None:
             jump, k, dt = model_jump(bundle, molecule.numbers, molecule.masses), bundle.k, bundle.dt
         elif jump is None or k is None or dt is None:
             raise InputError("KStepMD needs a model bundle, or a jump function with its k and dt")
+        unknown = set(options) - set(list(inspect.signature(kstep_integrator).parameters)[6:])  # after dt
+        if unknown:
+            raise InputError(f"unknown option(s) {sorted(unknown)}: KStepMD takes those of "
+                             f"jkstep.kstep.kstep_integrator (guards, ensemble, temperature, ...)")
         self.potential = xtb_potential(molecule) if potential is None else potential
         init, apply = kstep_integrator(jump, self.potential, molecule.numbers, molecule.masses, k, dt, **options)
         self._init, self._apply = jax.jit(init), jax.jit(apply)

@@ -134,7 +134,8 @@ def run_md(molecule: Molecule, potential: Callable, config: RunConfig, jump=None
         state = init(positions, velocities, sub)
         _check_start(state, molecule)
         n_eq = int(round(config.equilibrate_ps * 1000.0 / dt_eq))
-        state, _ = runner(apply, 1, n_eq)(state)
+        if n_eq:
+            state, _ = runner(apply, 1, n_eq)(state)
         positions, velocities = state.positions, state.velocities
         if bool(state.failed):
             raise SimulationError(f"the xTB SCF failed for good during the Langevin equilibration (after "

@@ -25,19 +25,22 @@ Units: Å, fs, eV, amu.
 from __future__ import annotations
 
 import dataclasses
+import inspect
 from concurrent.futures import ThreadPoolExecutor
 from typing import Sequence
 
 import jax.numpy as jnp
 import numpy as np
 
-from jkstep.errors import InputError
+from jkstep.errors import InputError, is_finite_number, is_integer
 from jkstep.kstep import REVERSAL_CORRECTION, kstep_integrator, reversal_corrected
 from jkstep.molecule import Molecule
 from jkstep.potentials import xtb as xtb_module
 
 #: Padding atoms sit at (PAD_ORIGIN + PAD_SPACING · j, 0, 0) Å.
 PAD_ORIGIN, PAD_SPACING = 1000.0, 10.0
+#: Most atoms a member may be padded to (the integrator keeps N × N distance matrices).
+MAX_PAD_ATOMS = 10_000
 
 
 @dataclasses.dataclass(frozen=True)
@@ -65,15 +68,34 @@ class Padded:
         return out
 
 
-def pad(molecules: Sequence[Molecule], n_atoms: int | None = None) -> Padded:
-    """Pad molecules to ``n_atoms`` (default: the largest) atoms each."""
-    molecules = list(molecules)
+def _molecule_list(molecules) -> list[Molecule]:
+    """``molecules`` as a non-empty list of Molecule; raises InputError otherwise."""
+    if isinstance(molecules, Molecule):
+        raise InputError("give a list of molecules, e.g. pad([mol]), not one Molecule")
+    try:
+        molecules = list(molecules)
+    except TypeError:
+        molecules = []
     if not molecules or not all(isinstance(m, Molecule) for m in molecules):
-        raise InputError("pad needs a non-empty list of jkstep.Molecule")
+        raise InputError("a padded batch needs a non-empty list of jkstep.Molecule, e.g. "
+                         "[Molecule.from_smiles('O'), Molecule.from_smiles('CCO')]")
+    return molecules
+
+
+def pad(molecules: Sequence[Molecule], n_atoms: int | None = None) -> Padded:
+    """Pad a list of molecules to ``n_atoms`` (an integer; default: the largest) atoms each."""
+    molecules = _molecule_list(molecules)
     sizes = np.array([len(m) for m in molecules])
-    n = int(sizes.max()) if n_atoms is None else int(n_atoms)
-    if n < sizes.max():
-        raise InputError(f"n_atoms = {n} is smaller than the largest molecule ({sizes.max()} atoms)")
+    if n_atoms is None:
+        n_atoms = int(sizes.max())
+    largest = int(sizes.max())
+    if is_integer(n_atoms) and n_atoms < largest:
+        raise InputError(f"n_atoms = {n_atoms} is smaller than the largest molecule ({largest} atoms): "
+                         f"give at least {largest}, or None")
+    if not is_integer(n_atoms) or n_atoms > MAX_PAD_ATOMS:
+        raise InputError(f"n_atoms must be an integer from {largest} (the largest molecule) to "
+                         f"{MAX_PAD_ATOMS}, or None; got {n_atoms!r}")
+    n = int(n_atoms)
     b = len(molecules)
     far = np.zeros((n, 3))
     far[:, 0] = PAD_ORIGIN + PAD_SPACING * np.arange(n)
@@ -87,7 +109,10 @@ def pad(molecules: Sequence[Molecule], n_atoms: int | None = None) -> Padded:
 def unpad(array, batch: Padded) -> list[np.ndarray]:
     """Split a (B, ..., N, 3) array into the members' (..., n_i, 3) arrays."""
     array = np.asarray(array)
-    return [array[i, ..., :n, :] for i, n in enumerate(batch.n_atoms)]
+    b, n = batch.positions.shape[:2]
+    if array.ndim < 3 or array.shape[0] != b or array.shape[-2:] != (n, 3):
+        raise InputError(f"unpad needs a (B, ..., N, 3) array of this batch, B = {b}, N = {n}; got {array.shape}")
+    return [array[i, ..., :k, :] for i, k in enumerate(batch.n_atoms)]
 
 
 def _member_index():
@@ -105,11 +130,14 @@ class PaddedXTBPotential:
     ``evaluate(positions (N, 3), active)`` → (energy eV, forces eV/Å, ok), traced per member
     inside ``replica_slots`` (``batched_rollout`` does it); padding atoms get zero force. The
     calls of a batch are spread over ``workers`` threads. ``calls`` counts tblite single points
-    of all members. Keyword arguments go to ``jkstep.xtb_potential`` (method, accuracy, ...).
+    of all members (None: the CPU cores available). Keyword arguments go to
+    ``jkstep.xtb_potential`` (method, accuracy, ...).
     """
 
     def __init__(self, molecules: Sequence[Molecule], workers: int | None = None, **xtb_kwargs):
-        self.molecules = list(molecules)
+        self.molecules = _molecule_list(molecules)
+        if workers is not None and not is_integer(workers, 1):
+            raise InputError(f"workers must be an integer ≥ 1 (threads), or None for all cores; got {workers!r}")
         self.batch = pad(self.molecules)
         self.members = [xtb_module.XTBPotential(m, workers=1, **xtb_kwargs) for m in self.molecules]
         self._slots = [xtb_module._Slot() for _ in self.molecules]
@@ -162,8 +190,29 @@ def padded_kstep(bundle, potential, batch: Padded, **options):
     that reads the member index the same way). ``options``: ``reversal_correction`` (as in
     ``jkstep.kstep``) and those of ``kstep_integrator``.
     """
+    if not (hasattr(bundle, "apply") and hasattr(bundle, "check_elements")):
+        raise InputError(f"padded_kstep needs a loaded model, e.g. jkstep.load_pretrained('gfn2-k8'); "
+                         f"got {type(bundle).__name__} {bundle!r:.60}")
+    if not isinstance(batch, Padded):
+        raise InputError(f"batch must be a Padded batch (jkstep.padded.pad(molecules)), got {type(batch).__name__}")
+    own = getattr(potential, "batch", None)
+    if isinstance(own, Padded) and (own.numbers.shape != batch.numbers.shape
+                                    or not np.array_equal(own.numbers, batch.numbers)):
+        raise InputError(f"the potential was built for other molecules (or another order or padding) than "
+                         f"batch: atomic numbers {own.numbers.shape} vs {batch.numbers.shape}; build both from "
+                         f"the same list, e.g. batch = potential.batch")
+    known = list(inspect.signature(kstep_integrator).parameters)[6:] + ["reversal_correction"]  # after dt
+    unknown = set(options) - set(known)
+    if unknown:
+        raise InputError(f"unknown option(s) {sorted(unknown)}: padded_kstep takes reversal_correction and the "
+                         f"options of jkstep.kstep.kstep_integrator (guards, ensemble, temperature, ...)")
     bundle.check_elements(batch.numbers)
     alpha = options.pop("reversal_correction", REVERSAL_CORRECTION)
+    if not is_finite_number(alpha):
+        raise InputError(f"reversal_correction must be a number in [0, 1], got {alpha!r}")
+    # build member 0's integrator once now, so that bad option values fail here, not at rollout time
+    kstep_integrator(reversal_corrected(lambda x, v, f: (x, v, f), alpha), potential, batch.numbers[0],
+                     batch.masses[0], bundle.k, bundle.dt, **options)
     numbers, masses, mask = (jnp.asarray(a) for a in (batch.numbers, batch.masses, batch.mask))
 
     def member():

@@ -16,13 +16,16 @@ global replica index, so sharded and unsharded runs give the same numbers.
 from __future__ import annotations
 
 import functools
+import inspect
+import math
+import numbers
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 from flax import struct
 
-from jkstep.errors import InputError
+from jkstep.errors import MAX_STEPS, InputError, is_finite_number
 from jkstep.integrate import MDState
 from jkstep.potentials.xtb import replica_slots
 
@@ -47,9 +50,29 @@ def frames_of(state: MDState) -> Frames:
     return Frames(state.positions, state.velocities, state.forces, state.energy, state.step, state.failed)
 
 
+def check_count(name: str, value) -> int:
+    """``value`` as an int ≥ 1 (an integer or a whole float; not a bool); raises InputError otherwise."""
+    ok = (isinstance(value, numbers.Real) and not isinstance(value, (bool, np.bool_)) and is_finite_number(value)
+          and float(value) == math.floor(value) and 1 <= value <= MAX_STEPS)
+    if not ok:
+        raise InputError(f"{name} must be a whole number ≥ 1 (at most {MAX_STEPS:.0e}), got {value!r}")
+    return int(value)
+
+
+def check_lengths(n_frames, every) -> tuple[int, int]:
+    """``n_frames`` and ``every`` (applies per frame) as ints ≥ 1 whose product is ≤ MAX_STEPS."""
+    n_frames, every = check_count("n_frames", n_frames), check_count("every", every)
+    if n_frames * every > MAX_STEPS:
+        raise InputError(f"n_frames · every = {n_frames * every:.3g} applies is more than {MAX_STEPS:.0e}; "
+                         f"check the run length")
+    return n_frames, every
+
+
 def rollout(apply_fn, state: MDState, n_frames: int, every: int = 1) -> tuple[MDState, Frames]:
     """Run ``n_frames * every`` steps of ``apply_fn``; return the final state and the frames
-    after every ``every`` steps. Jit it with static ``n_frames`` and ``every`` (see ``runner``)."""
+    after every ``every`` steps. Jit it with static ``n_frames`` and ``every`` (see ``runner``);
+    both must be integers ≥ 1."""
+    n_frames, every = check_lengths(n_frames, every)
 
     def frame(state, _):
         state = jax.lax.fori_loop(0, every, lambda _, s: apply_fn(s), state)
@@ -61,12 +84,15 @@ def rollout(apply_fn, state: MDState, n_frames: int, every: int = 1) -> tuple[MD
 def runner(apply_fn, n_frames: int, every: int = 1, batched: bool = False):
     """A jitted ``state -> (state, frames)`` running ``n_frames * every`` steps; with
     ``batched`` the state has a leading replica axis (vmap) and frames are (replica, frame, ...)."""
+    n_frames, every = check_lengths(n_frames, every)
     fn = functools.partial(rollout, apply_fn, n_frames=n_frames, every=every)
     return jax.jit(jax.vmap(fn) if batched else fn)
 
 
 def concat(chunks: list[Frames]) -> Frames:
     """Join chunks of frames along the frame axis (the last axis before the per-frame shape)."""
+    if not chunks:
+        raise InputError("concat needs at least one chunk of Frames, got none")
     axis = chunks[0].energy.ndim - 1
     return jax.tree.map(lambda *xs: jnp.concatenate(xs, axis=axis), *chunks)
 
@@ -93,22 +119,39 @@ def batched_rollout(init_fn, apply_fn, positions, velocities, n_frames: int, eve
     (numpy) with leading axes (B, n_frames), frame f being the state after (f + 1) · every
     applies (the start is not a frame).
     """
-    x, v = np.broadcast_arrays(np.asarray(positions, np.float64), np.asarray(velocities, np.float64))
-    if x.ndim != 3 or x.shape[-1] != 3:
-        raise InputError(f"positions and velocities must be (B, N, 3) (Å, Å/fs), got {x.shape}")
-    if int(n_frames) != n_frames or n_frames < 1 or int(every) != every or every < 1:
-        raise InputError(f"n_frames and every must be integers ≥ 1, got {n_frames}, {every}")
-    if chunk_frames is not None and (int(chunk_frames) != chunk_frames or chunk_frames < 1):
-        raise InputError(f"chunk_frames must be an integer ≥ 1, got {chunk_frames}")
-    devices = list(jax.local_devices() if devices is None else devices)
+    try:
+        x, v = np.broadcast_arrays(np.asarray(positions, np.float64), np.asarray(velocities, np.float64))
+    except (TypeError, ValueError):
+        raise InputError(f"positions {np.shape(positions)} and velocities {np.shape(velocities)} must both be "
+                         f"(B, N, 3) (Å, Å/fs), or one of them (N, 3) shared by all replicas") from None
+    if x.ndim != 3 or x.shape[-1] != 3 or len(x) == 0:
+        raise InputError(f"positions and velocities must be (B, N, 3) (Å, Å/fs) with B ≥ 1, got {x.shape}")
+    if not (np.isfinite(x).all() and np.isfinite(v).all()):
+        raise InputError("positions and velocities must be finite (no NaN or inf)")
+    n_frames, every = check_lengths(n_frames, every)
+    if chunk_frames is not None:
+        chunk_frames = check_count("chunk_frames", chunk_frames)
+    devices = jax.local_devices() if devices is None else devices
+    devices = [devices] if isinstance(devices, jax.Device) else list(devices)
     b = len(x)
-    if not devices:
-        raise InputError("devices is empty: pass None (all local devices) or a list of devices")
+    if not devices or not all(isinstance(d, jax.Device) for d in devices):
+        raise InputError(f"devices must be None (all local devices) or a non-empty list of jax devices, "
+                         f"got {devices!r:.80}")
     if b % len(devices):
         raise InputError(f"{b} replicas cannot be split evenly over {len(devices)} devices: "
                          f"use a multiple of {len(devices)} replicas or pass devices=")
+    if keys is None:
+        _check_no_key_needed(init_fn, x[0], v[0])
+    else:
+        try:
+            keys = jnp.asarray(keys)
+        except TypeError:
+            keys = jnp.zeros(())
+        if keys.ndim == 0 or len(keys) != b:
+            raise InputError(f"keys must be one PRNG key per replica ({b}), e.g. "
+                             f"jax.random.split(jax.random.PRNGKey(seed), {b}); got shape {keys.shape}")
     replica = np.arange(b, dtype=np.int32)
-    start = (x, v) if keys is None else (x, v, jnp.asarray(keys))
+    start = (x, v) if keys is None else (x, v, keys)
     state = _over_replicas(init_fn, devices)(replica, *start)
 
     chunk = n_frames if chunk_frames is None else min(int(chunk_frames), n_frames)
@@ -122,6 +165,19 @@ def batched_rollout(init_fn, apply_fn, positions, velocities, n_frames: int, eve
         chunks.append(jax.device_get(frames))
         done += n
     return state, jax.tree.map(lambda *xs: np.concatenate(xs, axis=1), *chunks)
+
+
+def _check_no_key_needed(init_fn, x, v):
+    """InputError if ``init_fn`` cannot be called without a key (Langevin)."""
+    try:
+        signature = inspect.signature(init_fn)
+    except (TypeError, ValueError):     # no signature to read: let the call speak
+        return
+    try:
+        signature.bind(x, v)
+    except TypeError:
+        raise InputError("init_fn needs a PRNG key (a Langevin or NVT integrator): pass keys=, e.g. "
+                         "jax.random.split(jax.random.PRNGKey(seed), B)") from None
 
 
 def _over_replicas(fn, devices):

@@ -33,3 +33,26 @@ def test_ase_front_matches_jax_integrator(ethanol, tmp_path):
     # kinetic energy through ASE equals ours: the velocity unit is right
     ke = 0.5 * np.sum(ethanol.masses[:, None] * np.asarray(ref.velocities) ** 2) / ase_units.fs**2
     np.testing.assert_allclose(frames[-1].get_kinetic_energy(), ke, rtol=1e-10)
+
+
+def test_ase_front_rejects_what_it_cannot_honour():
+    import pytest
+    from ase.build import molecule
+    from ase.constraints import FixAtoms
+
+    jump = dict(jump=ballistic_jump(np.ones(3), 8, 0.25), k=8, dt=0.25, potential=lambda x: 0.0 * x.sum())
+    fixed = molecule("H2O")
+    fixed.set_constraint(FixAtoms([0]))
+    with pytest.raises(jkstep.InputError, match="constraints"):
+        KStepMD(fixed, **jump)
+    periodic = molecule("H2O", cell=[5, 5, 5], pbc=True)
+    with pytest.raises(jkstep.InputError, match="pbc"):
+        KStepMD(periodic, **jump)
+    nan = molecule("H2O")
+    nan.set_velocities(np.full((3, 3), np.nan))
+    with pytest.raises(jkstep.InputError, match="NaN"):
+        KStepMD(nan, **jump)
+    with pytest.raises(jkstep.InputError, match="loaded model"):
+        KStepMD(molecule("H2O"), "gfn2-k8")
+    with pytest.raises(jkstep.InputError, match="unknown option.*bogus"):
+        KStepMD(molecule("H2O"), bogus=1, **jump)

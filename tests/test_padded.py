@@ -55,3 +55,52 @@ def test_padded_batch_errors(molecules):
         pad(molecules, n_atoms=4)
     with pytest.raises(InputError, match="must be \\(3, 3\\)"):
         batch.pad_array([np.zeros((9, 3)), np.zeros((2, 3)), np.zeros((4, 3))])
+
+
+def test_bad_padding_inputs(molecules):
+    batch = pad(molecules)
+    with pytest.raises(InputError, match="not one Molecule"):
+        pad(molecules[0])
+    with pytest.raises(InputError, match="not one Molecule"):
+        padded_xtb_potential(molecules[0])
+    for n in ("x", float("nan"), 9.7, 10**12):
+        with pytest.raises(InputError, match="n_atoms must be an integer"):
+            pad(molecules, n_atoms=n)
+    assert pad(molecules, n_atoms=12).positions.shape == (3, 12, 3)
+    for workers in (-1, 2.5):
+        with pytest.raises(InputError, match="workers"):
+            padded_xtb_potential(molecules, workers=workers)
+    with pytest.raises(InputError, match="B = 3, N = 9"):
+        unpad(np.zeros((2, 9, 3)), batch)
+
+
+class _Bundle:
+    """Stands in for a loaded model (loading one takes seconds): the checks need only its face."""
+    k, dt = 8, 0.25
+
+    def apply(self, params, numbers, mask, masses, x, v, f):
+        return x, v, f
+
+    def check_elements(self, numbers):
+        pass
+
+
+def test_padded_kstep_checks_up_front(molecules):
+    bundle = _Bundle()
+    pot = padded_xtb_potential(molecules[:2], workers=1)
+    # same sizes, other order: the potential's member 0 would be water, the batch's ethanol
+    with pytest.raises(InputError, match="built for other molecules"):
+        padded_kstep(bundle, pot, pad(molecules[1::-1], n_atoms=9))
+    with pytest.raises(InputError, match="built for other molecules"):
+        padded_kstep(bundle, pot, pad(molecules[:1]))
+    with pytest.raises(InputError, match="Padded batch"):
+        padded_kstep(bundle, pot, molecules[:2])
+    with pytest.raises(InputError, match="unknown option.*bogus"):
+        padded_kstep(bundle, pot, pot.batch, bogus=1)
+    with pytest.raises(InputError, match="reversal correction"):
+        padded_kstep(bundle, pot, pot.batch, reversal_correction=2.0)
+    with pytest.raises(InputError, match="ensemble"):
+        padded_kstep(bundle, pot, pot.batch, ensemble="npt")
+    with pytest.raises(InputError, match="loaded model"):
+        padded_kstep("gfn2-k8", pot, pot.batch)
+    padded_kstep(bundle, pot, pot.batch)   # the matching batch is fine

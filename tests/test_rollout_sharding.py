@@ -15,7 +15,7 @@ import jkstep
 from jkstep import InputError
 from jkstep.kstep import Guards, ballistic_jump, kstep_integrator
 from jkstep.potentials.xtb import XTBPotential
-from jkstep.rollout import batched_rollout, runner
+from jkstep.rollout import batched_rollout, concat, rollout, runner
 
 K, DT = 8, 0.25
 
@@ -100,6 +100,30 @@ def test_bad_inputs():
         batched_rollout(init, apply, x[0, :, :2], x[0, :, :2], 1)
     with pytest.raises(InputError, match="≥ 1"):
         batched_rollout(init, apply, x, x, 0)
+    for n in (None, float("nan"), float("inf"), 2.5, True, -1):
+        with pytest.raises(InputError, match="n_frames must be a whole number"):
+            batched_rollout(init, apply, x, x, n)
+    with pytest.raises(InputError, match="every must be"):
+        batched_rollout(init, apply, x, x, 1, every=0)
+    with pytest.raises(InputError, match="velocities"):
+        batched_rollout(init, apply, x, np.zeros((2, 2, 3)), 1)
+    with pytest.raises(InputError, match="B ≥ 1"):
+        batched_rollout(init, apply, x[:0], x[:0], 1)
+    with pytest.raises(InputError, match="finite"):
+        batched_rollout(init, apply, np.full_like(x, np.nan), x, 1)
+    with pytest.raises(InputError, match="one PRNG key per replica"):
+        batched_rollout(init, apply, x, x, 1, keys=jax.random.split(jax.random.PRNGKey(0), 2))
+    lang_init, lang_apply = jkstep.langevin(lambda x: jnp.sum(x**2), np.ones(2), 0.5, 300.0, 0.01)
+    with pytest.raises(InputError, match="needs a PRNG key"):
+        batched_rollout(lang_init, lang_apply, x, x, 1)
+    with pytest.raises(InputError, match="at least one chunk"):
+        concat([])
+    state = init(x[0], x[0])
+    for n_frames, every in ((0, 1), (-1, 1), (2.5, 1), (2, 0), (2, -3)):
+        with pytest.raises(InputError, match="must be a whole number"):
+            rollout(apply, state, n_frames, every)
+        with pytest.raises(InputError, match="must be a whole number"):
+            runner(apply, n_frames, every)
 
 
 SHARDED = textwrap.dedent("""
@@ -109,7 +133,7 @@ SHARDED = textwrap.dedent("""
     import jkstep
     from jkstep.kstep import Guards, ballistic_jump, kstep_integrator
     from jkstep.potentials.xtb import XTBPotential
-    from jkstep.rollout import batched_rollout, runner
+    from jkstep.rollout import batched_rollout, concat, rollout, runner
 
     assert jax.device_count() == 2, jax.devices()
     seen = []
