@@ -44,6 +44,7 @@ Units: Å, fs, eV, amu, K.
 from __future__ import annotations
 
 import dataclasses
+import numbers
 
 import jax
 import jax.numpy as jnp
@@ -52,12 +53,25 @@ from flax import struct
 from rdkit import Chem
 
 from jkstep import units
-from jkstep.errors import InputError
+from jkstep.errors import InputError, is_finite_number, is_integer
 from jkstep.integrate import kinetic_energy
-from jkstep.molecule import Molecule
+from jkstep.molecule import Molecule, check_seed
 from jkstep.potentials.mmff import mmff_potential
 
 WATER_OH, WATER_HOH_DEG = 0.9572, 104.52
+#: Smallest water grid spacing (Å) ``solvate`` accepts: closer, neighbouring waters overlap.
+MIN_SPACING = 2.5
+#: Most waters ``solvate`` places (all-pairs MMFF beyond that is out of reach anyway).
+MAX_WATERS = 10_000
+
+
+def _number(name: str, value, lowest: float = 0.0, allow_equal: bool = False) -> float:
+    """``value`` as a float if it is a real, finite number above ``lowest`` (or equal, if
+    ``allow_equal``); InputError otherwise (text and bools are refused, not converted)."""
+    ok = isinstance(value, numbers.Real) and not isinstance(value, (bool, np.bool_)) and is_finite_number(value)
+    if not ok or value < lowest or (value == lowest and not allow_equal):
+        raise InputError(f"{name} must be a finite number {'≥' if allow_equal else '>'} {lowest:g}, got {value!r}")
+    return float(value)
 
 
 def solvate(solute: Molecule, n_waters: int = 32, spacing: float = 3.1, min_distance: float = 2.6,
@@ -66,18 +80,29 @@ def solvate(solute: Molecule, n_waters: int = 32, spacing: float = 3.1, min_dist
 
     Water oxygens sit on a cubic grid of ``spacing`` Å, the ``n_waters`` grid points nearest the
     origin that are at least ``min_distance`` Å from every solute atom, each water randomly
-    oriented. Returns (system Molecule with the combined topology, QM atom indices: the solute)."""
+    oriented (``seed``: integer ≥ 0). ``spacing`` ≥ 2.5 Å, ``min_distance`` > 0 Å. The system keeps the
+    solute's charge and spin. Returns (system Molecule with the combined topology, QM atom
+    indices: the solute)."""
+    if not isinstance(solute, Molecule):
+        raise InputError(f"the solute must be a jkstep.Molecule (e.g. Molecule.from_smiles('CCO')), "
+                         f"got {type(solute).__name__}")
     if solute.mol_block is None:
         raise InputError("the solute needs a topology (a Molecule from SMILES or with a mol block)")
-    if n_waters < 1:
-        raise InputError(f"n_waters must be ≥ 1, got {n_waters}")
-    rng = np.random.default_rng(seed)
+    if not is_integer(n_waters, 0) or n_waters > MAX_WATERS:
+        raise InputError(f"n_waters must be an integer from 0 to {MAX_WATERS}, got {n_waters!r}")
+    spacing = _number("spacing (Å)", spacing, MIN_SPACING, allow_equal=True)
+    min_distance = _number("min_distance (Å)", min_distance)
+    rng = np.random.default_rng(check_seed(seed))
     xq = solute.positions - np.average(solute.positions, axis=0, weights=solute.masses)
-    n = int(np.ceil((n_waters * 4) ** (1 / 3))) + 2
+    # grid half-width (in spacings): room for the waters around the solute's extent
+    n = int(np.ceil((n_waters * 4) ** (1 / 3))) + 2 + int(np.ceil(np.linalg.norm(xq, axis=1).max() / spacing))
     g = spacing * np.arange(-n, n + 1)
     grid = np.stack(np.meshgrid(g, g, g, indexing="ij"), -1).reshape(-1, 3)
     free = np.linalg.norm(grid[:, None] - xq[None], axis=-1).min(axis=1) >= min_distance
     grid = grid[free]
+    if len(grid) < n_waters:
+        raise InputError(f"only {len(grid)} of {n_waters} water sites lie ≥ min_distance = {min_distance:g} Å from "
+                         f"the solute on the {spacing:g} Å grid; lower min_distance (default 2.6 Å)")
     sites = grid[np.argsort(np.linalg.norm(grid, axis=1), kind="stable")[:n_waters]]
     half = np.radians(WATER_HOH_DEG) / 2
     local = WATER_OH * np.array([[0.0, 0.0, 0.0], [np.sin(half), np.cos(half), 0.0], [-np.sin(half), np.cos(half), 0.0]])
@@ -86,7 +111,7 @@ def solvate(solute: Molecule, n_waters: int = 32, spacing: float = 3.1, min_dist
         q, r = np.linalg.qr(rng.normal(size=(3, 3)))
         rot = q * np.sign(np.diag(r))
         waters.append(site + local @ rot.T)
-    xw = np.concatenate(waters)
+    xw = np.concatenate(waters) if waters else np.zeros((0, 3))
     rd = Chem.MolFromMolBlock(solute.mol_block, removeHs=False)
     water = Chem.AddHs(Chem.MolFromSmiles("O"))
     for _ in range(n_waters):
@@ -98,20 +123,24 @@ def solvate(solute: Molecule, n_waters: int = 32, spacing: float = 3.1, min_dist
     rd.RemoveAllConformers()
     rd.AddConformer(conf)
     numbers = np.array([a.GetAtomicNum() for a in rd.GetAtoms()])
-    system = Molecule(numbers, x, charge=solute.charge, name=f"{solute.name} + {n_waters} H2O",
+    system = Molecule(numbers, x, charge=solute.charge, spin=solute.spin, name=f"{solute.name} + {n_waters} H2O",
                       mol_block=Chem.MolToMolBlock(rd))
     return system, np.arange(len(solute))
 
 
-def _sub_molecule(rd, atoms: np.ndarray, x: np.ndarray, name: str) -> Molecule:
+def _sub_molecule(rd, atoms: np.ndarray, x: np.ndarray, name: str, spin: int | None = None) -> Molecule:
+    """The atoms ``atoms`` of RDKit molecule ``rd`` at positions ``x`` (Å) as a Molecule: charge
+    from their formal charges, spin (unpaired electrons) from their radicals unless given."""
     keep = set(int(i) for i in atoms)
     em = Chem.RWMol(rd)
     for i in sorted(set(range(rd.GetNumAtoms())) - keep, reverse=True):
         em.RemoveAtom(i)
     sub = em.GetMol()
     charge = sum(a.GetFormalCharge() for a in sub.GetAtoms())
+    if spin is None:
+        spin = sum(a.GetNumRadicalElectrons() for a in sub.GetAtoms())
     return Molecule(np.array([a.GetAtomicNum() for a in sub.GetAtoms()]), x[np.sort(atoms)],
-                    charge=charge, name=name, mol_block=Chem.MolToMolBlock(sub))
+                    charge=charge, spin=spin, name=name, mol_block=Chem.MolToMolBlock(sub))
 
 
 @dataclasses.dataclass(frozen=True, eq=False)
@@ -159,10 +188,18 @@ def qmmm_system(system: Molecule, qm_atoms, wall_radius: float | None = None, wa
                 min_distance: float = 1.2) -> QMMMSystem:
     """Split ``system`` into the QM region ``qm_atoms`` (whole molecules) and the MM rest.
 
-    ``wall_radius`` (Å) defaults to 1.5 Å beyond the atom farthest from the origin. Raises
-    InputError for indices out of range or repeated, a QM region that cuts a covalent bond, an
-    empty region, or a QM and an MM atom closer than ``min_distance`` Å (overlapping solute and
-    water)."""
+    ``wall_radius`` (Å, finite > 0) defaults to 1.5 Å beyond the atom farthest from the origin;
+    ``wall_k`` (eV/Å², finite > 0); ``min_distance`` (Å, finite ≥ 0). The environment's spin is
+    its radicals' (0 for water), the solute gets the rest of the system's spin. Raises InputError
+    for indices out of range or repeated, a QM region that cuts a covalent bond, an empty region,
+    or a QM and an MM atom closer than ``min_distance`` Å (overlapping solute and water)."""
+    if not isinstance(system, Molecule):
+        raise InputError(f"the system must be a jkstep.Molecule with a topology (e.g. from jkstep.qmmm.solvate), "
+                         f"got {type(system).__name__}")
+    if wall_radius is not None:
+        wall_radius = _number("wall_radius (Å)", wall_radius)
+    wall_k = _number("wall_k (eV/Å²)", wall_k)
+    min_distance = _number("min_distance (Å)", min_distance, allow_equal=True)
     if system.mol_block is None:
         raise InputError("the system needs a topology (mol block) to type MMFF and find whole molecules")
     qm = np.asarray(qm_atoms)
@@ -193,9 +230,12 @@ def qmmm_system(system: Molecule, qm_atoms, wall_radius: float | None = None, wa
         raise InputError(f"QM atom {qm[i]} and MM atom {mm[j]} are {d.min():.2f} Å apart (< {min_distance} Å): "
                          "solute and water overlap; place the waters again (jkstep.qmmm.solvate)")
     radius = float(np.linalg.norm(x, axis=1).max() + 1.5) if wall_radius is None else float(wall_radius)
-    solute = _sub_molecule(rd, qm, x, system.name + " (QM)")
     env = _sub_molecule(rd, mm, x, system.name + " (MM)")
-    return QMMMSystem(system, qm, mm, solute, env, radius, float(wall_k),
+    if env.spin > system.spin:
+        raise InputError(f"the MM region has {env.spin} unpaired electrons but the system's spin is {system.spin}; "
+                         "give the system its full spin (unpaired electrons)")
+    solute = _sub_molecule(rd, qm, x, system.name + " (QM)", spin=system.spin - env.spin)
+    return QMMMSystem(system, qm, mm, solute, env, radius, wall_k,
                       mmff_potential(system), mmff_potential(solute), mmff_potential(env))
 
 
@@ -220,7 +260,18 @@ def respa(qmmm: QMMMSystem, qm_init, qm_apply, k: int, dt: float):
 
     ``qm_init, qm_apply``: the solute's integrator over k·dt per ``apply`` (``jkstep.kstep`` with
     its model, or ``jkstep.integrate`` k Verlet steps of the xTB potential; both ignore the
-    water). Its state must have positions, velocities, forces and energy (the xTB energy)."""
+    water). Its state must have positions, velocities, forces and energy (the xTB energy).
+    ``k``: integer ≥ 1; ``dt``: the base step in fs, finite > 0. ``init_fn`` takes positions (Å)
+    and velocities (Å/fs) of the whole system, shape (len(system), 3)."""
+    if not isinstance(qmmm, QMMMSystem):
+        raise InputError(f"qmmm must be a QMMMSystem (jkstep.qmmm.qmmm_system), got {type(qmmm).__name__}")
+    if not (callable(qm_init) and callable(qm_apply)):
+        raise InputError("qm_init and qm_apply must be the solute's integrator functions, e.g. "
+                         "jkstep.qmmm.verlet_block(potential, masses, k, dt) or jkstep.kstep(...)")
+    if not is_integer(k, 1):
+        raise InputError(f"k (base steps per macro-step) must be an integer ≥ 1, got {k!r}")
+    dt = _number("dt (fs)", dt)
+    n_atoms = len(qmmm.system)
     mq = jnp.asarray(qmmm.solute.masses)[:, None]
     mw = jnp.asarray(qmmm.environment.masses)[:, None]
     tau = k * dt
@@ -232,6 +283,12 @@ def respa(qmmm: QMMMSystem, qm_init, qm_apply, k: int, dt: float):
         return -gq, -gw
 
     def init_fn(positions, velocities, key=None) -> QMMMState:
+        for name, a in (("positions (Å)", positions), ("velocities (Å/fs)", velocities)):
+            if np.shape(a) != (n_atoms, 3):
+                raise InputError(f"{name} must have shape ({n_atoms}, 3), one row per atom of the whole system "
+                                 f"(QM and MM), got {np.shape(a)}")
+            if not isinstance(a, jax.core.Tracer) and not np.all(np.isfinite(np.asarray(a, np.float64))):
+                raise InputError(f"{name} contain NaN or infinite values")
         x, v = jnp.asarray(positions, jnp.float64), jnp.asarray(velocities, jnp.float64)
         xq, xw = x[qmmm.qm], x[qmmm.mm]
         q = qm_init(xq, v[qmmm.qm]) if key is None else qm_init(xq, v[qmmm.qm], key)
@@ -279,16 +336,23 @@ def verlet_block(potential, masses, k: int, dt: float):
 
 
 def min_solute_water_distance(qmmm: QMMMSystem, xq, xw, heavy: bool = True) -> float:
-    """Smallest solute–water distance (Å), heavy atoms only by default."""
+    """Smallest solute–water distance (Å), heavy atoms only by default (all atoms of a region
+    that has no heavy atom, e.g. H2)."""
     zq, zw = qmmm.solute.numbers, qmmm.environment.numbers
-    a = np.asarray(xq)[zq > 1] if heavy else np.asarray(xq)
-    b = np.asarray(xw)[zw > 1] if heavy else np.asarray(xw)
+    a = np.asarray(xq)[zq > 1] if heavy and np.any(zq > 1) else np.asarray(xq)
+    b = np.asarray(xw)[zw > 1] if heavy and np.any(zw > 1) else np.asarray(xw)
     return float(np.linalg.norm(a[:, None] - b[None], axis=-1).min())
 
 
 def water_oh_lengths(qmmm: QMMMSystem, xw) -> np.ndarray:
-    """All water O–H bond lengths (Å) of the MM region (waters as O, H, H in order)."""
+    """All water O–H bond lengths (Å) of the MM region (waters as O, H, H in order); InputError
+    if the environment is not water or ``xw`` is not its (n, 3) positions in Å."""
     z = qmmm.environment.numbers
+    if len(z) % 3 or not np.array_equal(z, np.tile([8, 1, 1], len(z) // 3)):
+        raise InputError(f"water_oh_lengths needs a water environment (atoms O, H, H per water, as from "
+                         f"jkstep.qmmm.solvate), got {qmmm.environment.formula}")
     x = np.asarray(xw)
+    if x.shape != (len(z), 3):
+        raise InputError(f"xw must be the environment's positions, shape ({len(z)}, 3) in Å, got {x.shape}")
     oxygens = np.flatnonzero(z == 8)
     return np.concatenate([np.linalg.norm(x[[o + 1, o + 2]] - x[o], axis=-1) for o in oxygens])

@@ -91,3 +91,97 @@ def test_bad_input():
         qmmm.qmmm_system(system.with_positions(x), qm_atoms)
     with pytest.raises(InputError, match="more than once"):
         qmmm.qmmm_system(system, [0, 0, 1])
+
+
+@functools.cache
+def small():
+    """A water in 4 waters (15 atoms, all MMFF): fast bad-input checks."""
+    system, qm_atoms = qmmm.solvate(jkstep.Molecule.from_smiles("O"), n_waters=4)
+    return system, qm_atoms, qmmm.qmmm_system(system, qm_atoms)
+
+
+def test_solvate_and_split_keep_the_solute_spin():
+    for smiles, spin in (("[CH2]", 2), ("[CH3]", 1)):
+        solute = jkstep.Molecule.from_smiles(smiles)
+        system, qm_atoms = qmmm.solvate(solute, n_waters=2)
+        assert system.spin == spin and system.charge == solute.charge
+        qs = qmmm.qmmm_system(system, qm_atoms)
+        assert qs.solute.spin == spin and qs.environment.spin == 0
+    # a radical inside a larger system (no solvate): spin from its topology
+    qs = qmmm.qmmm_system(jkstep.Molecule.from_smiles("[CH2].O"), [0, 2, 3], min_distance=0.0)
+    assert qs.solute.spin == 2 and qs.environment.spin == 0
+
+
+def test_solvate_bad_input():
+    w = jkstep.Molecule.from_smiles("O")
+    for n in (2.5, "3", True, -1):
+        with pytest.raises(InputError, match="n_waters must be an integer"):
+            qmmm.solvate(w, n_waters=n)
+    for spacing in (0, 0.1, -3.1, float("nan"), "3.1"):
+        with pytest.raises(InputError, match="spacing"):
+            qmmm.solvate(w, n_waters=3, spacing=spacing)
+    for d in (0, -1.0, float("inf"), None):
+        with pytest.raises(InputError, match="min_distance"):
+            qmmm.solvate(w, n_waters=3, min_distance=d)
+    with pytest.raises(InputError, match="lower min_distance"):
+        qmmm.solvate(w, n_waters=3, min_distance=1e3)
+    with pytest.raises(InputError, match="seed"):
+        qmmm.solvate(w, n_waters=3, seed=-1)
+    with pytest.raises(InputError, match="must be a jkstep.Molecule"):
+        qmmm.solvate("O", n_waters=3)
+    with pytest.raises(InputError, match="topology"):
+        qmmm.solvate(jkstep.Molecule(w.numbers, w.positions), n_waters=3)
+    alone, qm_atoms = qmmm.solvate(w, n_waters=0)      # no water: the centred solute alone
+    assert len(alone) == 3 and list(qm_atoms) == [0, 1, 2]
+
+
+def test_qmmm_system_bad_settings():
+    system, qm_atoms, _ = small()
+    with pytest.raises(InputError, match="must be a jkstep.Molecule"):
+        qmmm.qmmm_system("O", qm_atoms)
+    for bad in (-1, 0, float("nan"), "5", True):
+        with pytest.raises(InputError, match="wall_radius"):
+            qmmm.qmmm_system(system, qm_atoms, wall_radius=bad)
+        with pytest.raises(InputError, match="wall_k"):
+            qmmm.qmmm_system(system, qm_atoms, wall_k=bad)
+    for bad in (-0.5, float("nan"), "1.2", None):
+        with pytest.raises(InputError, match="min_distance"):
+            qmmm.qmmm_system(system, qm_atoms, min_distance=bad)
+    for bad in (np.arange(len(system)) < 3, [0.0, 1.0, 2.0], [[0, 1, 2]], "012", None):
+        with pytest.raises(InputError, match="qm_atoms"):
+            qmmm.qmmm_system(system, bad)
+
+
+def test_respa_bad_input():
+    system, _, qs = small()
+    blk = qmmm.verlet_block(qs.mmff_qm, qs.solute.masses, 2, 0.25)
+    for k in (0, -1, 2.5, "2", True):
+        with pytest.raises(InputError, match="k \\(base steps"):
+            qmmm.respa(qs, *blk, k, 0.25)
+    for dt in (0, -0.25, float("nan"), "0.25"):
+        with pytest.raises(InputError, match="dt"):
+            qmmm.respa(qs, *blk, 2, dt)
+    with pytest.raises(InputError, match="QMMMSystem"):
+        qmmm.respa(system, *blk, 2, 0.25)
+    init, apply, energy = qmmm.respa(qs, *blk, 2, 0.25)
+    x, v = system.positions, np.zeros_like(system.positions)
+    with pytest.raises(InputError, match=r"shape \(15, 3\).*got \(12, 3\)"):
+        init(x[:12], v[:12])
+    with pytest.raises(InputError, match="velocities"):
+        init(x, v[:, :2])
+    xn = x.copy()
+    xn[5] = np.nan
+    with pytest.raises(InputError, match="NaN"):
+        init(xn, v)
+    with pytest.raises(InputError, match="got \\(12, 3\\)"):   # also when traced under jit
+        jax.jit(init)(x[:12], v[:12])
+
+
+def test_water_oh_lengths_needs_water():
+    _, _, qs = small()
+    assert np.allclose(qmmm.water_oh_lengths(qs, qs.environment.positions), qmmm.WATER_OH)
+    with pytest.raises(InputError, match="shape"):
+        qmmm.water_oh_lengths(qs, qs.environment.positions[:-1])
+    methanol = qmmm.qmmm_system(jkstep.Molecule.from_smiles("C.CO"), [0, 3, 4, 5, 6], min_distance=0.0)
+    with pytest.raises(InputError, match="water environment"):
+        qmmm.water_oh_lengths(methanol, methanol.environment.positions)
