@@ -9,8 +9,6 @@ ASE trajectory files and logs through the usual ``trajectory=`` / ``logfile=`` a
 
 from __future__ import annotations
 
-import inspect
-
 import jax
 import numpy as np
 from ase.calculators.singlepoint import SinglePointCalculator
@@ -18,7 +16,7 @@ from ase.md.md import MolecularDynamics
 
 from jkstep import units
 from jkstep.errors import InputError, SimulationError
-from jkstep.kstep import kstep_integrator, model_jump
+from jkstep.kstep import check_model, check_options, kstep_integrator, model_jump
 from jkstep.molecule import Molecule
 from jkstep.potentials.xtb import xtb_potential
 
@@ -49,17 +47,12 @@ class KStepMD(MolecularDynamics):
         if atoms.has("momenta") and not np.isfinite(atoms.get_momenta()).all():
             raise InputError("atoms has NaN or inf velocities: set finite ones (e.g. "
                              "MaxwellBoltzmannDistribution) or none (start at rest)")
-        if bundle is not None and not (hasattr(bundle, "apply") and hasattr(bundle, "check_elements")):
-            raise InputError(f"bundle must be a loaded model, e.g. jkstep.load_pretrained('gfn2-k8'); "
-                             f"got {type(bundle).__name__} {bundle!r:.60}")
         if bundle is not None:
+            check_model(bundle, "KStepMD")
             jump, k, dt = model_jump(bundle, molecule.numbers, molecule.masses), bundle.k, bundle.dt
         elif jump is None or k is None or dt is None:
             raise InputError("KStepMD needs a model bundle, or a jump function with its k and dt")
-        unknown = set(options) - set(list(inspect.signature(kstep_integrator).parameters)[6:])  # after dt
-        if unknown:
-            raise InputError(f"unknown option(s) {sorted(unknown)}: KStepMD takes those of "
-                             f"jkstep.kstep.kstep_integrator (guards, ensemble, temperature, ...)")
+        check_options(options, "KStepMD")
         self.potential = xtb_potential(molecule) if potential is None else potential
         init, apply = kstep_integrator(jump, self.potential, molecule.numbers, molecule.masses, k, dt, **options)
         self._init, self._apply = jax.jit(init), jax.jit(apply)

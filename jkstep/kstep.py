@@ -48,6 +48,7 @@ Units: Å, fs, eV, amu, K.
 from __future__ import annotations
 
 import dataclasses
+import inspect
 import math
 from typing import Callable
 
@@ -390,6 +391,24 @@ def reversal_corrected(jump: JumpFn, alpha: float = REVERSAL_CORRECTION) -> Jump
     return corrected
 
 
+def check_model(bundle, caller: str) -> None:
+    """InputError unless ``bundle`` is a loaded model (``load_pretrained``); ``caller`` names the
+    function in the message."""
+    if not (hasattr(bundle, "apply") and hasattr(bundle, "check_elements")):
+        raise InputError(f"{caller} needs a loaded model, e.g. jkstep.load_pretrained('gfn2-k8'); "
+                         f"got {type(bundle).__name__} {bundle!r:.60}")
+
+
+def check_options(options: dict, caller: str, extra: tuple[str, ...] = ()) -> None:
+    """InputError for keyword options that ``kstep_integrator`` (or ``extra``) does not take."""
+    known = {name for name, p in inspect.signature(kstep_integrator).parameters.items()
+             if p.default is not inspect.Parameter.empty}
+    unknown = sorted(set(options) - known - set(extra))
+    if unknown:
+        raise InputError(f"unknown option(s) {unknown}: {caller} takes {', '.join(extra) + ' and ' if extra else ''}"
+                         f"the options of jkstep.kstep.kstep_integrator ({', '.join(sorted(known))})")
+
+
 def model_jump(bundle, numbers, masses, reversal_correction: float = REVERSAL_CORRECTION) -> JumpFn:
     """The jump of a loaded model (``load_pretrained``) for one molecule, with the
     time-reversal correction ``reversal_correction`` (α of ``reversal_corrected``; 0 = off)."""
@@ -414,9 +433,8 @@ def kstep(bundle, potential, molecule, k: int | None = None, dt: float | None = 
     ensemble, temperature, friction). ``k`` and ``dt``, if given, must be the
     model's own: a model trained for one jump length cannot make another.
     """
-    if not (hasattr(bundle, "apply") and hasattr(bundle, "check_elements")):
-        raise InputError(f"kstep needs a loaded model, e.g. kstep(jkstep.load_pretrained('gfn2-k8'), pot, mol); "
-                         f"got {type(bundle).__name__} {bundle!r:.60}")
+    check_model(bundle, "kstep")
+    check_options(options, "kstep", extra=("reversal_correction",))
     if not isinstance(molecule, Molecule):
         raise InputError(f"kstep needs a jkstep.Molecule (e.g. Molecule.from_smiles('CCO')), "
                          f"got {type(molecule).__name__} {molecule!r:.60}")

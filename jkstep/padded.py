@@ -25,7 +25,6 @@ Units: Å, fs, eV, amu.
 from __future__ import annotations
 
 import dataclasses
-import inspect
 from concurrent.futures import ThreadPoolExecutor
 from typing import Sequence
 
@@ -33,7 +32,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from jkstep.errors import InputError, is_finite_number, is_integer
-from jkstep.kstep import REVERSAL_CORRECTION, kstep_integrator, reversal_corrected
+from jkstep.kstep import REVERSAL_CORRECTION, check_model, check_options, kstep_integrator, reversal_corrected
 from jkstep.molecule import Molecule
 from jkstep.potentials import xtb as xtb_module
 
@@ -190,9 +189,7 @@ def padded_kstep(bundle, potential, batch: Padded, **options):
     that reads the member index the same way). ``options``: ``reversal_correction`` (as in
     ``jkstep.kstep``) and those of ``kstep_integrator``.
     """
-    if not (hasattr(bundle, "apply") and hasattr(bundle, "check_elements")):
-        raise InputError(f"padded_kstep needs a loaded model, e.g. jkstep.load_pretrained('gfn2-k8'); "
-                         f"got {type(bundle).__name__} {bundle!r:.60}")
+    check_model(bundle, "padded_kstep")
     if not isinstance(batch, Padded):
         raise InputError(f"batch must be a Padded batch (jkstep.padded.pad(molecules)), got {type(batch).__name__}")
     own = getattr(potential, "batch", None)
@@ -201,11 +198,7 @@ def padded_kstep(bundle, potential, batch: Padded, **options):
         raise InputError(f"the potential was built for other molecules (or another order or padding) than "
                          f"batch: atomic numbers {own.numbers.shape} vs {batch.numbers.shape}; build both from "
                          f"the same list, e.g. batch = potential.batch")
-    known = list(inspect.signature(kstep_integrator).parameters)[6:] + ["reversal_correction"]  # after dt
-    unknown = set(options) - set(known)
-    if unknown:
-        raise InputError(f"unknown option(s) {sorted(unknown)}: padded_kstep takes reversal_correction and the "
-                         f"options of jkstep.kstep.kstep_integrator (guards, ensemble, temperature, ...)")
+    check_options(options, "padded_kstep", extra=("reversal_correction",))
     bundle.check_elements(batch.numbers)
     alpha = options.pop("reversal_correction", REVERSAL_CORRECTION)
     if not is_finite_number(alpha):

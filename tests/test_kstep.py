@@ -287,6 +287,8 @@ def test_kstep_names_what_it_needs(ethanol):
         jkstep.kstep("gfn2-k8", pot, ethanol)
     with pytest.raises(InputError, match="kstep needs a jkstep.Molecule"):
         jkstep.kstep(bundle, pot, "CCO")
+    with pytest.raises(InputError, match=r"unknown option\(s\) \['bogus'\]: kstep takes reversal_correction"):
+        jkstep.kstep(bundle, pot, ethanol, bogus=1)
 
 
 def verlet_jump(energy, masses, k, dt):
