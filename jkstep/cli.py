@@ -195,16 +195,10 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-#: Å: atoms closer than this are not a molecular geometry (the evaluation's blow-up bound too)
-MIN_DISTANCE = 0.5
-
-
 def load_molecule(args):
     """The molecule of --file or --smiles, refused with one line if it cannot be simulated."""
-    import numpy as np
-
     from jkstep.errors import InputError
-    from jkstep.molecule import Molecule
+    from jkstep.molecule import Molecule, check_simulatable
 
     if args.file:
         molecule = Molecule.read(args.file, charge=args.charge, spin=args.spin)
@@ -217,15 +211,7 @@ def load_molecule(args):
                 raise InputError(f"--{name} {given} contradicts the SMILES, which gives {name} "
                                  f"{getattr(molecule, name)}; write the {name} into the SMILES (e.g. [NH4+], "
                                  f"[CH3] for a radical) or leave --{name} out")
-    if len(molecule) < 2:
-        raise InputError(f"{molecule.name} is a single atom: it has no internal motion to simulate; "
-                         "give a molecule of two or more atoms")
-    x = np.asarray(molecule.positions)
-    d = np.linalg.norm(x[:, None] - x[None], axis=-1) + np.eye(len(x)) * 1e9
-    i, j = np.unravel_index(np.argmin(d), d.shape)
-    if d[i, j] < MIN_DISTANCE:
-        raise InputError(f"atoms {min(i, j)} and {max(i, j)} of {molecule.name} are {d[i, j]:.2f} Å apart "
-                         f"(closer than {MIN_DISTANCE} Å): not a molecular geometry; check the coordinates")
+    check_simulatable(molecule)
     return molecule
 
 

@@ -197,6 +197,24 @@ def _separate_fragments(mol, gap: float = 3.0) -> None:
         conf.SetAtomPosition(i, p.tolist())
 
 
+#: Å: atoms closer than this are not a molecular geometry (the evaluation's blow-up bound too).
+MIN_DISTANCE = 0.5
+
+
+def check_simulatable(molecule: Molecule) -> None:
+    """InputError for a molecule MD cannot simulate: a single atom (no internal motion), or two
+    atoms closer than ``MIN_DISTANCE`` Å (not a molecular geometry)."""
+    if len(molecule) < 2:
+        raise InputError(f"{molecule.name} is a single atom: it has no internal motion to simulate; "
+                         "give a molecule of two or more atoms")
+    x = molecule.positions
+    d = np.linalg.norm(x[:, None] - x[None], axis=-1) + np.eye(len(x)) * 1e9
+    i, j = np.unravel_index(np.argmin(d), d.shape)
+    if d[i, j] < MIN_DISTANCE:
+        raise InputError(f"atoms {min(i, j)} and {max(i, j)} of {molecule.name} are {d[i, j]:.2f} Å apart "
+                         f"(closer than {MIN_DISTANCE} Å): not a molecular geometry; check the coordinates")
+
+
 #: Seeds are integers in [0, MAX_SEED] (what RDKit's embedding and JAX's PRNG both take).
 MAX_SEED = 2**31 - 1
 

@@ -181,7 +181,7 @@ def _gen_yaml(tmp_path, smiles, **settings):
 
 @pytest.mark.parametrize("line, message", [
     ("C1CC bad", "molecule 'bad': cannot parse SMILES 'C1CC'"),
-    ("[He] he", "molecule 'he': a single atom"),
+    ("[He] he", "molecule 'he': [He] is a single atom"),
     ("O[U]O uran", "molecule 'uran': GFN2-xTB has no parameters for atomic number(s) [92]"),
 ])
 def test_generate_checks_every_molecule_before_any_md(tmp_path, capsys, line, message):

@@ -616,18 +616,13 @@ def plan(cfg: GenerateConfig) -> list[Job]:
 def check_molecule(smiles: str, name: str, cfg: GenerateConfig) -> None:
     """InputError naming the molecule if its SMILES does not give a conformer that ``cfg.method``
     can simulate (unparsable, a single atom, elements without parameters); no xTB call."""
-    from jkstep.molecule import Molecule
-    from jkstep.potentials.xtb import MAX_Z
+    from jkstep.molecule import Molecule, check_simulatable
+    from jkstep.potentials.xtb import check_parametrised
 
     try:
         molecule = Molecule.from_smiles(smiles, seed=cfg.conformer_seed)
-        if len(molecule) < 2:
-            raise InputError("a single atom has no internal motion to simulate; give a molecule of two or "
-                             "more atoms")
-        heavy = sorted({int(z) for z in molecule.numbers if z > MAX_Z[cfg.method]})
-        if heavy:
-            raise InputError(f"{cfg.method} has no parameters for atomic number(s) {heavy} "
-                             f"(it covers Z = 1-{MAX_Z[cfg.method]})")
+        check_simulatable(molecule)
+        check_parametrised(molecule.numbers, cfg.method)
     except InputError as exc:
         raise InputError(f"{cfg.molecules}: molecule {name!r}: {exc}") from None
 

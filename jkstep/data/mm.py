@@ -290,7 +290,7 @@ class MMJob:
 def plan(cfg: MMConfig) -> tuple[list[MMJob], dict[int, dict[str, int]]]:
     """The jobs of ``cfg`` (molecules typed with RDKit MMFF, each assigned a bucket) and the
     padded term counts of each bucket in use (the largest count among its molecules)."""
-    from jkstep.molecule import Molecule
+    from jkstep.molecule import Molecule, check_simulatable
     from jkstep.potentials.mmff import mmff_potential
 
     molecules = read_molecules(cfg.molecules)
@@ -306,9 +306,7 @@ def plan(cfg: MMConfig) -> tuple[list[MMJob], dict[int, dict[str, int]]]:
             continue
         try:
             molecule = Molecule.from_smiles(smiles, seed=cfg.conformer_seed)
-            if len(molecule) < 2:
-                raise InputError("a single atom has no internal motion to simulate; give a molecule of two or "
-                                 "more atoms")
+            check_simulatable(molecule)
             pot = mmff_potential(molecule, variant=cfg.method)
             bucket = bucket_of(len(molecule), cfg.buckets)
         except InputError as exc:

@@ -89,10 +89,7 @@ class XTBPotential:
         for m in (method, fallback_method):
             if m is not None and m not in METHODS:
                 raise InputError(f"unknown xTB method {m!r}; choose one of {', '.join(METHODS)}")
-        too_heavy = sorted({int(z) for z in molecule.numbers if z > MAX_Z[method]})
-        if too_heavy:
-            raise InputError(f"{method} has no parameters for atomic number(s) {too_heavy} "
-                             f"(it covers Z = 1-{MAX_Z[method]})")
+        check_parametrised(molecule.numbers, method)
         if not accuracy > 0:
             raise InputError(f"SCF accuracy must be > 0, got {accuracy}")
         self.molecule = molecule
@@ -321,6 +318,14 @@ def _make_jax_function(host):
         return (energy, forces, ok), (denergy, dforces, jnp.zeros(ok.shape, jax.dtypes.float0))
 
     return evaluate
+
+
+def check_parametrised(numbers, method: str) -> None:
+    """InputError if ``method`` has no parameters for one of the atomic ``numbers``."""
+    too_heavy = sorted({int(z) for z in numbers if z > MAX_Z[method]})
+    if too_heavy:
+        raise InputError(f"{method} has no parameters for atomic number(s) {too_heavy} "
+                         f"(it covers Z = 1-{MAX_Z[method]})")
 
 
 def xtb_potential(molecule: Molecule, method: str = "GFN2-xTB", **kwargs) -> XTBPotential:
