@@ -20,7 +20,7 @@ import numpy as np
 from flax import struct
 
 from jkstep import units
-from jkstep.errors import InputError
+from jkstep.errors import SCF_HINT, InputError, SimulationError
 
 
 @struct.dataclass
@@ -109,6 +109,13 @@ def _new_state(evaluate, positions, velocities, masses, key=None) -> MDState:
     return MDState(positions=positions, velocities=jnp.asarray(velocities, jnp.float64),
                    forces=forces, energy=energy, force_calls=jnp.ones((), jnp.int32),
                    step=jnp.zeros((), jnp.int32), failed=~(ok & _finite(energy, forces)), key=key)
+
+
+def check_start(state, name: str = "the molecule") -> None:
+    """SimulationError if the force call at a run's starting geometry failed (``state.failed``
+    right after ``init_fn``, no step made); ``name`` labels the molecule in the message."""
+    if bool(state.failed):
+        raise SimulationError(f"the xTB SCF did not converge at the starting geometry of {name}; {SCF_HINT}")
 
 
 def _finite(energy, forces):

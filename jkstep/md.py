@@ -18,8 +18,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from jkstep import analysis, integrate
-from jkstep.errors import (MAX_STEPS, SCF_HINT, InputError, SimulationError, is_finite_number, is_integer,
-                           is_interrupt)
+from jkstep.errors import MAX_STEPS, InputError, SimulationError, is_finite_number, is_integer, is_interrupt
 from jkstep.kstep import fallback_step_count, kstep_integrator
 from jkstep.molecule import Molecule, check_seed
 from jkstep.rollout import Frames, concat, frames_of, runner
@@ -132,7 +131,7 @@ def run_md(molecule: Molecule, potential: Callable, config: RunConfig, jump=None
         init, apply = integrate.langevin(potential, masses, dt_eq, config.temperature, config.friction)
         key, sub = jax.random.split(key)
         state = init(positions, velocities, sub)
-        _check_start(state, molecule)
+        integrate.check_start(state, molecule.name)
         n_eq = int(round(config.equilibrate_ps * 1000.0 / dt_eq))
         if n_eq:
             state, _ = runner(apply, 1, n_eq)(state)
@@ -153,7 +152,7 @@ def run_md(molecule: Molecule, potential: Callable, config: RunConfig, jump=None
                                        ensemble=config.ensemble, temperature=config.temperature,
                                        friction=config.friction, **config.kstep_options)
         state = init(positions, velocities, key)
-    _check_start(state, molecule)
+    integrate.check_start(state, molecule.name)
     frames = [jax.tree.map(lambda x: jnp.asarray(x)[None], frames_of(state))]
 
     n_frames = config.n_steps // (every * steps_per_apply)
@@ -218,13 +217,6 @@ def run_md(molecule: Molecule, potential: Callable, config: RunConfig, jump=None
         # runs the fallbacks (and so the cost) need not stay at the rate of the first picoseconds
         summary["timeline"] = timeline
     return summary, frames
-
-
-def _check_start(state, molecule: Molecule) -> None:
-    """SimulationError if the force call at a run's starting geometry failed (no step was made)."""
-    if bool(state.failed):
-        raise SimulationError(f"the xTB SCF did not converge at the starting geometry of {molecule.name}; "
-                              f"{SCF_HINT}")
 
 
 def _progress_point(state, dt: float) -> list:

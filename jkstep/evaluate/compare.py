@@ -38,8 +38,7 @@ import numpy as np
 
 from jkstep import analysis, integrate
 from jkstep.data.replicas import same_energy_velocities
-from jkstep.errors import (MAX_STEPS, SCF_HINT, InputError, SimulationError, is_finite_number, is_integer,
-                           is_interrupt)
+from jkstep.errors import MAX_STEPS, InputError, SimulationError, is_finite_number, is_integer, is_interrupt
 from jkstep.evaluate import metrics
 from jkstep.integrate import equal_cost_dt
 from jkstep.kstep import (REVERSAL_CORRECTION, Guards, ballistic_jump, fallback_step_count, kstep_integrator,
@@ -121,8 +120,7 @@ def thermalised_starts(molecule: Molecule, potential, config: EvalConfig):
     init, apply = integrate.langevin(potential, molecule.masses, 0.5, config.temperature, config.friction)
     state = init(molecule.positions, molecule.thermal_velocities(config.temperature, config.seed),
                  jax.random.PRNGKey(config.seed))
-    if bool(state.failed):
-        raise SimulationError(f"the xTB SCF did not converge at the starting geometry of {molecule.name}; {SCF_HINT}")
+    integrate.check_start(state, molecule.name)
     n_eq = int(round(config.equilibrate_ps * 2000.0))
     if n_eq:
         state, _ = runner(apply, 1, n_eq)(state)
