@@ -9,6 +9,8 @@ ASE trajectory files and logs through the usual ``trajectory=`` / ``logfile=`` a
 
 from __future__ import annotations
 
+import os
+
 import jax
 import numpy as np
 from ase.calculators.singlepoint import SinglePointCalculator
@@ -53,6 +55,8 @@ class KStepMD(MolecularDynamics):
         elif jump is None or k is None or dt is None:
             raise InputError("KStepMD needs a model bundle, or a jump function with its k and dt")
         check_options(options, "KStepMD")
+        _check_file_argument("trajectory", trajectory)
+        _check_file_argument("logfile", logfile)
         self.potential = xtb_potential(molecule) if potential is None else potential
         init, apply = kstep_integrator(jump, self.potential, molecule.numbers, molecule.masses, k, dt, **options)
         self._init, self._apply = jax.jit(init), jax.jit(apply)
@@ -84,3 +88,17 @@ class KStepMD(MolecularDynamics):
         if bool(self.state.failed):
             raise SimulationError("an xTB force call failed for good (SCF); see the potential's counters()")
         self._publish()
+
+
+def _check_file_argument(name: str, value) -> None:
+    """InputError if a ``trajectory``/``logfile`` path names a directory or lies in a missing one
+    (ASE would fail on it only after the integrator was built). Open files, ASE writers and
+    ``'-'`` (stdout, for logfile) pass."""
+    if not isinstance(value, (str, os.PathLike)) or os.fspath(value) == "-":
+        return
+    path = os.fspath(value)
+    if os.path.isdir(path):
+        raise InputError(f"{name}={path!r} is a directory; give a file name (e.g. md.traj)")
+    parent = os.path.dirname(os.path.abspath(path))
+    if not os.path.isdir(parent):
+        raise InputError(f"{name}={path!r}: the directory {parent} does not exist; create it first")

@@ -29,6 +29,10 @@ def is_interrupt(exc: BaseException) -> bool:
 #: years of CPU; a longer one is a mistyped length or time step.
 MAX_STEPS = 1e9
 
+#: Highest temperature (K) a run, evaluation or data generation starts from: molecules dissociate
+#: far below it, and thermal velocities much above it overflow in the kinetic energy.
+MAX_TEMPERATURE_K = 1e4
+
 
 def is_finite_number(x) -> bool:
     """True for a real, finite number (False for NaN, ±inf, text, None)."""

@@ -18,7 +18,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from jkstep import analysis, integrate
-from jkstep.errors import MAX_STEPS, InputError, SimulationError, is_finite_number, is_integer, is_interrupt
+from jkstep.errors import MAX_STEPS, MAX_TEMPERATURE_K, InputError, SimulationError, is_finite_number, is_integer, is_interrupt
 from jkstep.kstep import fallback_step_count, kstep_integrator
 from jkstep.molecule import Molecule, check_seed
 from jkstep.rollout import Frames, concat, frames_of, runner
@@ -64,6 +64,8 @@ class RunConfig:
         for name in ("temperature", "friction", "equilibrate_ps"):
             if not is_finite_number(getattr(self, name)) or not getattr(self, name) >= 0:
                 raise InputError(f"{name} must be a finite value ≥ 0, got {getattr(self, name)!r}")
+        if self.temperature > MAX_TEMPERATURE_K:
+            raise InputError(f"temperature must be at most {MAX_TEMPERATURE_K:g} K, got {self.temperature!r}")
         if self.equilibrate_dt is not None and not (is_finite_number(self.equilibrate_dt)
                                                     and self.equilibrate_dt > 0):
             raise InputError(f"equilibrate_dt must be a finite value > 0 fs, got {self.equilibrate_dt!r}")

@@ -15,7 +15,7 @@ from ase import Atoms
 from ase.data import atomic_masses, chemical_symbols
 
 from jkstep import units
-from jkstep.errors import InputError, is_integer
+from jkstep.errors import MAX_TEMPERATURE_K, InputError, is_integer
 
 
 @dataclasses.dataclass(frozen=True, eq=False)
@@ -59,7 +59,9 @@ class Molecule:
                              "check the charge")
         if spin < 0 or (int(numbers.sum()) - charge + spin) % 2:
             raise InputError(f"spin {self.spin} (unpaired electrons) is impossible for "
-                             f"{int(numbers.sum()) - int(self.charge)} electrons at charge {self.charge}")
+                             f"{int(numbers.sum()) - int(self.charge)} electrons at charge {self.charge}: an odd "
+                             "electron count needs an odd spin; give spin=1 (CLI: --spin 1) for a radical, "
+                             "or the charge of the ion")
         object.__setattr__(self, "numbers", numbers.astype(np.int64))
         object.__setattr__(self, "positions", positions)
         object.__setattr__(self, "masses", masses.astype(np.float64))
@@ -164,11 +166,12 @@ class Molecule:
         from ase.md.velocitydistribution import Stationary, thermalize_momenta
 
         try:
-            ok = np.isfinite(float(temperature)) and temperature >= 0
+            ok = np.isfinite(float(temperature)) and 0 <= temperature <= MAX_TEMPERATURE_K
         except (TypeError, ValueError):
             ok = False
         if not ok:
-            raise InputError(f"temperature must be a finite value ≥ 0 K, got {temperature!r}")
+            raise InputError(f"temperature must be a finite value from 0 to {MAX_TEMPERATURE_K:g} K, "
+                             f"got {temperature!r}")
         atoms = self.to_atoms()
         thermalize_momenta(atoms, float(temperature), rng=np.random.default_rng(check_seed(seed)))
         Stationary(atoms, preserve_temperature=False)  # leaves (3N-3)/2 kT on average

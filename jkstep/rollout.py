@@ -15,6 +15,7 @@ global replica index, so sharded and unsharded runs give the same numbers.
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import inspect
 import math
@@ -73,6 +74,10 @@ def rollout(apply_fn, state: MDState, n_frames: int, every: int = 1) -> tuple[MD
     after every ``every`` steps. Jit it with static ``n_frames`` and ``every`` (see ``runner``);
     both must be integers ≥ 1."""
     n_frames, every = check_lengths(n_frames, every)
+    missing = [f.name for f in dataclasses.fields(Frames) if not hasattr(state, f.name)]
+    if missing:
+        raise InputError(f"rollout needs the integrator's state, the result of init_fn(positions, velocities); "
+                         f"got {type(state).__name__} (no {', '.join(missing)})")
 
     def frame(state, _):
         state = jax.lax.fori_loop(0, every, lambda _, s: apply_fn(s), state)

@@ -35,7 +35,7 @@ def test_ase_front_matches_jax_integrator(ethanol, tmp_path):
     np.testing.assert_allclose(frames[-1].get_kinetic_energy(), ke, rtol=1e-10)
 
 
-def test_ase_front_rejects_what_it_cannot_honour():
+def test_ase_front_rejects_what_it_cannot_honour(tmp_path):
     import pytest
     from ase.build import molecule
     from ase.constraints import FixAtoms
@@ -56,3 +56,7 @@ def test_ase_front_rejects_what_it_cannot_honour():
         KStepMD(molecule("H2O"), "gfn2-k8")
     with pytest.raises(jkstep.InputError, match="unknown option.*bogus"):
         KStepMD(molecule("H2O"), bogus=1, **jump)
+    with pytest.raises(jkstep.InputError, match="trajectory=.* is a directory"):
+        KStepMD(molecule("H2O"), trajectory=tmp_path, **jump)
+    with pytest.raises(jkstep.InputError, match="logfile=.* does not exist"):
+        KStepMD(molecule("H2O"), logfile=tmp_path / "no" / "md.log", **jump)

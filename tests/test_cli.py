@@ -90,6 +90,8 @@ def test_equilibrate_dt_starts_runs_of_different_steps_from_one_state(tmp_path):
     (["run", "--smiles", "CCO", "--equilibrate-ps", "0.1", "--equilibrate-dt", "0"], "equilibrate_dt must be a finite value > 0 fs"),
     (["run", "--smiles", "CCO", "--ps", "-1"], "ps must be a finite value > 0, got -1.0"),
     (["run", "--smiles", "CCO", "--temperature", "-5"], "temperature must be a finite value ≥ 0"),
+    (["run", "--smiles", "CCO", "--temperature", "1e9"], "temperature must be at most 10000 K"),
+    (["evaluate", "--smiles", "CCO", "--temperature", "1e9"], "temperature must be at most 10000 K"),
     (["run", "--smiles", "CCO", "--model", "no-such-model"], "no pretrained model 'no-such-model'"),
     (["run", "--smiles", "CCO", "--ensemble", "npt"], "invalid choice: 'npt'"),
     (["evaluate", "--smiles", "CCO", "--ps", "0"], "ps must be a finite value > 0 ps, got 0.0"),

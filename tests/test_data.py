@@ -487,6 +487,7 @@ def test_cli_generate_runs_in_a_worker_process(tmp_path, capsys):
     ({"replicas": -2}, "replicas must be an integer"),
     ({"production_ps": "abc"}, "production_ps must be a number, got 'abc'"),
     ({"replicas": True}, "replicas must be an integer, got True"),
+    ({"temperature_k": 1e9}, "temperature_k must be at most 10000 K, got 1e+09"),
     ({"molecules": "/nonexistent/m.smi"}, "no such molecules file"),
     ({"method": "GFN-FF"}, "method 'GFN-FF' is unknown"),
     ({"only": ["benzene"]}, "names unknown molecule(s) benzene; the names are those of"),

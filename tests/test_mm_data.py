@@ -329,6 +329,7 @@ def test_cli_generate_mm_runs_and_resumes(tmp_path, capsys):
 @pytest.mark.parametrize("settings, message", [
     ({"production_length": 1.0}, "unknown key(s) production_length"),
     ({"production_ps": 0}, "production_ps must be > 0"),
+    ({"temperature_k": 1e9}, "temperature_k must be at most 10000 K, got 1e+09"),
     ({"replicas": 0}, "replicas must be an integer ≥ 1"),
     ({"buckets": [24, 12]}, "buckets must be increasing"),
     ({"buckets": [8]}, "larger than the largest bucket 8"),

@@ -255,6 +255,9 @@ def test_untypeable_or_bad_input_raises_input_error():
     methane = Molecule.from_smiles("C")
     with pytest.raises(InputError, match="cannot determine the bonds"):
         mmff_potential(Molecule(methane.numbers, methane.positions, charge=2))
+    methyl = Molecule.from_smiles("[CH3]")   # a radical read from coordinates has no bond orders
+    with pytest.raises(InputError, match=r"radical \(spin 1\).*from_smiles.*\[CH3\]"):
+        mmff_potential(Molecule(methyl.numbers, methyl.positions, spin=1))
     with pytest.raises(InputError, match="shape"):
         pot(np.zeros((3, 3)))
 

@@ -68,11 +68,12 @@ WATER = [[0, 0, 0], [0.96, 0, 0], [-0.24, 0.93, 0]]
     (lambda: Molecule([6, 1], [[0, 0, 0]]), "1 atoms but the molecule has 2"),
     (lambda: Molecule([6], [[0, 0]]), r"shape \(N, 3\)"),
     (lambda: Molecule([6], [[0, np.nan, 0]]), "NaN"),
-    (lambda: Molecule([1], [[0, 0, 0]]), "spin 0"),
+    (lambda: Molecule([1], [[0, 0, 0]]), "spin 0 .* give spin=1 .*--spin 1"),
     (lambda: Molecule([0], [[0, 0, 0]]), "unknown atomic number"),
     (lambda: Molecule.read("/no/such/file.xyz"), "no such file"),
     (lambda: Molecule.from_smiles("CCO").thermal_velocities(-1), "temperature"),
     (lambda: Molecule.from_smiles("CCO").thermal_velocities("hot"), "temperature must be a finite value"),
+    (lambda: Molecule.from_smiles("CCO").thermal_velocities(1e9), "temperature must be .* from 0 to 10000 K"),
     (lambda: Molecule.from_smiles("CCO").thermal_velocities(300.0, seed=-1), "seed must be an integer from 0"),
     (lambda: Molecule.from_smiles("CCO", seed=-5), "conformer seed must be an integer from 0"),
     (lambda: Molecule.from_smiles("CCO", seed=-1), "conformer seed"),  # RDKit's -1 would mean random

@@ -113,6 +113,8 @@ def test_bad_inputs():
         batched_rollout(init, apply, np.full_like(x, np.nan), x, 1)
     with pytest.raises(InputError, match="one PRNG key per replica"):
         batched_rollout(init, apply, x, x, 1, keys=jax.random.split(jax.random.PRNGKey(0), 2))
+    with pytest.raises(InputError, match="the result of init_fn.*got ndarray"):
+        rollout(apply, x[0], 2)   # positions where the integrator's state belongs
     lang_init, lang_apply = jkstep.langevin(lambda x: jnp.sum(x**2), np.ones(2), 0.5, 300.0, 0.01)
     with pytest.raises(InputError, match="needs a PRNG key"):
         batched_rollout(lang_init, lang_apply, x, x, 1)

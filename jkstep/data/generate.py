@@ -37,7 +37,7 @@ import numpy as np
 from jkstep.data.replicas import remove_rigid_motion, same_energy_velocities
 from jkstep.data.store import TrajectoryStore
 from jkstep.config import load_dataclass
-from jkstep.errors import InputError
+from jkstep.errors import MAX_TEMPERATURE_K, InputError
 from jkstep.units import KINETIC as _KINETIC
 
 PRODUCTION = "production"
@@ -128,6 +128,8 @@ class GenerateConfig(RunLengths):
                 raise InputError(f"config {key} must be a number, got {value!r}")
             if value < low or (strict and value == low):
                 raise InputError(f"config {key} must be {'>' if strict else '≥'} {low}, got {value}")
+            if key == "temperature_k" and value > MAX_TEMPERATURE_K:
+                raise InputError(f"config temperature_k must be at most {MAX_TEMPERATURE_K:g} K, got {value:g}")
             setattr(self, key, float(value))
         for key, low in (("frame_spacing", 1), ("replicas", 0), ("chunk_frames", 1), ("seed", 0),
                          ("conformer_seed", 0), ("workers", 1)):

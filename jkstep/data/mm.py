@@ -51,7 +51,7 @@ from jkstep.data.generate import (PRODUCTION, RunLengths, make_output_dir, molec
                                    read_molecules, replica_name)
 from jkstep.data.store import TrajectoryStore
 from jkstep.config import load_dataclass
-from jkstep.errors import InputError
+from jkstep.errors import MAX_TEMPERATURE_K, InputError
 from jkstep.units import KINETIC as _KINETIC, KJ_MOL as _KJ_MOL
 
 #: Ghost atoms appended to every padded system; the padded terms act on them only.
@@ -104,6 +104,8 @@ class MMConfig(RunLengths):
                 raise InputError(f"config {key} must be a number, got {value!r}")
             if value < low or (strict and value == low):
                 raise InputError(f"config {key} must be {'>' if strict else '≥'} {low}, got {value}")
+            if key == "temperature_k" and value > MAX_TEMPERATURE_K:
+                raise InputError(f"config temperature_k must be at most {MAX_TEMPERATURE_K:g} K, got {value:g}")
             setattr(self, key, float(value))
         for key, low in (("frame_spacing", 1), ("replicas", 1), ("chunk_frames", 1), ("seed", 0),
                          ("conformer_seed", 0)):

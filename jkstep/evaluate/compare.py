@@ -38,7 +38,7 @@ import numpy as np
 
 from jkstep import analysis, integrate
 from jkstep.data.replicas import same_energy_velocities
-from jkstep.errors import MAX_STEPS, InputError, SimulationError, is_finite_number, is_integer, is_interrupt
+from jkstep.errors import MAX_STEPS, MAX_TEMPERATURE_K, InputError, SimulationError, is_finite_number, is_integer, is_interrupt
 from jkstep.evaluate import metrics
 from jkstep.integrate import equal_cost_dt
 from jkstep.kstep import (REVERSAL_CORRECTION, Guards, ballistic_jump, fallback_step_count, kstep_integrator,
@@ -94,6 +94,8 @@ class EvalConfig:
         for name, unit in (("dt", "fs"), ("ps", "ps"), ("temperature", "K")):
             if not is_finite_number(getattr(self, name)) or not getattr(self, name) > 0:
                 raise InputError(f"{name} must be a finite value > 0 {unit}, got {getattr(self, name)!r}")
+        if self.temperature > MAX_TEMPERATURE_K:
+            raise InputError(f"temperature must be at most {MAX_TEMPERATURE_K:g} K, got {self.temperature!r}")
         if not is_finite_number(self.equilibrate_ps) or not self.equilibrate_ps >= 0:
             raise InputError(f"equilibrate_ps must be a finite value ≥ 0 ps, got {self.equilibrate_ps!r}")
         if not is_integer(self.n_replicas, 2):

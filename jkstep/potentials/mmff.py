@@ -228,9 +228,12 @@ def _rdkit_mol(molecule):
             rdDetermineBonds.DetermineBonds(mol, charge=molecule.charge)
             Chem.SanitizeMol(mol)
         except Exception as exc:  # RDKit raises ValueError/RuntimeError for impossible bonding
+            radical = (f" RDKit perceives only closed-shell bonding from coordinates, and this is a "
+                       f"radical (spin {molecule.spin});" if molecule.spin else "")
             raise InputError(f"cannot determine the bonds of molecule {label!r} (charge "
-                             f"{molecule.charge}) from its geometry: {exc}; build it with "
-                             "Molecule.from_smiles to give the topology explicitly") from None
+                             f"{molecule.charge}) from its geometry: {exc};{radical} build it with "
+                             "Molecule.from_smiles to give the topology explicitly (e.g. '[CH3]' for the "
+                             "methyl radical)") from None
     numbers = [a.GetAtomicNum() for a in mol.GetAtoms()]
     if numbers != molecule.numbers.tolist():
         raise InputError(f"the mol_block of molecule {label!r} has atoms {numbers}, but the "
