@@ -97,6 +97,9 @@ def build_parser() -> argparse.ArgumentParser:
                      help="method tried when an SCF fails twice (default: none, the run stops)")
     run.add_argument("--save-every", type=int, default=4, help="record a frame every N steps (default 4)")
     run.add_argument("--seed", type=int, default=0, help="seed of the velocities and the thermostat")
+    run.add_argument("--keep-velocities", action="store_true",
+                     help="start from the velocities stored in --file (its last frame: a previous run's "
+                          "--out .traj or .xyz) instead of Maxwell-Boltzmann ones: continues that run")
     run.add_argument("--out", help="write the frames to this ASE trajectory file")
     run.add_argument("--summary", help="write the summary as JSON to this path")
     run.set_defaults(handler=cmd_run)
@@ -223,6 +226,13 @@ def cmd_run(args) -> int:
     from jkstep.potentials.xtb import DEFAULT_ACCURACY, xtb_potential
 
     molecule = load_molecule(args)
+    velocities = None
+    if args.keep_velocities:
+        from jkstep.molecule import read_velocities
+
+        if not args.file:
+            raise InputError("--keep-velocities continues from a file's last frame: give it with --file")
+        velocities = read_velocities(args.file)
     jump, k, dt = None, 1, 0.25 if args.dt is None else args.dt
     if args.integrator is None:
         from jkstep.model.pretrained import shipped_names
@@ -264,7 +274,7 @@ def cmd_run(args) -> int:
     with tqdm(total=config.n_steps, unit="step", desc=f"{args.integrator} {molecule.formula}",
               file=sys.stderr, disable=None) as bar:
         summary, frames = run_md(molecule, pot, config, jump=jump, k=k, progress=bar.update,
-                                 calls=lambda: pot.calls)
+                                 calls=lambda: pot.calls, velocities=velocities)
     summary["scf_failures"] = pot.scf_failures
     summary["method"] = args.method
     if args.out:

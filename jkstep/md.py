@@ -95,10 +95,13 @@ def blew_up(frames: Frames, masses, temperature_limit: float) -> bool:
 
 
 def run_md(molecule: Molecule, potential: Callable, config: RunConfig, jump=None, k: int = 1,
-           progress: Callable[[int], None] | None = None, calls: Callable[[], int] | None = None):
+           progress: Callable[[int], None] | None = None, calls: Callable[[], int] | None = None,
+           velocities=None):
     """Run MD of ``molecule`` with ``potential`` (an energy-and-forces function).
 
-    Starts from Maxwell–Boltzmann velocities at ``config.temperature`` (seeded), optionally
+    Starts from ``velocities`` (Å/fs, e.g. ``jkstep.molecule.read_velocities`` of a previous
+    run's last frame, to continue it) or, by default, Maxwell–Boltzmann velocities at
+    ``config.temperature`` (seeded), optionally
     thermalised with Langevin for ``equilibrate_ps``, then ``config.ps`` of production with
     the chosen integrator. For ``kstep`` give the ``jump`` function (``jkstep.kstep.model_jump``)
     and its ``k``; ``config.dt`` is then the model's base step. ``xtb_calls`` in the summary
@@ -126,7 +129,14 @@ def run_md(molecule: Molecule, potential: Callable, config: RunConfig, jump=None
     key = jax.random.PRNGKey(config.seed)
     calls = calls or (lambda: None)
     t0 = time.perf_counter()
-    positions, velocities = molecule.positions, molecule.thermal_velocities(config.temperature, config.seed)
+    if velocities is None:
+        velocities = molecule.thermal_velocities(config.temperature, config.seed)
+    else:
+        velocities = np.asarray(velocities, np.float64)
+        if velocities.shape != molecule.positions.shape or not np.isfinite(velocities).all():
+            raise InputError(f"start velocities must be finite and shaped like the positions "
+                             f"{molecule.positions.shape} (Å/fs), got shape {velocities.shape}")
+    positions = molecule.positions
 
     if config.equilibrate_ps > 0:
         dt_eq = config.dt if config.equilibrate_dt is None else config.equilibrate_dt

@@ -131,24 +131,7 @@ class Molecule:
     @classmethod
     def read(cls, path, index=-1, charge: int | None = None, spin: int | None = None) -> "Molecule":
         """From any file ASE can read (xyz, pdb, sdf, traj, ...); ``index`` picks the frame."""
-        from ase.io import read
-        from ase.io.formats import UnknownFileTypeError
-
-        path = os.fspath(path)
-        if os.path.isdir(path):
-            raise InputError(f"{path} is a directory; give a molecule file (xyz, pdb, sdf, traj, ...)")
-        if not os.path.isfile(path):
-            raise InputError(f"no such file: {path}")
-        try:
-            atoms = read(path, index=index)
-        except UnknownFileTypeError:
-            raise InputError(f"ASE does not know the format of {path}; give a file it reads "
-                             "(xyz, pdb, sdf, mol, traj, ...), named with its usual extension") from None
-        except KeyError as exc:  # ASE's symbol lookup: an element name it does not know
-            raise InputError(f"ASE cannot read {path}: unknown element or key {exc}") from None
-        except Exception as exc:  # ASE raises many kinds of errors for unreadable files
-            raise InputError(f"ASE cannot read {path}: {type(exc).__name__}: {exc}") from None
-        return cls.from_atoms(atoms, charge=charge, spin=spin, name=path)
+        return cls.from_atoms(_read_atoms(path, index), charge=charge, spin=spin, name=os.fspath(path))
 
     # -- conversions ----------------------------------------------------------------------
 
@@ -202,6 +185,41 @@ def _separate_fragments(mol, gap: float = 3.0) -> None:
 
 #: Å: atoms closer than this are not a molecular geometry (the evaluation's blow-up bound too).
 MIN_DISTANCE = 0.5
+
+
+def read_velocities(path, index=-1) -> np.ndarray:
+    """The velocities (Å/fs) stored in frame ``index`` of a file ASE reads (an ASE .traj or an
+    extended .xyz, as ``jkstep run --out`` writes them), to continue a run from that frame;
+    InputError if the frame holds none."""
+    atoms = _read_atoms(path, index)
+    if not atoms.has("momenta"):
+        raise InputError(f"{os.fspath(path)} holds no velocities (momenta); continue from an ASE .traj or an "
+                         "extended .xyz written with velocities (jkstep run --out), or start from thermal ones")
+    velocities = units.velocities_from_ase(atoms.get_velocities())
+    if not np.isfinite(velocities).all():
+        raise InputError(f"the velocities in {os.fspath(path)} are not finite (NaN or inf)")
+    return velocities
+
+
+def _read_atoms(path, index):
+    """One frame of a file ASE reads, or one InputError naming what is wrong with the file."""
+    from ase.io import read
+    from ase.io.formats import UnknownFileTypeError
+
+    path = os.fspath(path)
+    if os.path.isdir(path):
+        raise InputError(f"{path} is a directory; give a molecule file (xyz, pdb, sdf, traj, ...)")
+    if not os.path.isfile(path):
+        raise InputError(f"no such file: {path}")
+    try:
+        return read(path, index=index)
+    except UnknownFileTypeError:
+        raise InputError(f"ASE does not know the format of {path}; give a file it reads "
+                         "(xyz, pdb, sdf, mol, traj, ...), named with its usual extension") from None
+    except KeyError as exc:  # ASE's symbol lookup: an element name it does not know
+        raise InputError(f"ASE cannot read {path}: unknown element or key {exc}") from None
+    except Exception as exc:  # ASE raises many kinds of errors for unreadable files
+        raise InputError(f"ASE cannot read {path}: {type(exc).__name__}: {exc}") from None
 
 
 def check_simulatable(molecule: Molecule) -> None:

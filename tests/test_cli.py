@@ -187,6 +187,36 @@ def test_trajectory_format_follows_the_extension(tmp_path):
     np.testing.assert_allclose(xyz[-1].get_forces(), traj[-1].get_forces(), atol=1e-7)
 
 
+def test_keep_velocities_continues_a_run(tmp_path, capsys):
+    """A run continued from its --out file's last frame follows the uninterrupted run."""
+    def run(out, ps, *extra):
+        assert cli.main(["run", *extra, "--integrator", "verlet", "--ps", ps, "--save-every", "4",
+                         "--out", str(tmp_path / out)]) == 0
+        return read(tmp_path / out, ":")
+
+    whole = run("whole.traj", "0.01", "--smiles", "O")
+    first = run("first.traj", "0.005", "--smiles", "O")
+    rest = run("rest.traj", "0.005", "--file", str(tmp_path / "first.traj"), "--keep-velocities")
+    assert len(whole) == 11 and len(first) == len(rest) == 6
+    np.testing.assert_allclose(rest[0].get_velocities(), first[-1].get_velocities(), rtol=1e-12)
+    for a, b in zip(rest, whole[5:]):   # the SCF restarts from scratch: equal to ~1e-9
+        np.testing.assert_allclose(a.positions, b.positions, atol=1e-7)
+        np.testing.assert_allclose(a.get_velocities(), b.get_velocities(), atol=1e-7)
+    assert np.abs(whole[-1].positions - whole[5].positions).max() > 1e-3   # the atoms did move
+    capsys.readouterr()
+    for argv, message in ((["--smiles", "O"], "give it with --file"),
+                          (["--file", str(_plain_water(tmp_path))], "holds no velocities")):
+        with pytest.raises(SystemExit) as exit_:
+            cli.main(["run", *argv, "--keep-velocities", "--integrator", "verlet", "--ps", "0.005"])
+        assert exit_.value.code == 2 and message in capsys.readouterr().err
+
+
+def _plain_water(tmp_path):
+    path = tmp_path / "water.xyz"
+    path.write_text("3\n\nO 0 0 0\nH 0.96 0 0\nH -0.24 0.93 0\n")
+    return path
+
+
 def test_console_script_runs_as_installed(tmp_path):
     exe = os.path.join(os.path.dirname(sys.executable), "jkstep")
     proc = subprocess.run([exe, "run", "--smiles", "C1CC"], capture_output=True, text=True, timeout=120)
