@@ -18,7 +18,8 @@ import jax.numpy as jnp
 import numpy as np
 
 from jkstep import analysis, integrate
-from jkstep.errors import MAX_STEPS, MAX_TEMPERATURE_K, InputError, SimulationError, is_finite_number, is_integer, is_interrupt
+from jkstep.errors import (MAX_STEPS, MAX_TEMPERATURE_K, InputError, SimulationError, is_finite_number,
+                           is_integer, is_interrupt)
 from jkstep.kstep import fallback_step_count, kstep_integrator
 from jkstep.molecule import Molecule, check_seed
 from jkstep.rollout import Frames, concat, frames_of, runner

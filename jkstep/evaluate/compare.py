@@ -38,7 +38,8 @@ import numpy as np
 
 from jkstep import analysis, integrate
 from jkstep.data.replicas import same_energy_velocities
-from jkstep.errors import MAX_STEPS, MAX_TEMPERATURE_K, InputError, SimulationError, is_finite_number, is_integer, is_interrupt
+from jkstep.errors import (MAX_STEPS, MAX_TEMPERATURE_K, InputError, SimulationError, is_finite_number,
+                           is_integer, is_interrupt)
 from jkstep.evaluate import metrics
 from jkstep.integrate import equal_cost_dt
 from jkstep.kstep import (REVERSAL_CORRECTION, Guards, ballistic_jump, fallback_step_count, kstep_integrator,
