@@ -411,8 +411,9 @@ def cmd_train(args) -> int:
                                    extra_meta={"data_provenance": recorded})
     finally:
         bar.close()
-    print(f"done: {result.steps} steps{' (stopped early)' if result.stopped_early else ''}, best validation loss {result.best_val_loss} at step {result.best_step}; "
-          f"checkpoints in {args.out}")
+    stopped = " (stopped early)" if result.stopped_early else ""
+    print(f"done: {result.steps} steps{stopped}, best validation loss {result.best_val_loss} at step "
+          f"{result.best_step}; checkpoints in {args.out}")
     return 0
 
 

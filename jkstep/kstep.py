@@ -12,9 +12,9 @@ One macro-step from (x_t, v_t, F_t):
    every atom pair farther apart than ``clash_ratio`` × the sum of covalent radii.
 3. **Corrector: one xTB call** at x' gives the real (E', F'); the final kick is made with
    it: v ← u' + w·F'/m. F' also feeds the next jump. After a learned jump the velocities get
-   back the angular momentum they had before it (``conserve_angular_momentum``, default on). With the ballistic jump ("zero
-   network", F̂' = F_t) this is exactly velocity Verlet at τ, the equal-cost baseline, so a
-   model is judged by what its learned correction adds to that.
+   back the angular momentum they had before it (``conserve_angular_momentum``, default on).
+   With the ballistic jump ("zero network", F̂' = F_t) this is exactly velocity Verlet at τ,
+   the equal-cost baseline, so a model is judged by what its learned correction adds to that.
 4. **Guards after the call**: the SCF converged; the total energy rose by at most
    ``max_energy_rise`` eV and the kinetic energy by at most ``max_kinetic_rise`` eV over the
    jump; in NVE, the total energy stays within ``max_energy_drift`` eV of its value at the
@@ -32,9 +32,10 @@ the run (the guards judge the jump before the rescale, so a bad jump is still re
 scaled so that the total energy moves only kΔt/τ_E of the way back to its start, which takes
 out the slow random walk of the jumps' energy errors but leaves the fast, bounded energy
 oscillation of a kΔt integrator alone;
-``Guards.max_force_error`` (uncertainty-triggered escalation) compares the jump's own force estimate F̂' with the real F' of the corrector call — a signal that costs no extra call
-— and where their RMS difference exceeds the bound the macro-step skips its retries and takes
-k real Verlet steps. ``ensemble="nvt"`` makes the thermostat act at the macro level, BAOAB
+``Guards.max_force_error`` (uncertainty-triggered escalation) compares the jump's own force
+estimate F̂' with the real F' of the corrector call — a signal that costs no extra call — and
+where their RMS difference exceeds the bound the macro-step skips its retries and goes
+straight to the Verlet fallback (step 5). ``ensemble="nvt"`` makes the thermostat act at the macro level, BAOAB
 like: an exact Ornstein–Uhlenbeck velocity half-step (Langevin "O") over kΔt/2 before and
 after each jump-and-correction, seeded from the state's PRNG key; it costs no xTB call.
 
