@@ -450,6 +450,21 @@ def test_an_interrupted_run_keeps_its_finished_chunks(ethanol):
     assert summary["timeline"][-1][0] == 40.0
 
 
+def test_run_md_starts_from_given_velocities(ethanol):
+    """``velocities=`` replaces the thermal start (frame 0 holds them); a wrong shape or NaN is
+    one InputError before any call."""
+    from jkstep.md import RunConfig, run_md
+
+    pot = jkstep.mmff_potential(ethanol)
+    config = RunConfig(integrator="verlet", dt=0.5, ps=0.002, save_every=1)
+    v0 = np.full(ethanol.positions.shape, 0.001)
+    _, frames = run_md(ethanol, pot, config, velocities=v0)
+    np.testing.assert_array_equal(np.asarray(frames.velocities[0]), v0)
+    for bad in (v0[:-1], np.full_like(v0, np.nan)):
+        with pytest.raises(InputError, match="start velocities must be finite and shaped like"):
+            run_md(ethanol, pot, config, velocities=bad)
+
+
 def test_an_interrupt_inside_a_host_callback_is_recognised():
     """Ctrl-C during an xTB call reaches Python through XLA as a runtime error, not as a
     KeyboardInterrupt; it must still count as an interrupt (and other errors must not)."""
