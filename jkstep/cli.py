@@ -277,6 +277,7 @@ def cmd_run(args) -> int:
                                  calls=lambda: pot.calls, velocities=velocities)
     summary["scf_failures"] = pot.scf_failures
     summary["method"] = args.method
+    summary["velocities_from"] = args.file if args.keep_velocities else None   # None: Maxwell-Boltzmann
     if args.out:
         write_trajectory(args.out, molecule, frames)
         summary["trajectory"] = args.out

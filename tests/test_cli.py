@@ -26,7 +26,7 @@ def test_run_verlet_writes_summary_and_trajectory(tmp_path, capsys):
     assert SUMMARY_KEYS <= set(s)
     assert s["molecule"] == "CCO" and s["integrator"] == "verlet" and s["ensemble"] == "nve"
     assert s["simulated_fs"] == 20.0 and s["xtb_calls"] == 81 == s["integrator_force_calls"]
-    assert s["blew_up"] is False and s["drift_kj_mol_ps"] is not None
+    assert s["blew_up"] is False and s["drift_kj_mol_ps"] is not None and s["velocities_from"] is None
     assert abs(s["drift_kj_mol_ps"]) < 1.0 and s["energy_std_kj_mol"] < 0.05
     assert 50 < s["mean_temperature_k"] < 400
     frames = read(out, index=":")
@@ -196,7 +196,9 @@ def test_keep_velocities_continues_a_run(tmp_path, capsys):
 
     whole = run("whole.traj", "0.01", "--smiles", "O")
     first = run("first.traj", "0.005", "--smiles", "O")
-    rest = run("rest.traj", "0.005", "--file", str(tmp_path / "first.traj"), "--keep-velocities")
+    rest = run("rest.traj", "0.005", "--file", str(tmp_path / "first.traj"), "--keep-velocities",
+               "--summary", str(tmp_path / "rest.json"))
+    assert json.loads((tmp_path / "rest.json").read_text())["velocities_from"] == str(tmp_path / "first.traj")
     assert len(whole) == 11 and len(first) == len(rest) == 6
     np.testing.assert_allclose(rest[0].get_velocities(), first[-1].get_velocities(), rtol=1e-12)
     for a, b in zip(rest, whole[5:]):   # the SCF restarts from scratch: equal to ~1e-9
