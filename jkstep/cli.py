@@ -74,6 +74,9 @@ def build_parser() -> argparse.ArgumentParser:
     kg.add_argument("--energy-relaxation", type=float, default=None, metavar="FS",
                     help="NVE: after each accepted jump, take kΔt/FS of the total energy's excursion "
                          "back by a velocity rescale (weak coupling; default off)")
+    kg.add_argument("--energy-window", type=float, default=None, metavar="EV",
+                    help="NVE: rescale the velocities when the total energy leaves its start by more than "
+                         "EV, back to the window's edge (use with --max-energy-drift -1; default off)")
     kg.add_argument("--reversal-correction", type=float, default=None,
                     help="share of the jump's time-reversal error removed, 0-1 (one more network call, "
                          "no xTB call; default 0.5, 0 = off)")
@@ -128,6 +131,9 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--relaxed-max-energy-drift", type=float, default=-1.0, metavar="EV",
                     help="kstep_relaxed's total-energy excursion guard, eV (default off: the coupling "
                          "bounds the energy instead; 0.05 is kstep's)")
+    ev.add_argument("--energy-window", type=float, default=None, metavar="EV",
+                    help="also run kstep_windowed: the model without the excursion guard, its total energy "
+                         "held within EV of its start by a rescale at the edges (jkstep run --energy-window)")
     ev.add_argument("--fallback-steps", type=int, default=None, metavar="N",
                     help="every hybrid contender's fallback macro-step is N Verlet steps of k·dt/N "
                          "(default: steps of at most 0.5 fs; as jkstep run --fallback-steps)")
@@ -267,6 +273,7 @@ def cmd_run(args) -> int:
                        kstep_options=dict(guards=guards, delta_scale=args.delta_scale,
                                           energy_rescale=args.energy_rescale,
                                           energy_relaxation=args.energy_relaxation,
+                                          energy_window=args.energy_window,
                                           fallback_steps=args.fallback_steps,
                                           conserve_angular_momentum=not args.no_angular_momentum))
     pot = xtb_potential(molecule, method=args.method, fallback_method=args.fallback_method,
@@ -316,6 +323,7 @@ def cmd_evaluate(args) -> int:
                         energy_relaxation=args.energy_relaxation if bundle is not None else None,
                         relaxed_max_energy_drift=(None if args.relaxed_max_energy_drift < 0
                                                   else args.relaxed_max_energy_drift),
+                        energy_window=args.energy_window if bundle is not None else None,
                         reversal_correction=_reversal_correction(args), fallback_steps=args.fallback_steps,
                         equal_cost=args.equal_cost)
     accuracy = DEFAULT_ACCURACY if args.accuracy is None else args.accuracy

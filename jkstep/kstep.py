@@ -191,6 +191,7 @@ def with_angular_momentum(positions, velocities, masses, target):
 def kstep_integrator(jump: JumpFn, potential, numbers, masses, k: int, dt: float,
                      guards: Guards = Guards(), delta_scale: float = 1.0, kick_weight: float | None = None,
                      energy_rescale: bool = False, energy_relaxation: float | None = None,
+                     energy_window: float | None = None,
                      conserve_angular_momentum: bool = True, fallback_steps: int | None = None,
                      ensemble: str = "nve", temperature: float = 300.0, friction: float = 0.01):
     """``init_fn, apply_fn`` of the hybrid integrator around any jump function.
@@ -202,7 +203,10 @@ def kstep_integrator(jump: JumpFn, potential, numbers, masses, k: int, dt: float
     ``friction`` 1/fs are used with ``ensemble="nvt"``. ``energy_relaxation`` τ_E in fs (NVE
     only; None = off): after each accepted jump the velocities are scaled so that the total
     energy moves min(1, kΔt/τ_E) of the way back to its value at init (``energy_rescale`` is
-    the τ_E ≤ kΔt case). ``fallback_steps`` n: a macro-step whose attempts all fail is made
+    the τ_E ≤ kΔt case). ``energy_window`` W in eV (NVE only; None = off): after an accepted
+    jump that leaves the total energy more than W from its value at init, the velocities are
+    scaled to bring it back to the window's edge (inside the window nothing is touched; use it
+    with ``Guards(max_energy_drift=None)``, which would reject those jumps instead). ``fallback_steps`` n: a macro-step whose attempts all fail is made
     of n velocity-Verlet steps of k·dt/n fs (n xTB calls; None: ``fallback_step_count``, steps
     of at most ``FALLBACK_DT`` = 0.5 fs).
     ``conserve_angular_momentum``: the
@@ -227,6 +231,11 @@ def kstep_integrator(jump: JumpFn, potential, numbers, masses, k: int, dt: float
         raise InputError(f"energy_relaxation is a time constant in fs and must be > 0, got {energy_relaxation}")
     if energy_relaxation is not None and energy_rescale:
         raise InputError("energy_rescale is the full rescale and energy_relaxation its weak form: give one of them")
+    if energy_window is not None and not (is_finite_number(energy_window) and energy_window > 0):
+        raise InputError(f"energy_window is a total-energy distance in eV and must be > 0, got {energy_window!r}")
+    if energy_window is not None and (energy_rescale or energy_relaxation is not None or ensemble != "nve"):
+        raise InputError("energy_window bounds the NVE total energy by a rescale at its edges: not with "
+                         "energy_rescale, energy_relaxation or NVT")
     if energy_relaxation is not None and ensemble != "nve":
         raise InputError("energy_relaxation pulls the total energy back to its start: NVE only "
                          "(in NVT the thermostat sets the energy); leave it out")
@@ -282,6 +291,11 @@ def kstep_integrator(jump: JumpFn, potential, numbers, masses, k: int, dt: float
             good = good & (jnp.abs(e + ke - state.reference_energy) <= guards.max_energy_drift)
         if relax is not None:
             target = ke + relax * (state.reference_energy - e - ke)   # kinetic energy after the rescale
+            good = good & (target > 0)
+            v = v * jnp.sqrt(jnp.maximum(target, 0.0) / jnp.maximum(ke, 1e-30))
+        if energy_window is not None:
+            excess = e + ke - state.reference_energy
+            target = ke - (excess - jnp.clip(excess, -energy_window, energy_window))
             good = good & (target > 0)
             v = v * jnp.sqrt(jnp.maximum(target, 0.0) / jnp.maximum(ke, 1e-30))
         escalate = jnp.zeros((), bool)

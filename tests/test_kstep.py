@@ -233,7 +233,34 @@ def test_energy_relaxation_takes_back_its_share_of_the_excursion():
     np.testing.assert_allclose(full.velocities, rescaled.velocities, atol=1e-14)
 
 
-@pytest.mark.parametrize("options, match", [(dict(energy_relaxation=0.0), "time constant"),
+def test_energy_window_rescales_only_outside_the_window():
+    """After an accepted jump whose total energy lies more than W from its start, the velocities
+    bring it back to the window's edge; inside the window nothing changes."""
+    masses = np.full(6, 12.0)
+    x0 = np.arange(18, dtype=float).reshape(6, 3) * 3.0 + 0.05
+    v0 = 0.01 * np.ones((6, 3))
+
+    def one_step(**options):
+        init, apply = kstep_integrator(ballistic_jump(masses, K, DT), harmonic, np.full(6, 6), masses, K, DT,
+                                       guards=Guards(max_energy_drift=None), **options)
+        state = apply(init(x0, v0))
+        return state, float(state.energy + analysis.kinetic_energy(state.velocities, masses))
+
+    e0 = float(harmonic(x0) + analysis.kinetic_energy(v0, masses))
+    free, e_free = one_step()
+    error = e_free - e0
+    assert abs(error) > 1e-4
+    inside, _ = one_step(energy_window=2 * abs(error))
+    np.testing.assert_array_equal(inside.velocities, free.velocities)
+    edge, e_edge = one_step(energy_window=0.5 * abs(error))
+    np.testing.assert_allclose(edge.positions, free.positions, atol=1e-12)
+    assert e_edge - e0 == pytest.approx(0.5 * error, rel=1e-9)
+
+
+@pytest.mark.parametrize("options, match", [(dict(energy_window=0.0), "must be > 0"),
+                                            (dict(energy_window=0.05, energy_rescale=True), "not with"),
+                                            (dict(energy_window=0.05, ensemble="nvt"), "not with"),
+                                            (dict(energy_relaxation=0.0), "time constant"),
                                             (dict(energy_relaxation=100.0, ensemble="nvt"), "NVE only"),
                                             (dict(energy_relaxation=100.0, energy_rescale=True), "one of them")])
 def test_energy_relaxation_bad_input(options, match):

@@ -52,13 +52,15 @@ def test_run_kstep_with_the_trained_model(trained):
 def test_evaluate_with_the_trained_model(trained):
     rc = cli.main(["evaluate", "--smiles", "CCO", "--model", str(trained / "ckpt"), "--ps", "0.04",
                    "--replicas", "2", "--equilibrate-ps", "0.01", "--energy-relaxation", "100",
-                   "--summary", str(trained / "eval.json")])
+                   "--energy-window", "0.05", "--summary", str(trained / "eval.json")])
     r = json.loads((trained / "eval.json").read_text())
     assert rc == 0 and r["contenders"]["kstep"] is not None and r["fallback_steps"] == 4   # 4 × 0.5 fs
     assert CONTENDER_KEYS <= set(r["contenders"]["kstep"]) and CONTENDER_KEYS <= set(r["contenders"]["verlet_equal_cost"])
     relaxed = r["contenders"]["kstep_relaxed"]       # the weak-coupling variant, beside kstep
     assert relaxed["xtb_calls"] == relaxed["integrator_force_calls"] >= 2 * (160 // 8 + 1)
     assert relaxed["accepted"] + relaxed["fallbacks"] == 2 * 160 // 8
+    windowed = r["contenders"]["kstep_windowed"]     # the energy-window variant, beside kstep
+    assert windowed["accepted"] + windowed["fallbacks"] == 2 * 160 // 8 and not windowed["blew_up"]
     # Verlet at the time step that makes as many xTB calls as kstep made, over the same 40 fs
     kstep, equal = r["contenders"]["kstep"], r["contenders"]["verlet_equal_cost"]
     steps = (kstep["xtb_calls"] + 1) // 2 - 1     # calls per replica, rounded half up

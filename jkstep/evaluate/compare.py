@@ -48,7 +48,7 @@ from jkstep.molecule import Molecule, check_seed
 from jkstep.rollout import concat, frames_of, runner
 
 CONTENDERS = ("reference", "verlet_kdt", "corrector_only", "kstep")
-VARIANTS = ("verlet_equal_cost", "kstep_rescaled", "kstep_relaxed")   # reported beside kstep
+VARIANTS = ("verlet_equal_cost", "kstep_rescaled", "kstep_relaxed", "kstep_windowed")   # reported beside kstep
 DISTRIBUTION_KEYS = ("bond_js", "angle_js", "dihedral_js", "spectrum_overlap", "xh_band_shift_cm1")
 
 
@@ -65,6 +65,10 @@ class EvalConfig:
     reported beside ``kstep``; its drift is held down in part by construction. Its total-energy
     excursion guard is ``relaxed_max_energy_drift`` eV (default None: off, the coupling bounds
     the energy's walk instead, and the cost stays that of Verlet at k·dt).
+    ``energy_window`` (W in eV, None = off) adds ``kstep_windowed``: the model with its excursion
+    guard off and the total energy held within W of its start by a velocity rescale at the
+    window's edges (``kstep_integrator(energy_window=...)``); its energy fluctuation is bounded
+    by construction.
     ``reversal_correction``: α of the model's time-reversal correction
     (``jkstep.kstep.reversal_corrected``), as ``jkstep run`` uses it by default.
     ``fallback_steps``: Verlet steps per fallback macro-step of every hybrid contender
@@ -85,6 +89,7 @@ class EvalConfig:
     energy_rescale: bool = False
     energy_relaxation: float | None = None
     relaxed_max_energy_drift: float | None = None
+    energy_window: float | None = None
     reversal_correction: float = REVERSAL_CORRECTION
     fallback_steps: int | None = None
     equal_cost: bool = True
@@ -109,6 +114,8 @@ class EvalConfig:
         check_seed(self.seed)
         if self.energy_relaxation is not None and not self.energy_relaxation > 0:
             raise InputError(f"energy_relaxation is a time constant in fs and must be > 0, got {self.energy_relaxation}")
+        if self.energy_window is not None and not (is_finite_number(self.energy_window) and self.energy_window > 0):
+            raise InputError(f"energy_window is a total-energy distance in eV and must be > 0, got {self.energy_window!r}")
         fallback_step_count(self.k, self.dt, self.fallback_steps)   # an integer ≥ 1, or None
 
     @property
@@ -323,6 +330,10 @@ def _k_runs(molecule, config, bundle, run, runs: dict) -> dict:
             runs["kstep_relaxed"] = run("kstep_relaxed", lambda pot: hybrid(
                 pot, _learned(bundle, molecule, config), energy_relaxation=config.energy_relaxation,
                 guards=Guards(max_energy_drift=config.relaxed_max_energy_drift)))
+        if config.energy_window is not None:
+            runs["kstep_windowed"] = run("kstep_windowed", lambda pot: hybrid(
+                pot, _learned(bundle, molecule, config), energy_window=config.energy_window,
+                guards=Guards(max_energy_drift=None)))
     return runs
 
 
