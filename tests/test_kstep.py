@@ -207,21 +207,26 @@ def test_energy_rescale_restores_the_total_energy():
     np.testing.assert_allclose(e, e0, atol=1e-10)
 
 
+LATTICE_MASSES = np.full(6, 12.0)
+LATTICE_X0 = np.arange(18, dtype=float).reshape(6, 3) * 3.0 + 0.05   # atoms near the wells of ``harmonic``
+LATTICE_V0 = 0.01 * np.ones((6, 3))
+LATTICE_E0 = float(harmonic(LATTICE_X0) + analysis.kinetic_energy(LATTICE_V0, LATTICE_MASSES))
+
+
+def one_lattice_step(**options):
+    """One macro-step of the zero network on ``harmonic`` without the excursion guard: the state
+    and its total energy (eV)."""
+    masses = LATTICE_MASSES
+    init, apply = kstep_integrator(ballistic_jump(masses, K, DT), harmonic, np.full(6, 6), masses, K, DT,
+                                   guards=Guards(max_energy_drift=None), **options)
+    state = apply(init(LATTICE_X0, LATTICE_V0))
+    return state, float(state.energy + analysis.kinetic_energy(state.velocities, masses))
+
+
 def test_energy_relaxation_takes_back_its_share_of_the_excursion():
     """Weak coupling: after an accepted jump the total energy's distance from its start shrinks
     by exactly kΔt/τ_E; positions are untouched; τ_E ≤ kΔt is the full rescale."""
-    masses = np.full(6, 12.0)
-    x0 = np.arange(18, dtype=float).reshape(6, 3) * 3.0 + 0.05
-    v0 = 0.01 * np.ones((6, 3))
-    tau = K * DT
-
-    def one_step(**options):
-        init, apply = kstep_integrator(ballistic_jump(masses, K, DT), harmonic, np.full(6, 6), masses, K, DT,
-                                       guards=Guards(max_energy_drift=None), **options)
-        state = apply(init(x0, v0))
-        return state, float(state.energy + analysis.kinetic_energy(state.velocities, masses))
-
-    e0 = float(harmonic(x0) + analysis.kinetic_energy(v0, masses))
+    tau, e0, one_step = K * DT, LATTICE_E0, one_lattice_step
     free, e_free = one_step()
     assert abs(e_free - e0) > 1e-4                              # Verlet at 2 fs errs on this well
     relaxed, e_relaxed = one_step(energy_relaxation=4 * tau)
@@ -236,17 +241,7 @@ def test_energy_relaxation_takes_back_its_share_of_the_excursion():
 def test_energy_window_rescales_only_outside_the_window():
     """After an accepted jump whose total energy lies more than W from its start, the velocities
     bring it back to the window's edge; inside the window nothing changes."""
-    masses = np.full(6, 12.0)
-    x0 = np.arange(18, dtype=float).reshape(6, 3) * 3.0 + 0.05
-    v0 = 0.01 * np.ones((6, 3))
-
-    def one_step(**options):
-        init, apply = kstep_integrator(ballistic_jump(masses, K, DT), harmonic, np.full(6, 6), masses, K, DT,
-                                       guards=Guards(max_energy_drift=None), **options)
-        state = apply(init(x0, v0))
-        return state, float(state.energy + analysis.kinetic_energy(state.velocities, masses))
-
-    e0 = float(harmonic(x0) + analysis.kinetic_energy(v0, masses))
+    e0, one_step = LATTICE_E0, one_lattice_step
     free, e_free = one_step()
     error = e_free - e0
     assert abs(error) > 1e-4
