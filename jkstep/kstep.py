@@ -35,9 +35,12 @@ oscillation of a kΔt integrator alone;
 ``Guards.max_force_error`` (uncertainty-triggered escalation) compares the jump's own force
 estimate F̂' with the real F' of the corrector call — a signal that costs no extra call — and
 where their RMS difference exceeds the bound the macro-step skips its retries and goes
-straight to the Verlet fallback (step 5). ``ensemble="nvt"`` makes the thermostat act at the macro level, BAOAB
-like: an exact Ornstein–Uhlenbeck velocity half-step (Langevin "O") over kΔt/2 before and
-after each jump-and-correction, seeded from the state's PRNG key; it costs no xTB call.
+straight to the Verlet fallback (step 5). ``energy_window`` (eV, NVE, with the excursion guard
+off) keeps the total energy within that distance of its start by a rescale only where an
+accepted jump leaves the window, back to its edge. ``ensemble="nvt"`` makes the thermostat act
+at the macro level, BAOAB like: an exact Ornstein–Uhlenbeck velocity half-step (Langevin "O")
+over kΔt/2 before and after each jump-and-correction, seeded from the state's PRNG key; it
+costs no xTB call.
 
 Everything is jittable, runs in ``lax.scan`` and under ``vmap``: the attempt loop and the
 fallback pass an ``active`` mask to the potential, so batch members that are done (or need
@@ -206,9 +209,10 @@ def kstep_integrator(jump: JumpFn, potential, numbers, masses, k: int, dt: float
     the τ_E ≤ kΔt case). ``energy_window`` W in eV (NVE only; None = off): after an accepted
     jump that leaves the total energy more than W from its value at init, the velocities are
     scaled to bring it back to the window's edge (inside the window nothing is touched; use it
-    with ``Guards(max_energy_drift=None)``, which would reject those jumps instead). ``fallback_steps`` n: a macro-step whose attempts all fail is made
-    of n velocity-Verlet steps of k·dt/n fs (n xTB calls; None: ``fallback_step_count``, steps
-    of at most ``FALLBACK_DT`` = 0.5 fs).
+    with ``Guards(max_energy_drift=None)``, which would reject those jumps instead).
+    ``fallback_steps`` n: a macro-step whose attempts all fail is made of n velocity-Verlet
+    steps of k·dt/n fs (n xTB calls; None: ``fallback_step_count``, steps of at most
+    ``FALLBACK_DT`` = 0.5 fs).
     ``conserve_angular_momentum``: the
     velocity after each learned jump and its corrector kick gets the angular momentum it had
     before the jump, by the smallest rigid-rotation change (``with_angular_momentum``); the zero
@@ -289,13 +293,13 @@ def kstep_integrator(jump: JumpFn, potential, numbers, masses, k: int, dt: float
                 & (ke - ke0 <= guards.max_kinetic_rise))
         if guards.max_energy_drift is not None and ensemble == "nve":
             good = good & (jnp.abs(e + ke - state.reference_energy) <= guards.max_energy_drift)
+        target = None   # kinetic energy after a rescale of the velocities (None: no rescale)
         if relax is not None:
-            target = ke + relax * (state.reference_energy - e - ke)   # kinetic energy after the rescale
-            good = good & (target > 0)
-            v = v * jnp.sqrt(jnp.maximum(target, 0.0) / jnp.maximum(ke, 1e-30))
-        if energy_window is not None:
+            target = ke + relax * (state.reference_energy - e - ke)
+        elif energy_window is not None:
             excess = e + ke - state.reference_energy
             target = ke - (excess - jnp.clip(excess, -energy_window, energy_window))
+        if target is not None:
             good = good & (target > 0)
             v = v * jnp.sqrt(jnp.maximum(target, 0.0) / jnp.maximum(ke, 1e-30))
         escalate = jnp.zeros((), bool)
@@ -444,7 +448,7 @@ def kstep(bundle, potential, molecule, k: int | None = None, dt: float | None = 
     ``state = apply_fn(state)`` advances one macro-step of ``bundle.k`` base steps of
     ``bundle.dt`` fs. ``options``: ``reversal_correction`` (α, default 0.5, see
     ``reversal_corrected``; 0 turns it off) and those of ``kstep_integrator`` (guards,
-    kick_weight, energy_rescale, energy_relaxation, fallback_steps, conserve_angular_momentum,
+    kick_weight, energy_rescale, energy_relaxation, energy_window, fallback_steps, conserve_angular_momentum,
     ensemble, temperature, friction). ``k`` and ``dt``, if given, must be the
     model's own: a model trained for one jump length cannot make another.
     """
