@@ -378,7 +378,7 @@ def _print_evaluation(r: dict):
 
 
 def cmd_train(args) -> int:
-    from jkstep.errors import InputError
+    from jkstep.errors import InputError, is_interrupt
     from jkstep.data.windows import data_setting, datasets_from_config
     from jkstep.model.train import (EpochBatches, ProgressBar, check_max_steps, load_model_config, load_train_config,
                                     train_from_config)
@@ -418,8 +418,16 @@ def cmd_train(args) -> int:
                                    pretrained=args.pretrained, freeze=tuple(args.freeze_layers),
                                    heads=args.heads, callback=bar, max_steps=args.max_steps,
                                    extra_meta={"data_provenance": recorded})
-    finally:
+    except BaseException as exc:
         bar.close()
+        if is_interrupt(exc):
+            steps = sorted(int(d) for d in os.listdir(os.path.join(args.out, "latest")) if d.isdigit()) \
+                if os.path.isdir(os.path.join(args.out, "latest")) else []
+            if steps:
+                print(f"train: stopped at step {steps[-1]}, saved in {os.path.join(args.out, 'latest')}; "
+                      "the same command resumes from there", file=sys.stderr)
+        raise
+    bar.close()
     stopped = " (stopped early)" if result.stopped_early else ""
     print(f"done: {result.steps} steps{stopped}, best validation loss {result.best_val_loss} at step "
           f"{result.best_step}; checkpoints in {args.out}")

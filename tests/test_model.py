@@ -8,6 +8,7 @@ import dataclasses
 import functools
 import json
 import pathlib
+import signal
 
 import jax
 import jax.numpy as jnp
@@ -429,6 +430,36 @@ def test_finetune_freezes_layers_and_resumes_exactly(trained, data, tmp_path):
     meta = load_pretrained(str(tmp_path / "b")).meta
     assert meta["pretrained_from"]["path"] == mm.meta["path"] and meta["freeze"] == list(FREEZE)
     assert meta["learning_rate"] == TRAIN.finetune_learning_rate
+
+
+def test_ctrl_c_saves_the_step_it_interrupts_and_training_resumes_exactly(data, tmp_path):
+    """A Ctrl-C at step 13 (checkpoints every 10) saves latest at 13 before the KeyboardInterrupt;
+    resuming to 20 gives the weights of an uninterrupted run. A second Ctrl-C acts at once."""
+    train, val = data
+    cfg = dataclasses.replace(TRAIN, checkpoint_every=10, val_every=10, log_every=1)
+    straight = T.train(SMALL, cfg, T.ArrayBatches(train, 8, seed=1), val, tmp_path / "a", max_steps=20)
+
+    def ctrl_c(times):
+        def callback(step, metrics):
+            if step == 13 and "loss" in metrics:
+                for _ in range(times):
+                    signal.raise_signal(signal.SIGINT)
+        return callback
+
+    with pytest.raises(KeyboardInterrupt):
+        T.train(SMALL, cfg, T.ArrayBatches(train, 8, seed=1), val, tmp_path / "b", callback=ctrl_c(1))
+    assert sorted(int(p.name) for p in (tmp_path / "b" / "latest").iterdir()) == [10, 13]
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler   # the handler is back
+    resumed = T.train(SMALL, cfg, T.ArrayBatches(train, 8, seed=1), val, tmp_path / "b", max_steps=20)
+    assert resumed.steps == 20 and resumed.history == straight.history
+    for tree in ("params", "ema_params", "opt_state"):
+        for a, b in zip(jax.tree.leaves(getattr(straight.state, tree)),
+                        jax.tree.leaves(getattr(resumed.state, tree))):
+            np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-7)
+
+    with pytest.raises(KeyboardInterrupt):   # twice: no waiting for the step's end
+        T.train(SMALL, cfg, T.ArrayBatches(train, 8, seed=1), val, tmp_path / "c", callback=ctrl_c(2))
+    assert sorted(int(p.name) for p in (tmp_path / "c" / "latest").iterdir()) == [10]
 
 
 def test_time_reversal_is_an_exact_window(data):

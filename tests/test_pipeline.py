@@ -37,6 +37,28 @@ def test_train_writes_a_loadable_checkpoint(trained):
     assert bundle.k == 8 and bundle.dt == 0.25 and set(bundle.elements) == {1, 6, 8}
 
 
+def test_ctrl_c_during_cli_training_saves_the_step_and_the_same_command_resumes(trained, monkeypatch, capsys):
+    import signal
+
+    from jkstep.model import train as T
+
+    class CtrlCAtStep2(T.ProgressBar):
+        def __call__(self, step, metrics):
+            super().__call__(step, metrics)
+            if step == 2 and "loss" in metrics:
+                signal.raise_signal(signal.SIGINT)
+
+    argv = ["train", "--model-config", str(trained / "model.yaml"), "--train-config", str(trained / "train.yaml"),
+            "--out", str(trained / "ckpt_int")]
+    monkeypatch.setattr(T, "ProgressBar", CtrlCAtStep2)
+    assert cli.main(argv) == 130
+    assert "stopped at step 2" in capsys.readouterr().err
+    assert sorted(p.name for p in (trained / "ckpt_int" / "latest").iterdir()) == ["2"]
+    monkeypatch.undo()
+    assert cli.main(argv) == 0
+    assert sorted(p.name for p in (trained / "ckpt_int" / "latest").iterdir())[-1] == "6"
+
+
 def test_run_kstep_with_the_trained_model(trained):
     rc = cli.main(["run", "--smiles", "CCO", "--integrator", "kstep", "--model", str(trained / "ckpt"),
                    "--ps", "0.02", "--fallback-steps", "2", "--summary", str(trained / "run.json")])

@@ -19,6 +19,8 @@ Checkpoints (Orbax): ``out_dir/latest/<step>`` every ``checkpoint_every`` steps 
 so a checkpoint loads without any YAML. Training resumes from ``latest`` exactly: an iterable with
 ``get_state()`` / ``set_state(state)`` (e.g. ``ArrayBatches``) has its state restored; any other
 iterable is fast-forwarded by the number of steps already taken (exact if it is deterministic).
+Ctrl-C or SIGTERM (in the main thread) lets the current step finish, saves ``latest`` at it and
+then interrupts as usual (a second signal interrupts at once), so no step is lost.
 
 Nothing here prints; pass ``callback=ProgressBar(total)`` (or any ``callback(step, metrics)``).
 """
@@ -30,6 +32,8 @@ import fnmatch
 import functools
 import math
 import os
+import signal
+import threading
 from collections.abc import Iterator
 from typing import Any, Callable, Iterable, Mapping, Sequence
 
@@ -673,6 +677,47 @@ class TrainResult:
     elements: tuple[int, ...]
 
 
+class _HeldSignals:
+    """Holds Ctrl-C and SIGTERM back until the training loop reaches a step boundary.
+
+    ``pending`` is the signal number received (None if none); ``deliver()`` puts the handlers back
+    and re-raises it, so it then acts as it would have (Ctrl-C: KeyboardInterrupt). A second signal
+    acts at once. Only in the main thread (where Python runs signal handlers); signals that are
+    ignored (SIG_IGN, e.g. SIGINT of a background job) stay ignored.
+    """
+
+    def __init__(self):
+        self.pending = None
+        self._previous = {}
+
+    def __enter__(self):
+        if threading.current_thread() is threading.main_thread():
+            for signum in (signal.SIGINT, signal.SIGTERM):
+                current = signal.getsignal(signum)
+                if current is not None and current != signal.SIG_IGN:
+                    self._previous[signum] = signal.signal(signum, self._hold)
+        return self
+
+    def _hold(self, signum, frame):
+        if self.pending is not None:  # the second one: act now
+            self.deliver()
+        self.pending = signum
+
+    def _restore(self):
+        for signum, handler in self._previous.items():
+            signal.signal(signum, handler)
+        self._previous = {}
+
+    def deliver(self):
+        signum = self.pending if self.pending is not None else signal.SIGINT
+        self._restore()
+        signal.raise_signal(signum)
+
+    def __exit__(self, *exc):
+        self._restore()
+        return False
+
+
 def train(model_config: ModelConfig, train_config: TrainConfig, batches_train: Iterable[Mapping],
           batches_val: Iterable[Mapping] | Callable[[], Iterable[Mapping]] | None, out_dir, *,
           init_params=None, freeze: Sequence[str] = (), learning_rate: float | None = None,
@@ -694,6 +739,9 @@ def train(model_config: ModelConfig, train_config: TrainConfig, batches_train: I
         resume: continue from ``out_dir/latest`` if it holds a checkpoint.
         max_steps: stop after this step (the schedule still runs to ``total_steps``).
         extra_meta: JSON-able entries added to every checkpoint's metadata.
+
+    Ctrl-C or SIGTERM ends training after the current step (and validation) with ``latest`` saved
+    at it; the KeyboardInterrupt (or the SIGTERM's own handling) then follows as usual.
     """
     check_max_steps(max_steps)
     learning_rate = float(learning_rate or train_config.learning_rate)
@@ -750,45 +798,50 @@ def train(model_config: ModelConfig, train_config: TrainConfig, batches_train: I
         step = int(state.step)
         last_saved = step if resumed is not None else None
         last_val = step if resumed is not None else None
-        while step < end and not stopped_early:
-            batch = first if first is not None else next(stream, None)
-            first = None
-            if batch is None:
-                break
-            seen = batch_elements(batch)
-            unknown = seen - set(model_config.elements)
-            if unknown:
-                raise InputError(f"training data has element(s) {sorted(unknown)} that the model config "
-                                 f"does not list (elements: {list(model_config.elements)})")
-            elements |= seen
-            if train_config.time_reversal and step % 2 == 1:
-                batch = time_reversed(batch)
-            state, metrics = fns.train_step(state, prepare_batch(batch), scale_arr)
-            step += 1
-            if callback is not None and (step % train_config.log_every == 0 or step == end):
-                callback(step, {k: float(v) for k, v in metrics.items()})
-            val_loss = None
-            if batches_val is not None and (step % train_config.val_every == 0 or step == end):
-                val = _evaluate(fns, state.ema_params, batches_val() if callable(batches_val) else batches_val,
-                                scale_arr)
-                last_val = step
-                if val:
-                    val_loss = val["loss"]
-                    history.append({"step": step, **{k: val[k] for k in ("loss", "rmse_x_a", "rmse_v")}})
-                    if val_loss < best_val - train_config.min_delta:
-                        best_val, best_step, bad = val_loss, step, 0
-                        store.save("best", state, meta_now(step, val_loss), val_loss=val_loss)
-                    else:
-                        bad += 1
-                    if callback is not None:
-                        callback(step, {f"val_{k}": v for k, v in val.items()} | {"best_val_loss": best_val})
-                    if train_config.patience is not None and bad >= train_config.patience:
-                        stopped_early = True
-            if step % train_config.checkpoint_every == 0 or step == end or stopped_early:
-                store.save("latest", state, meta_now(step, val_loss))
-                last_saved = step
-            if stopped_early:
-                break
+        with _HeldSignals() as held:
+            while step < end and not stopped_early:
+                batch = first if first is not None else next(stream, None)
+                first = None
+                if batch is None:
+                    break
+                seen = batch_elements(batch)
+                unknown = seen - set(model_config.elements)
+                if unknown:
+                    raise InputError(f"training data has element(s) {sorted(unknown)} that the model config "
+                                     f"does not list (elements: {list(model_config.elements)})")
+                elements |= seen
+                if train_config.time_reversal and step % 2 == 1:
+                    batch = time_reversed(batch)
+                state, metrics = fns.train_step(state, prepare_batch(batch), scale_arr)
+                step += 1
+                if callback is not None and (step % train_config.log_every == 0 or step == end):
+                    callback(step, {k: float(v) for k, v in metrics.items()})
+                val_loss = None
+                if batches_val is not None and (step % train_config.val_every == 0 or step == end):
+                    val = _evaluate(fns, state.ema_params, batches_val() if callable(batches_val) else batches_val,
+                                    scale_arr)
+                    last_val = step
+                    if val:
+                        val_loss = val["loss"]
+                        history.append({"step": step, **{k: val[k] for k in ("loss", "rmse_x_a", "rmse_v")}})
+                        if val_loss < best_val - train_config.min_delta:
+                            best_val, best_step, bad = val_loss, step, 0
+                            store.save("best", state, meta_now(step, val_loss), val_loss=val_loss)
+                        else:
+                            bad += 1
+                        if callback is not None:
+                            callback(step, {f"val_{k}": v for k, v in val.items()} | {"best_val_loss": best_val})
+                        if train_config.patience is not None and bad >= train_config.patience:
+                            stopped_early = True
+                if step % train_config.checkpoint_every == 0 or step == end or stopped_early:
+                    store.save("latest", state, meta_now(step, val_loss))
+                    last_saved = step
+                if stopped_early:
+                    break
+                if held.pending is not None:  # a Ctrl-C / SIGTERM during this step: save, then act on it
+                    if last_saved != step:
+                        store.save("latest", state, meta_now(step, val_loss))
+                    held.deliver()
         if batches_val is not None and last_val != step and step > 0:
             val = _evaluate(fns, state.ema_params, batches_val() if callable(batches_val) else batches_val,
                             scale_arr)
@@ -799,6 +852,8 @@ def train(model_config: ModelConfig, train_config: TrainConfig, batches_train: I
                 store.save("best", state, meta_now(step, val["loss"]), val_loss=val["loss"])
         if last_saved != step:
             store.save("latest", state, meta_now(step))
+        if held.pending is not None:  # it came during the last step: act on it now that all is saved
+            held.deliver()
     finally:
         store.close()
     return TrainResult(state=state, out_dir=store.directory, steps=step,
