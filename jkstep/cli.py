@@ -380,6 +380,7 @@ def _print_evaluation(r: dict):
 def cmd_train(args) -> int:
     from jkstep.errors import InputError, is_interrupt
     from jkstep.data.windows import data_setting, datasets_from_config
+    from jkstep.model.pretrained import checkpoint_steps
     from jkstep.model.train import (EpochBatches, ProgressBar, check_max_steps, load_model_config, load_train_config,
                                     train_from_config)
 
@@ -421,8 +422,7 @@ def cmd_train(args) -> int:
     except BaseException as exc:
         bar.close()
         if is_interrupt(exc):
-            steps = sorted(int(d) for d in os.listdir(os.path.join(args.out, "latest")) if d.isdigit()) \
-                if os.path.isdir(os.path.join(args.out, "latest")) else []
+            steps = checkpoint_steps(os.path.join(args.out, "latest"))
             if steps:
                 print(f"train: stopped at step {steps[-1]}, saved in {os.path.join(args.out, 'latest')}; "
                       "the same command resumes from there", file=sys.stderr)

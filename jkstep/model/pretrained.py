@@ -36,7 +36,9 @@ def shipped_names() -> list[str]:
     return sorted(p.name for p in PRETRAINED_DIR.iterdir() if p.is_dir() and not p.name.startswith((".", "_")))
 
 
-def _steps(directory: Path) -> list[int]:
+def checkpoint_steps(directory) -> list[int]:
+    """The saved steps of one Orbax checkpoint manager directory (e.g. ``OUT/latest``), ascending."""
+    directory = Path(directory)
     if not directory.is_dir():
         return []
     return sorted(int(p.name) for p in directory.iterdir() if p.is_dir() and p.name.isdigit()
@@ -70,10 +72,10 @@ def resolve_checkpoint(name_or_path, which: str = "best") -> tuple[Path, int]:
         return path.parent, int(path.name)
     order = (which, "latest" if which == "best" else "best")
     for sub in order:
-        steps = _steps(path / sub)
+        steps = checkpoint_steps(path / sub)
         if steps:
             return path / sub, steps[-1]
-    steps = _steps(path)
+    steps = checkpoint_steps(path)
     if steps:
         return path, steps[-1]
     raise InputError(f"{path} holds no jkstep checkpoint (expected best/ or latest/ with numbered steps, "
