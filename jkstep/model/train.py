@@ -699,9 +699,10 @@ class _HeldSignals:
         return self
 
     def _hold(self, signum, frame):
-        if self.pending is not None:  # the second one: act now
-            self.deliver()
+        again = self.pending is not None
         self.pending = signum
+        if again:  # the second one: act now
+            self.deliver()
 
     def _restore(self):
         for signum, handler in self._previous.items():
@@ -709,9 +710,8 @@ class _HeldSignals:
         self._previous = {}
 
     def deliver(self):
-        signum = self.pending if self.pending is not None else signal.SIGINT
         self._restore()
-        signal.raise_signal(signum)
+        signal.raise_signal(self.pending)
 
     def __exit__(self, *exc):
         self._restore()
