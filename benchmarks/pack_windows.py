@@ -8,11 +8,17 @@ steps; k = 8 and 16 pair frames 1 and 2 apart), the first ``--ps`` ps of each pr
 positions, velocities and forces stored as float32 (the network is float32; the batches are
 float64 again when assembled). About 48 MB for 10 x 15 ps + 4 validation runs. The test split is
 never read. Train with ``data: {windows: gpuw, ...}`` (configs/ship/gfn2-k8_gpu.yaml).
+
+The files are written into ``<out>.partial`` and that folder is renamed to ``<out>`` only when
+every molecule is packed, so an existing ``<out>`` is always complete (the make_*.sh scripts skip
+the pack when it exists). An interrupted pack leaves ``<out>.partial``, which the next run
+replaces. An existing ``<out>`` is never overwritten: delete it to pack again.
 """
 
 import argparse
 import json
 import os
+import shutil
 import tempfile
 
 import numpy as np
@@ -31,8 +37,14 @@ def main():
     ap.add_argument("--ps", type=positive_float, default=15.0, help="first ps of each run to keep")
     ap.add_argument("--out", default="gpuw")
     args = ap.parse_args()
+    out_dir = os.path.normpath(args.out)
+    if os.path.exists(out_dir):
+        sys.exit(f"pack_windows: {out_dir} already exists (a finished pack); delete it to pack "
+                 "again, or choose another --out")
     splits = json.load(open(args.splits))
-    os.makedirs(args.out, exist_ok=True)
+    partial = out_dir + ".partial"
+    shutil.rmtree(partial, ignore_errors=True)
+    os.makedirs(partial)
     total = 0
     for name in splits["train"] + splits["val"]:
         store = os.path.join(args.data, name, "production")
@@ -51,11 +63,12 @@ def main():
         for k in (8, 16):
             w = d[f"windows_k{k}"]
             d[f"windows_k{k}"] = w[w[:, 1] < n]
-        out = os.path.join(args.out, dataset_file_name(store))
+        out = os.path.join(partial, dataset_file_name(store))
         np.savez(out, **d)
         total += os.path.getsize(out)
         print(f"{name}: {len(d['steps'])} frames, {os.path.getsize(out) / 1e6:.1f} MB")
-    print(f"total {total / 1e6:.1f} MB in {args.out}")
+    os.rename(partial, out_dir)
+    print(f"total {total / 1e6:.1f} MB in {out_dir}")
 
 
 if __name__ == "__main__":
