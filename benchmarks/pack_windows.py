@@ -39,8 +39,8 @@ def main():
     args = ap.parse_args()
     out_dir = os.path.normpath(args.out)
     if os.path.exists(out_dir):
-        sys.exit(f"pack_windows: {out_dir} already exists (a finished pack); delete it to pack "
-                 "again, or choose another --out")
+        sys.exit(f"pack_windows: {out_dir} already exists and is never overwritten; delete it to "
+                 "pack again, or choose another --out")
     splits = json.load(open(args.splits))
     partial = out_dir + ".partial"
     shutil.rmtree(partial, ignore_errors=True)
