@@ -57,6 +57,29 @@ class RunLengths:
     """Run lengths and the ``only`` list shared by the xTB and MM generation configs (which
     define dt_fs in fs, frame_spacing in steps, equilibration_ps, production_ps, only)."""
 
+    def _check_fields(self, strings, numbers, integers):
+        """Check (and turn to float) the config's plain fields: ``strings`` non-empty; ``numbers``
+        (key, low, strict) finite and > low (strict) or ≥ low; ``integers`` (key, low) integers ≥
+        low, None allowed for ``workers``. One InputError names the first bad key."""
+        for key in strings:
+            if not isinstance(getattr(self, key), str) or not getattr(self, key):
+                raise InputError(f"config {key} must be a non-empty string, got {getattr(self, key)!r}")
+        for key, low, strict in numbers:
+            value = getattr(self, key)
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not np.isfinite(value):
+                raise InputError(f"config {key} must be a number, got {value!r}")
+            if value < low or (strict and value == low):
+                raise InputError(f"config {key} must be {'>' if strict else '≥'} {low}, got {value}")
+            if key == "temperature_k" and value > MAX_TEMPERATURE_K:
+                raise InputError(f"config temperature_k must be at most {MAX_TEMPERATURE_K:g} K, got {value:g}")
+            setattr(self, key, float(value))
+        for key, low in integers:
+            value = getattr(self, key)
+            if key == "workers" and value is None:
+                continue
+            if isinstance(value, bool) or not isinstance(value, int) or value < low:
+                raise InputError(f"config {key} must be an integer ≥ {low}, got {value!r}")
+
     def _check_lengths_and_only(self):
         from jkstep.errors import MAX_STEPS
 
@@ -114,30 +137,15 @@ class GenerateConfig(RunLengths):
     def __post_init__(self):
         from jkstep.potentials.xtb import METHODS
 
-        for key in ("molecules", "splits", "output", "method"):
-            if not isinstance(getattr(self, key), str) or not getattr(self, key):
-                raise InputError(f"config {key} must be a non-empty string, got {getattr(self, key)!r}")
+        self._check_fields(
+            strings=("molecules", "splits", "output", "method"),
+            numbers=(("accuracy", 0, True), ("temperature_k", 0, False), ("friction_per_fs", 0, False),
+                     ("dt_fs", 0, True), ("equilibration_ps", 0, False), ("production_ps", 0, True),
+                     ("replica_ps", 0, False)),
+            integers=(("frame_spacing", 1), ("replicas", 0), ("chunk_frames", 1), ("seed", 0),
+                      ("conformer_seed", 0), ("workers", 1)))
         if self.method not in METHODS:
             raise InputError(f"config method {self.method!r} is unknown; choose one of {', '.join(METHODS)}")
-        for key, low, strict in (("accuracy", 0, True), ("temperature_k", 0, False),
-                                 ("friction_per_fs", 0, False), ("dt_fs", 0, True),
-                                 ("equilibration_ps", 0, False), ("production_ps", 0, True),
-                                 ("replica_ps", 0, False)):
-            value = getattr(self, key)
-            if isinstance(value, bool) or not isinstance(value, (int, float)) or not np.isfinite(value):
-                raise InputError(f"config {key} must be a number, got {value!r}")
-            if value < low or (strict and value == low):
-                raise InputError(f"config {key} must be {'>' if strict else '≥'} {low}, got {value}")
-            if key == "temperature_k" and value > MAX_TEMPERATURE_K:
-                raise InputError(f"config temperature_k must be at most {MAX_TEMPERATURE_K:g} K, got {value:g}")
-            setattr(self, key, float(value))
-        for key, low in (("frame_spacing", 1), ("replicas", 0), ("chunk_frames", 1), ("seed", 0),
-                         ("conformer_seed", 0), ("workers", 1)):
-            value = getattr(self, key)
-            if key == "workers" and value is None:
-                continue
-            if isinstance(value, bool) or not isinstance(value, int) or value < low:
-                raise InputError(f"config {key} must be an integer ≥ {low}, got {value!r}")
         if isinstance(self.replica_splits, str) or not all(s in SPLITS for s in self.replica_splits):
             raise InputError(f"config replica_splits must be a list drawn from {list(SPLITS)}, "
                              f"got {self.replica_splits!r}")

@@ -51,7 +51,7 @@ from jkstep.data.generate import (PRODUCTION, RunLengths, make_output_dir, molec
                                    read_molecules, replica_name)
 from jkstep.data.store import TrajectoryStore
 from jkstep.config import load_dataclass
-from jkstep.errors import MAX_TEMPERATURE_K, InputError
+from jkstep.errors import InputError
 from jkstep.units import KINETIC as _KINETIC, KJ_MOL as _KJ_MOL
 
 #: Ghost atoms appended to every padded system; the padded terms act on them only.
@@ -91,27 +91,14 @@ class MMConfig(RunLengths):
     only: tuple | None = None
 
     def __post_init__(self):
-        for key in ("molecules", "output", "method"):
-            if not isinstance(getattr(self, key), str) or not getattr(self, key):
-                raise InputError(f"config {key} must be a non-empty string, got {getattr(self, key)!r}")
+        self._check_fields(
+            strings=("molecules", "output", "method"),
+            numbers=(("temperature_k", 0, False), ("friction_per_fs", 0, False), ("dt_fs", 0, True),
+                     ("equilibration_ps", 0, False), ("production_ps", 0, True)),
+            integers=(("frame_spacing", 1), ("replicas", 1), ("chunk_frames", 1), ("seed", 0),
+                      ("conformer_seed", 0)))
         if self.method not in _VARIANTS:
             raise InputError(f"config method {self.method!r} is unknown; choose one of {', '.join(_VARIANTS)}")
-        for key, low, strict in (("temperature_k", 0, False), ("friction_per_fs", 0, False),
-                                 ("dt_fs", 0, True), ("equilibration_ps", 0, False),
-                                 ("production_ps", 0, True)):
-            value = getattr(self, key)
-            if isinstance(value, bool) or not isinstance(value, (int, float)) or not np.isfinite(value):
-                raise InputError(f"config {key} must be a number, got {value!r}")
-            if value < low or (strict and value == low):
-                raise InputError(f"config {key} must be {'>' if strict else '≥'} {low}, got {value}")
-            if key == "temperature_k" and value > MAX_TEMPERATURE_K:
-                raise InputError(f"config temperature_k must be at most {MAX_TEMPERATURE_K:g} K, got {value:g}")
-            setattr(self, key, float(value))
-        for key, low in (("frame_spacing", 1), ("replicas", 1), ("chunk_frames", 1), ("seed", 0),
-                         ("conformer_seed", 0)):
-            value = getattr(self, key)
-            if isinstance(value, bool) or not isinstance(value, int) or value < low:
-                raise InputError(f"config {key} must be an integer ≥ {low}, got {value!r}")
         if self.replicas > 99:
             raise InputError(f"config replicas must be at most 99, got {self.replicas}")
         if not isinstance(self.distinct_conformers, bool):
