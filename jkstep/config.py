@@ -59,14 +59,18 @@ def check_types(cls, data: dict, where: str) -> dict:
     return out
 
 
+def from_mapping(cls, data, where: str):
+    """``cls(**data)``, where every key must be one of ``cls``'s fields and every value passes
+    ``check_types``; InputError names ``where`` (a file, or e.g. "model config")."""
+    known = [f.name for f in dataclasses.fields(cls)]
+    unknown = sorted(set(map(str, data)) - set(known))
+    if unknown:
+        raise InputError(f"unknown key(s) {', '.join(unknown)} in {where}; known keys: {', '.join(known)}")
+    return cls(**check_types(cls, dict(data), where))
+
+
 def load_dataclass(cls, path, **overrides):
     """``cls(**settings)`` from a YAML file whose keys must be ``cls``'s fields; ``overrides``
     that are not None replace file values."""
     data = read_yaml(path)
-    known = [f.name for f in dataclasses.fields(cls)]
-    unknown = sorted(set(map(str, data)) - set(known))
-    if unknown:
-        raise InputError(f"unknown key(s) {', '.join(unknown)} in {os.fspath(path)}; "
-                         f"known keys: {', '.join(known)}")
-    data.update({k: v for k, v in overrides.items() if v is not None})
-    return cls(**check_types(cls, data, os.fspath(path)))
+    return from_mapping(cls, {**data, **{k: v for k, v in overrides.items() if v is not None}}, os.fspath(path))

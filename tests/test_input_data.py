@@ -103,6 +103,17 @@ def test_train_total_steps_zero_in_the_yaml_is_refused(tmp_path):
         load_train_config(tmp_path / "t.yaml")
 
 
+def test_model_and_train_configs_name_an_unknown_key(tmp_path):
+    from jkstep.model.train import load_model_config, load_train_config
+
+    (tmp_path / "m.yaml").write_text("model:\n  cutof: 5.0\n")
+    with pytest.raises(InputError, match=r"unknown key\(s\) cutof in model config; known keys: .*cutoff"):
+        load_model_config(tmp_path / "m.yaml")
+    (tmp_path / "t.yaml").write_text("learning_rat: 0.001\ntotal_steps: 10\n")
+    with pytest.raises(InputError, match=r"unknown key\(s\) learning_rat in train config; known keys: .*learning_rate"):
+        load_train_config(tmp_path / "t.yaml")
+
+
 def test_train_batch_larger_than_the_windows_names_both_numbers(train_setup, capsys):
     tmp_path, write = train_setup
     _fails(write(batch_size=32), capsys, "batch_size 32", "larger than the 5 training windows",

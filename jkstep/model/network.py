@@ -33,7 +33,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from jkstep import units
-from jkstep.config import check_types
+from jkstep.config import from_mapping
 from jkstep.errors import InputError
 
 #: Units of every array the model reads and writes (recorded in checkpoints).
@@ -119,11 +119,7 @@ class ModelConfig:
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> "ModelConfig":
-        names = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(d) - names)
-        if unknown:
-            raise InputError(f"model config: unknown key(s) {unknown}; known keys: {sorted(names)}")
-        return cls(**check_types(cls, d, "model config"))
+        return from_mapping(cls, d, "model config")
 
     def to_json(self) -> str:
         return json.dumps(self.to_dict(), sort_keys=True)

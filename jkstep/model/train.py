@@ -46,7 +46,7 @@ from ase.data import covalent_radii
 from flax import struct
 
 from jkstep import units
-from jkstep.config import check_types, read_yaml
+from jkstep.config import from_mapping, read_yaml
 from jkstep.errors import InputError, is_integer
 from jkstep.kstep import reversal_corrected
 from jkstep.model.network import UNITS, KStepNet, ModelConfig, ballistic_jump
@@ -159,11 +159,7 @@ class TrainConfig:
 
     @classmethod
     def from_dict(cls, d: Mapping[str, Any]) -> "TrainConfig":
-        names = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(d) - names)
-        if unknown:
-            raise InputError(f"train config: unknown key(s) {unknown}; known keys: {sorted(names)}")
-        return cls(**check_types(cls, d, "train config"))
+        return from_mapping(cls, d, "train config")
 
 
 def load_model_config(path) -> ModelConfig:
