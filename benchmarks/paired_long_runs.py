@@ -8,7 +8,9 @@ runs at a time, one thread each; runs whose summary exists are skipped, so an in
 comparison resumes. The table gives each run's xTB calls (Verlet at 2 fs: 5001), fallbacks,
 energy fluctuation and drift, and the mean temperature against the 0.25 fs reference from the
 same start where ``--references`` holds one (``NAME_sSEED_ref.json``, as benchmarks/long_runs.sh
-writes them), then each model's totals. Validation molecules only by default: a model is chosen
+writes them), then each model's totals, and each further model's calls minus the first model's
+with the standard error of that difference (10 ps runs are chaotic: over 16 runs it is 2.5-3 % of
+the total). Validation molecules only by default: a model is chosen
 on them; the test molecules are for reporting.
 """
 
@@ -79,6 +81,7 @@ def main():
     print("| molecule, seed | model | xTB calls | fallbacks | E std kJ/mol | drift kJ/mol/ps | mean T vs reference |")
     print("|---|---|---|---|---|---|---|")
     totals = {m: [] for m in args.model}
+    run_calls = {m: {} for m in args.model}  # (molecule, seed) -> xTB calls
     for name in args.molecules:
         for seed in args.seeds:
             ref_path = os.path.join(args.references, f"{name}_s{seed}_ref.json")
@@ -95,6 +98,7 @@ def main():
                 print(f"| {name}, {seed} | {model} | {s['xtb_calls']}{blew} | {s['fallbacks']} | "
                       f"{s['energy_std_kj_mol']:.2f} | {s['drift_kj_mol_ps']:+.2f} | {t} |")
                 totals[model].append(s)
+                run_calls[model][name, seed] = s["xtb_calls"]
     print()
     for model, runs in totals.items():
         if runs:
@@ -102,6 +106,24 @@ def main():
             print(f"{model}: {len(runs)} runs, {calls} xTB calls in all ({calls / len(runs):.0f} per run), "
                   f"{sum(s['blew_up'] for s in runs)} blew up, "
                   f"mean E std {sum(s['energy_std_kj_mol'] for s in runs) / len(runs):.2f} kJ/mol")
+    first = args.model[0]
+    for model in args.model[1:]:
+        print(paired_difference(run_calls[model], run_calls[first], model, first))
+
+
+def paired_difference(calls_a: dict, calls_b: dict, a: str, b: str) -> str:
+    """A line: model a's xTB calls minus model b's over the runs both finished, with the standard
+    error of that total (the spread of the per-run differences × √n: a 10 ps run is chaotic, so
+    two models from the same start differ by chance as well as by what they are)."""
+    both = sorted(set(calls_a) & set(calls_b))
+    if len(both) < 2:
+        return f"{a} - {b}: fewer than two runs in common"
+    diffs = [calls_a[key] - calls_b[key] for key in both]
+    mean = sum(diffs) / len(diffs)
+    se = (sum((d - mean) ** 2 for d in diffs) / (len(diffs) - 1) * len(diffs)) ** 0.5
+    base = sum(calls_b[key] for key in both)
+    return (f"{a} - {b}: {sum(diffs):+d} xTB calls over {len(both)} paired runs ({100 * sum(diffs) / base:+.1f} %), "
+            f"standard error {se:.0f} ({100 * se / base:.1f} %)")
 
 
 if __name__ == "__main__":
