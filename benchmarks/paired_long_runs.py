@@ -80,8 +80,7 @@ def main():
 
     print("| molecule, seed | model | xTB calls | fallbacks | E std kJ/mol | drift kJ/mol/ps | mean T vs reference |")
     print("|---|---|---|---|---|---|---|")
-    totals = {m: [] for m in args.model}
-    run_calls = {m: {} for m in args.model}  # (molecule, seed) -> xTB calls
+    totals = {m: {} for m in args.model}  # (molecule, seed) -> summary
     for name in args.molecules:
         for seed in args.seeds:
             ref_path = os.path.join(args.references, f"{name}_s{seed}_ref.json")
@@ -97,10 +96,10 @@ def main():
                 blew = " (blew up)" if s["blew_up"] else ""
                 print(f"| {name}, {seed} | {model} | {s['xtb_calls']}{blew} | {s['fallbacks']} | "
                       f"{s['energy_std_kj_mol']:.2f} | {s['drift_kj_mol_ps']:+.2f} | {t} |")
-                totals[model].append(s)
-                run_calls[model][name, seed] = s["xtb_calls"]
+                totals[model][name, seed] = s
     print()
-    for model, runs in totals.items():
+    for model, by_run in totals.items():
+        runs = list(by_run.values())
         if runs:
             calls = sum(s["xtb_calls"] for s in runs)
             print(f"{model}: {len(runs)} runs, {calls} xTB calls in all ({calls / len(runs):.0f} per run), "
@@ -108,7 +107,8 @@ def main():
                   f"mean E std {sum(s['energy_std_kj_mol'] for s in runs) / len(runs):.2f} kJ/mol")
     first = args.model[0]
     for model in args.model[1:]:
-        print(paired_difference(run_calls[model], run_calls[first], model, first))
+        print(paired_difference({key: s["xtb_calls"] for key, s in totals[model].items()},
+                                {key: s["xtb_calls"] for key, s in totals[first].items()}, model, first))
 
 
 def paired_difference(calls_a: dict, calls_b: dict, a: str, b: str) -> str:
