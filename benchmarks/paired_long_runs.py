@@ -9,7 +9,7 @@ comparison resumes. The table gives each run's xTB calls (Verlet at 2 fs: 5001),
 energy fluctuation and drift, and the mean temperature against the 0.25 fs reference from the
 same start where ``--references`` holds one (``NAME_sSEED_ref.json``, as benchmarks/long_runs.sh
 writes them), then each model's totals, and each further model's calls minus the first model's
-with the standard error of that difference (10 ps runs are chaotic: over 16 runs it is 2.5-3 % of
+with the standard error of that difference (10 ps runs are chaotic: over the 16-run comparisons so far it was 2.3-2.8 % of
 the total). Validation molecules only by default: a model is chosen
 on them; the test molecules are for reporting.
 """
