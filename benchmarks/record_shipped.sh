@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # The record beside a shipped model (jkstep/pretrained/NAME/provenance.json): its evaluations,
 # `jkstep evaluate` with 4 replicas on the validation molecules cytosine and 1-propanol (for
-# gfn2-k8, 2 ps each, also on the four test molecules; for gfn2-k16, 1 ps), then `jkstep export`
-# with them and the notes in configs/ship/NAME_record.yaml. The summaries go to
+# gfn2-k8 and gfn2-k8-mm, 2 ps each, also on the four test molecules; for gfn2-k16, 1 ps), then
+# `jkstep export` with them and the notes in configs/ship/NAME_record.yaml. The summaries go to
 # outputs/ship_eval/NAME/<SOURCE with / as _>/; one that exists there is not run again, so an
 # interrupted run resumes (and a new SOURCE gets its own). Two evaluations run at a time, one xTB
 # thread each (2 CPU cores: about 15 min per molecule).
@@ -11,13 +11,13 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 J=${JKSTEP:-.venv/bin/jkstep}
-NAME=${1:?usage: record_shipped.sh gfn2-k8|gfn2-k16}
+NAME=${1:?usage: record_shipped.sh gfn2-k8|gfn2-k8-mm|gfn2-k16}
 SOURCE=${SOURCE:-jkstep/pretrained/$NAME}
 OUT=outputs/ship_eval/$NAME/${SOURCE//\//_}
 case $NAME in
-    gfn2-k8) PS=2; MOLECULES=(cytosine 1-propanol alanine_dipeptide cysteine adenine paracetamol) ;;
+    gfn2-k8 | gfn2-k8-mm) PS=2; MOLECULES=(cytosine 1-propanol alanine_dipeptide cysteine adenine paracetamol) ;;
     gfn2-k16) PS=1; MOLECULES=(cytosine 1-propanol) ;;
-    *) echo "record_shipped.sh: unknown model $NAME (gfn2-k8 or gfn2-k16)" >&2; exit 2 ;;
+    *) echo "record_shipped.sh: unknown model $NAME (gfn2-k8, gfn2-k8-mm or gfn2-k16)" >&2; exit 2 ;;
 esac
 mkdir -p "$OUT"
 

@@ -1,6 +1,7 @@
 """The shipped model loads by name and runs; a broken checkpoint gives one clear error."""
 
 import json
+import re
 import shutil
 
 import numpy as np
@@ -13,8 +14,16 @@ from jkstep.kstep import ballistic_jump, model_jump
 from jkstep.rollout import runner
 
 
-def test_gfn2_k8_and_k16_ship():
-    assert {"gfn2-k8", "gfn2-k16"} <= set(shipped_names())
+def test_gfn2_k8_k8_mm_and_k16_ship():
+    assert {"gfn2-k8", "gfn2-k8-mm", "gfn2-k16"} <= set(shipped_names())
+
+
+def test_gfn2_k8_mm_comes_from_the_mm_pretraining_and_transfer_pipeline():
+    """Its record names the MM stage it was transferred from, and the xTB stage it was trained on."""
+    record = jkstep.load_pretrained("gfn2-k8-mm").meta
+    assert record["pretrained_from"]["path"] and "MMFF94" in record["stages"][0]["data"]
+    assert "transfer" in record["stages"][1]["what"] and record["data_provenance"]["data"]["dir"] == "data/qm"
+    assert "make_gfn2_k8_mm.sh" in record["regenerate"]
 
 
 @pytest.mark.parametrize("name", shipped_names())
@@ -22,7 +31,7 @@ def test_every_shipped_model_loads_and_runs(name, ethanol):
     """Loads by name; the recorded config is what the loader builds; a few macro-steps run with
     sane counters (every macro-step accepted or fallen back, calls counted exactly)."""
     bundle = jkstep.load_pretrained(name)
-    k = int(name.split("-k")[1])
+    k = int(re.search(r"-k(\d+)", name).group(1))
     assert (bundle.k, bundle.dt) == (k, 0.25) == (bundle.config.k, bundle.config.dt_fs)
     assert bundle.meta["model_config"]["k"] == k and bundle.meta["shipped_name"] == name
     assert set(bundle.elements) == {1, 6, 7, 8, 16}
