@@ -430,6 +430,12 @@ def test_finetune_freezes_layers_and_resumes_exactly(trained, data, tmp_path):
     meta = load_pretrained(str(tmp_path / "b")).meta
     assert meta["pretrained_from"]["path"] == mm.meta["path"] and meta["freeze"] == list(FREEZE)
     assert meta["learning_rate"] == TRAIN.finetune_learning_rate
+    assert meta["pretrained_from"]["pretrained_from"] is None      # the MM model was trained from scratch
+    # a second transfer keeps the chain: c <- b <- the MM model
+    transfer.finetune(str(tmp_path / "b"), SMALL, cfg, T.ArrayBatches(train, 8, seed=1), val,
+                      tmp_path / "c", max_steps=1)
+    chain = load_pretrained(str(tmp_path / "c")).meta["pretrained_from"]
+    assert chain["path"] == meta["path"] and chain["pretrained_from"] == meta["pretrained_from"]
 
 
 def test_ctrl_c_saves_the_step_it_interrupts_and_training_resumes_exactly(data, tmp_path):

@@ -83,12 +83,15 @@ def load_converted_params(checkpoint, model_config: ModelConfig, *, heads: str =
     """Read an (MM) checkpoint's EMA weights through Orbax and convert them for ``model_config``.
 
     Returns (params, info) where info is a JSON-able record of the source (path, its config,
-    heads, rescale) for the new checkpoints' metadata.
+    heads, rescale, the data section it was trained on and its own ``pretrained_from``, so a chain
+    of transfers, e.g. MM -> xTB -> xTB, stays readable) for the new checkpoints' metadata.
     """
     src_params, meta, src_config = read_checkpoint(checkpoint, which)
     params = convert_params(src_params, src_config, model_config, heads=heads, rescale=rescale, seed=seed)
     info = {"path": meta["path"], "model_config": src_config.to_dict(), "heads": heads,
-            "rescale": bool(rescale), "elements": list(meta.get("elements", []))}
+            "rescale": bool(rescale), "elements": list(meta.get("elements", [])),
+            "data": (meta.get("data_provenance") or {}).get("data"),
+            "pretrained_from": meta.get("pretrained_from")}
     return params, info
 
 
