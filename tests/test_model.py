@@ -438,7 +438,7 @@ def test_finetune_freezes_layers_and_resumes_exactly(trained, data, tmp_path):
     assert chain["path"] == meta["path"] and chain["pretrained_from"] == meta["pretrained_from"]
 
 
-def test_ctrl_c_saves_the_step_it_interrupts_and_training_resumes_exactly(data, tmp_path):
+def test_ctrl_c_saves_the_step_it_interrupts_and_training_resumes_exactly(data, tmp_path, ctrl_c_possible):
     """A Ctrl-C at step 13 (checkpoints every 10) saves latest at 13 before the KeyboardInterrupt;
     resuming to 20 gives the weights of an uninterrupted run. A second Ctrl-C acts at once."""
     train, val = data

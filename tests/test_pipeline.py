@@ -37,7 +37,8 @@ def test_train_writes_a_loadable_checkpoint(trained):
     assert bundle.k == 8 and bundle.dt == 0.25 and set(bundle.elements) == {1, 6, 8}
 
 
-def test_ctrl_c_during_cli_training_saves_the_step_and_the_same_command_resumes(trained, monkeypatch, capsys):
+def test_ctrl_c_during_cli_training_saves_the_step_and_the_same_command_resumes(trained, monkeypatch, capsys,
+                                                                              ctrl_c_possible):
     import signal
 
     from jkstep.model import train as T
