@@ -201,6 +201,10 @@ def build_parser() -> argparse.ArgumentParser:
                     help="generate only these molecules (names from the molecules file)")
     mm.add_argument("--summary", help="write the per-molecule summaries as JSON to this path")
     mm.set_defaults(handler=cmd_generate_mm)
+
+    md = sub.add_parser("models", help="the shipped models: name, jump, elements and what each is for "
+                                       "(from jkstep/pretrained/NAME/provenance.json)")
+    md.set_defaults(handler=cmd_models)
     return parser
 
 
@@ -510,6 +514,34 @@ def _molecule_split(smiles: str, molecules="data/qm_molecules.smi", splits="data
     name = names.get(canonical(smiles))
     split = next((sp for sp, members in read_splits(splits).items() if name in members), None)
     return (name, split) if name else (None, None)
+
+
+def cmd_models(args) -> int:
+    import textwrap
+
+    from ase.data import chemical_symbols
+
+    from jkstep.errors import InputError
+    from jkstep.model.pretrained import PRETRAINED_DIR, shipped_names
+
+    names = shipped_names()
+    if not names:
+        raise InputError(f"no shipped models in {PRETRAINED_DIR}: reinstall jkstep")
+    for name in names:
+        path = PRETRAINED_DIR / name / "provenance.json"
+        try:
+            with open(path) as fh:
+                record = json.load(fh)
+        except (OSError, json.JSONDecodeError) as exc:
+            raise InputError(f"the record of the shipped model {name} ({path}) cannot be read ({exc}): "
+                             "reinstall jkstep") from None
+        k, dt = record["k"], record["dt_fs"]
+        elements = " ".join(chemical_symbols[z] for z in record["elements"])
+        print(f"{name}{' (default)' if name == DEFAULT_MODEL else ''}: k = {k} x {dt} fs ({k * dt:g} fs jumps), "
+              f"elements {elements}, training step {record['step']}")
+        print(textwrap.fill(record.get("description", ""), 100, initial_indent="  ", subsequent_indent="  "))
+        print(f"  record: {path}\n")
+    return 0
 
 
 def cmd_dataset(args) -> int:

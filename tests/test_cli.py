@@ -63,6 +63,25 @@ def test_run_kstep_with_the_shipped_model_in_nvt(tmp_path):
     assert len(read(out, index=":")) == 11
 
 
+def test_models_lists_every_shipped_model_from_its_record(capsys, monkeypatch, tmp_path):
+    """`jkstep models`: each shipped name with its jump and description, the default marked; a
+    record that cannot be read is one clear error."""
+    from jkstep.model import pretrained
+
+    assert cli.main(["models"]) == 0
+    out = capsys.readouterr().out
+    for name in pretrained.shipped_names():
+        record = json.loads((pretrained.PRETRAINED_DIR / name / "provenance.json").read_text())
+        assert f"{name}{' (default)' if name == cli.DEFAULT_MODEL else ''}: k = {record['k']} x" in out
+    assert "gfn2-k8 (default): k = 8 x 0.25 fs (2 fs jumps), elements H C N O S" in out
+    assert "(4 fs jumps)" in out and "MMFF94" in out
+    (tmp_path / "broken").mkdir()
+    monkeypatch.setattr(pretrained, "PRETRAINED_DIR", tmp_path)
+    with pytest.raises(SystemExit) as exc:
+        cli.main(["models"])
+    assert exc.value.code == 2 and "cannot be read" in capsys.readouterr().err
+
+
 def test_equilibrate_dt_starts_runs_of_different_steps_from_one_state(tmp_path):
     """--equilibrate-dt: Verlet at 0.5 fs starts where a 0.25 fs run with the same thermalisation
     does (the equal-cost comparison of `jkstep run` needs the same start); without it, not."""
