@@ -48,8 +48,8 @@ def build_parser() -> argparse.ArgumentParser:
                      help=f"verlet: NVE velocity Verlet; langevin: BAOAB at --temperature; kstep: learned "
                           f"k-step jump + one xTB call (default: kstep with the shipped {DEFAULT_MODEL} "
                           f"model, verlet where no model ships)")
-    run.add_argument("--model", help=f"kstep: a shipped model name or the path of an Orbax checkpoint directory "
-                                     f"(default {DEFAULT_MODEL})")
+    run.add_argument("--model", help=f"kstep: a shipped model name (`jkstep models` lists them) or the path of an "
+                                     f"Orbax checkpoint directory (default {DEFAULT_MODEL})")
     run.add_argument("--ensemble", default=None, choices=["nve", "nvt"],
                      help="kstep: nve, or nvt with a velocity thermostat step per jump (default nve)")
     kg = run.add_argument_group("kstep acceptance (defaults: jkstep.kstep.Guards)")
@@ -110,8 +110,8 @@ def build_parser() -> argparse.ArgumentParser:
     ev = sub.add_parser("evaluate", help="the hybrid against the equal-cost baselines on any molecule, "
                                          "from the same thermalised states, with a noise floor")
     _add_molecule_args(ev)
-    ev.add_argument("--model", help="a shipped model name or a checkpoint directory (without it: only the "
-                                    "baselines and the zero-network corrector are run, at --k)")
+    ev.add_argument("--model", help="a shipped model name (`jkstep models` lists them) or a checkpoint directory "
+                                    "(without it: only the baselines and the zero-network corrector are run, at --k)")
     ev.add_argument("--k", type=int, default=8, help="base steps per jump when no --model is given (default 8)")
     ev.add_argument("--ps", type=float, default=5.0, help="NVE length of every replica, ps (default 5)")
     ev.add_argument("--replicas", type=int, default=4, help="same-energy replicas (default 4, at least 2)")
