@@ -11,7 +11,8 @@ Prints, for each molecule (default: the test split of data/qm_splits.json):
    zero-network corrector, the model, and Verlet at the time step that makes as many xTB calls
    as the model did, next to the noise floor);
 2. wall clock per simulated ps of the hybrid and of Verlet at 0.25 fs on the same molecule
-   (median of ``--repeats`` runs of ``--timing-steps`` macro-steps, after a warm-up), and the
+   (``--repeats`` alternating pairs of runs of ``--timing-steps`` macro-steps, after a warm-up:
+   the medians and the median of the pairs' ratios, with their range), and the
    cost split: the jump alone, one xTB call after a jump, one xTB call after a single 0.25 fs
    step (the post-jump SCF starts from a poorer guess and costs more: it is counted);
 3. the throughput of a vmap'd hybrid rollout of ``--batch`` replicas with the xTB batch spread
@@ -124,27 +125,33 @@ def timing(mol, bundle, args):
     k, dt = bundle.k, bundle.dt
     v0 = mol.thermal_velocities(300.0, args.seed)
 
-    def per_ps(init, apply, n_apply, fs_per_apply):
-        """(s per simulated ps, the final state of one run: every run starts from the same state)."""
-        run = runner(apply, 1, n_apply)
-        state = init(mol.positions, v0)
+    def compiled(init, apply, n_apply):
+        """A timed run (from one fixed state every time) and the final state of the warm-up run."""
+        run, state = runner(apply, 1, n_apply), init(mol.positions, v0)
         end = jax.block_until_ready(run(state)[0])  # compile and warm up
-        times = []
-        for _ in range(args.repeats):
+
+        def timed() -> float:
             t = time.perf_counter()
             jax.block_until_ready(run(state)[0].positions)
-            times.append(time.perf_counter() - t)
-        return statistics.median(times) * 1000.0 / (n_apply * fs_per_apply), end
+            return time.perf_counter() - t
+        return timed, end
 
     pot = jkstep.xtb_potential(mol)
-    hybrid, end = per_ps(*kstep_integrator(model_jump(bundle, mol.numbers, mol.masses), pot, mol.numbers,
-                                           mol.masses, k, dt, fallback_steps=args.fallback_steps),
-                         args.timing_steps, k * dt)
-    verlet, _ = per_ps(*jkstep.verlet(jkstep.xtb_potential(mol), mol.masses, dt), args.timing_steps * k, dt)
+    hybrid_run, end = compiled(*kstep_integrator(model_jump(bundle, mol.numbers, mol.masses), pot, mol.numbers,
+                                                 mol.masses, k, dt, fallback_steps=args.fallback_steps),
+                               args.timing_steps)
+    verlet_run, _ = compiled(*jkstep.verlet(jkstep.xtb_potential(mol), mol.masses, dt), args.timing_steps * k)
+    # hybrid and Verlet alternate, so a slow spell of a shared machine slows both sides of a pair
+    pairs = [(hybrid_run(), verlet_run()) for _ in range(args.repeats)]
+    per_ps = 1000.0 / (args.timing_steps * k * dt)
+    hybrid = statistics.median(h for h, _ in pairs) * per_ps
+    verlet = statistics.median(v for _, v in pairs) * per_ps
+    ratios = sorted(v / h for h, v in pairs)
     print(f"wall clock per simulated ps: hybrid {hybrid:.2f} s, Verlet {dt} fs {verlet:.2f} s "
-          f"-> {verlet / hybrid:.2f}x (median of {args.repeats}; each hybrid run: {args.timing_steps} "
-          f"macro-steps, {int(end.force_calls)} xTB calls, {int(end.accepted)} jumps accepted, "
-          f"{int(end.fallbacks)} fallbacks; Verlet: {args.timing_steps * k} calls)")
+          f"-> {statistics.median(ratios):.2f}x (median of {args.repeats} alternating pairs, "
+          f"{ratios[0]:.2f}-{ratios[-1]:.2f}x; each hybrid run: {args.timing_steps} macro-steps, "
+          f"{int(end.force_calls)} xTB calls, {int(end.accepted)} jumps accepted, {int(end.fallbacks)} "
+          f"fallbacks; Verlet: {args.timing_steps * k} calls)")
 
     jump = jax.jit(model_jump(bundle, mol.numbers, mol.masses))
     f0 = pot(mol.positions)[1]
