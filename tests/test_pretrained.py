@@ -18,6 +18,19 @@ def test_gfn2_k8_k8_mm_and_k16_ship():
     assert {"gfn2-k8", "gfn2-k8-mm", "gfn2-k16"} <= set(shipped_names())
 
 
+@pytest.mark.parametrize("name", shipped_names())
+def test_every_shipped_model_names_a_regeneration_that_exists(name):
+    """Its record's `regenerate` names scripts that exist, its notes file exists, and
+    benchmarks/record_shipped.sh (which writes the record) knows the name."""
+    root = PRETRAINED_DIR.parent.parent
+    record = json.loads((PRETRAINED_DIR / name / "provenance.json").read_text())
+    scripts = re.findall(r"benchmarks/[\w.-]+\.(?:sh|py)", record["regenerate"])
+    assert scripts and all((root / s).is_file() for s in scripts), (name, scripts)
+    assert (root / "configs" / "ship" / f"{name}_record.yaml").is_file()
+    assert re.search(rf"^\s*(?:[\w-]+ \| )*{re.escape(name)}(?: \| [\w-]+)*\)",
+                     (root / "benchmarks" / "record_shipped.sh").read_text(), re.M), name
+
+
 def test_gfn2_k8_mm_comes_from_the_mm_pretraining_and_transfer_pipeline():
     """Its record names the MM stage it was transferred from, and the xTB stage it was trained on."""
     record = jkstep.load_pretrained("gfn2-k8-mm").meta
