@@ -20,7 +20,9 @@ import sys
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from _args import positive_float  # noqa: E402
 
+
 def header(step_fs: float) -> str:
+    """The table's header; ``step_fs`` is the model's jump, k × dt (fs)."""
     kdt = f"Verlet {step_fs:g} fs"
     return (f"| molecule | xTB calls: kstep / {kdt} | equal-cost Verlet step | mean T vs reference: kstep / eq. / "
             f"{kdt} | E std kJ/mol: kstep / eq. | bond JS: kstep / eq. / floor | angle JS | dihedral JS | "
@@ -40,6 +42,7 @@ def js3(x: float) -> str:
 
 
 def row(evaluation: dict, xh_floor: float) -> str:
+    """One molecule's row from one ``jkstep evaluate`` summary of the record."""
     c, floor = evaluation["contenders"], evaluation["noise_floor"]
     kstep, eq, kdt, ref = c["kstep"], c["verlet_equal_cost"], c["verlet_kdt"], c["reference"]
     name = (evaluation.get("molecule_name") or evaluation["molecule"]).replace("_", " ")
@@ -47,7 +50,9 @@ def row(evaluation: dict, xh_floor: float) -> str:
     eq_dt = f"{eq['dt_fs']:.2f} fs" + (" (blew up)" if eq["blew_up"] else "")
 
     def temp(s: dict) -> str:
-        return "blew up" if s["blew_up"] else signed(100 * (s["mean_temperature_k"] / ref["mean_temperature_k"] - 1), ".1f") + " %"
+        if s["blew_up"]:
+            return "blew up"
+        return signed(100 * (s["mean_temperature_k"] / ref["mean_temperature_k"] - 1), ".1f") + " %"
 
     def three(key: str, fmt) -> str:
         return " / ".join("–" if s["blew_up"] or s[key] is None else fmt(s[key]) for s in (kstep, eq)) + \
