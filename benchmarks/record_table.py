@@ -17,6 +17,9 @@ import json
 import os
 import sys
 
+from jkstep.errors import InputError
+from jkstep.model.pretrained import shipped_record
+
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from _args import positive_float  # noqa: E402
 
@@ -76,14 +79,18 @@ def table(record: dict, xh_floor: float = 100.0) -> str:
 
 
 def read_record(name_or_path: str) -> dict:
-    path = name_or_path if name_or_path.endswith(".json") else os.path.join(
-        os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "jkstep", "pretrained", name_or_path,
-        "provenance.json")
+    """A shipped model's record by name, or a provenance.json by path."""
+    if not name_or_path.endswith(".json"):
+        try:
+            return shipped_record(name_or_path)
+        except InputError as exc:
+            raise SystemExit(str(exc)) from None
     try:
-        with open(path) as fh:
+        with open(name_or_path) as fh:
             return json.load(fh)
     except OSError as exc:
-        raise SystemExit(f"cannot read {path}: {exc.strerror} (give a shipped name or a provenance.json)") from None
+        raise SystemExit(f"cannot read {name_or_path}: {exc.strerror} "
+                         "(give a shipped name or a provenance.json)") from None
 
 
 def main():

@@ -522,25 +522,19 @@ def cmd_models(args) -> int:
     from ase.data import chemical_symbols
 
     from jkstep.errors import InputError
-    from jkstep.model.pretrained import PRETRAINED_DIR, shipped_names
+    from jkstep.model.pretrained import PRETRAINED_DIR, shipped_names, shipped_record
 
     names = shipped_names()
     if not names:
         raise InputError(f"no shipped models in {PRETRAINED_DIR}: reinstall jkstep")
     for name in names:
-        path = PRETRAINED_DIR / name / "provenance.json"
-        try:
-            with open(path) as fh:
-                record = json.load(fh)
-        except (OSError, json.JSONDecodeError) as exc:
-            raise InputError(f"the record of the shipped model {name} ({path}) cannot be read ({exc}): "
-                             "reinstall jkstep") from None
+        record = shipped_record(name)
         k, dt = record["k"], record["dt_fs"]
         elements = " ".join(chemical_symbols[z] for z in record["elements"])
         print(f"{name}{' (default)' if name == DEFAULT_MODEL else ''}: k = {k} x {dt} fs ({k * dt:g} fs jumps), "
               f"elements {elements}, training step {record['step']}")
         print(textwrap.fill(record.get("description", ""), 100, initial_indent="  ", subsequent_indent="  "))
-        print(f"  record: {path}\n")
+        print(f"  record: {PRETRAINED_DIR / name / 'provenance.json'}\n")
     return 0
 
 
@@ -769,8 +763,14 @@ def main(argv=None) -> int:
 def console() -> None:
     """The ``jkstep`` command: ``main`` as a process. After an interrupt it leaves at once
     (``os._exit``, outputs already written and streams flushed): XLA's threads, stopped mid-work,
-    can crash a normal interpreter shutdown (a segmentation fault instead of status 130/143)."""
-    code = main()
+    can crash a normal interpreter shutdown (a segmentation fault instead of status 130/143).
+    A reader that closes the pipe early (``jkstep models | head``) ends it quietly."""
+    try:
+        code = main()
+    except BrokenPipeError:
+        # Python's documented idiom: no traceback, and no second error when stdout is flushed at exit
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        sys.exit(1)
     if code in (130, 143):
         sys.stdout.flush()
         sys.stderr.flush()

@@ -243,6 +243,9 @@ def test_console_script_runs_as_installed(tmp_path):
     proc = subprocess.run([exe, "run", "--smiles", "C1CC"], capture_output=True, text=True, timeout=120)
     assert proc.returncode == 2
     assert proc.stderr.strip() == "jkstep: error: cannot parse SMILES 'C1CC'"
+    # a reader that stops early gets no traceback
+    proc = subprocess.run(f"'{exe}' models | head -1", shell=True, capture_output=True, text=True, timeout=120)
+    assert proc.stdout.startswith("gfn2-") and "Traceback" not in proc.stderr, proc.stderr
 
 
 @pytest.mark.parametrize("extra", [[], ["--equilibrate-ps", "0.01"]])

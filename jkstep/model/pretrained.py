@@ -36,6 +36,22 @@ def shipped_names() -> list[str]:
     return sorted(p.name for p in PRETRAINED_DIR.iterdir() if p.is_dir() and not p.name.startswith((".", "_")))
 
 
+def shipped_record(name: str) -> dict:
+    """The record beside a shipped model, ``jkstep/pretrained/<name>/provenance.json`` (its
+    metadata without the training history: configs, data provenance, evaluations, notes)."""
+    import json
+
+    if name not in shipped_names():
+        raise InputError(f"no shipped model is named {name!r}; shipped: {', '.join(shipped_names()) or 'none'}")
+    path = PRETRAINED_DIR / name / "provenance.json"
+    try:
+        with open(path) as fh:
+            return json.load(fh)
+    except (OSError, json.JSONDecodeError) as exc:
+        raise InputError(f"the record of the shipped model {name} ({path}) cannot be read ({exc}): "
+                         "reinstall jkstep") from None
+
+
 def checkpoint_steps(directory) -> list[int]:
     """The saved steps of one Orbax checkpoint manager directory (e.g. ``OUT/latest``), ascending."""
     directory = Path(directory)
