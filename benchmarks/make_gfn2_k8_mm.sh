@@ -12,11 +12,11 @@
 #   bash benchmarks/make_gfn2_k8_mm.sh
 set -euo pipefail
 cd "$(dirname "$0")/.."
-J=.venv/bin/jkstep
+J=${JKSTEP:-.venv/bin/jkstep}
 $J generate-mm --config configs/mm.yaml
 $J train --model-config configs/model_mm_k8.yaml --train-config configs/ship/gfn2-k8_mm.yaml --out outputs/mm_k8
 $J generate --config configs/qm.yaml
-[ -d gpuw ] || .venv/bin/python benchmarks/pack_windows.py --ps 15 --out gpuw
+[ -d gpuw ] || ${PYTHON:-.venv/bin/python} benchmarks/pack_windows.py --ps 15 --out gpuw
 $J train --model-config configs/model_qm_k8.yaml --train-config configs/ship/gfn2-k8_transfer.yaml \
     --out outputs/qm_k8_tr --pretrained outputs/mm_k8
 $J train --model-config configs/model_qm_k8.yaml --train-config configs/ship/gfn2-k8_gpu.yaml \

@@ -20,15 +20,18 @@ def test_gfn2_k8_k8_mm_and_k16_ship():
 
 @pytest.mark.parametrize("name", shipped_names())
 def test_every_shipped_model_names_a_regeneration_that_exists(name):
-    """Its record's `regenerate` names scripts that exist, its notes file exists, and
-    benchmarks/record_shipped.sh (which writes the record) knows the name."""
+    """Its record's `regenerate` is one command, benchmarks/make_shipped.sh NAME, and names scripts
+    that exist; its notes file exists; make_shipped.sh and benchmarks/record_shipped.sh (which
+    writes the record) know the name."""
     root = PRETRAINED_DIR.parent.parent
     record = json.loads((PRETRAINED_DIR / name / "provenance.json").read_text())
+    assert record["regenerate"].startswith(f"bash benchmarks/make_shipped.sh {name} "), record["regenerate"]
     scripts = re.findall(r"benchmarks/[\w.-]+\.(?:sh|py)", record["regenerate"])
     assert scripts and all((root / s).is_file() for s in scripts), (name, scripts)
     assert (root / "configs" / "ship" / f"{name}_record.yaml").is_file()
-    assert re.search(rf"^\s*(?:[\w-]+ \| )*{re.escape(name)}(?: \| [\w-]+)*\)",
-                     (root / "benchmarks" / "record_shipped.sh").read_text(), re.M), name
+    for script in ("make_shipped.sh", "record_shipped.sh"):
+        assert re.search(rf"^\s*(?:[\w-]+ \| )*{re.escape(name)}(?: \| [\w-]+)*\)",
+                         (root / "benchmarks" / script).read_text(), re.M), (name, script)
 
 
 def test_gfn2_k8_mm_comes_from_the_mm_pretraining_and_transfer_pipeline():
