@@ -25,7 +25,7 @@ from jkstep.kstep import Guards
 
 
 def run(system, integrator, x, v, n_macro, k, dt):
-    init, apply, energy = qmmm.respa(system, *integrator, k, dt)
+    init, apply, energy = qmmm.embedded_integrator(system, *integrator, k, dt)
     state = init(x, v)
     apply, energy = jax.jit(apply), jax.jit(energy)
     rows, t0 = [], time.perf_counter()

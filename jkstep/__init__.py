@@ -14,9 +14,10 @@ from jkstep.kstep import kstep  # noqa: E402
 from jkstep.molecule import Molecule  # noqa: E402
 from jkstep.potentials.mmff import mmff_potential  # noqa: E402
 from jkstep.potentials.xtb import xtb_potential  # noqa: E402
+from jkstep.respa import respa  # noqa: E402
 
 __all__ = ["InputError", "MDState", "Molecule", "kstep", "langevin", "load_pretrained", "mmff_potential",
-           "verlet", "xtb_potential"]
+           "respa", "verlet", "xtb_potential"]
 
 
 def __getattr__(name):

@@ -20,20 +20,24 @@ import numpy as np
 from jkstep import analysis, integrate
 from jkstep.errors import (MAX_STEPS, MAX_TEMPERATURE_K, InputError, SimulationError, is_finite_number,
                            is_integer, is_interrupt)
-from jkstep.kstep import fallback_step_count, kstep_integrator
+from jkstep.integrate import fallback_step_count
+from jkstep.kstep import kstep_integrator
+from jkstep.respa import respa
 from jkstep.molecule import Molecule, check_seed
 from jkstep.rollout import Frames, concat, frames_of, runner
 
-INTEGRATORS = ("verlet", "langevin", "kstep")
+INTEGRATORS = ("verlet", "langevin", "kstep", "respa")
 
 
 @dataclasses.dataclass
 class RunConfig:
     """Settings of one run. dt in fs, lengths in ps, temperature in K, friction in 1/fs.
 
-    ``ensemble`` applies to kstep (nve, or nvt with an exact velocity thermostat step per
-    macro-step); verlet is NVE and langevin NVT. ``save_every`` is in base steps (rounded
-    up to whole macro-steps for kstep). ``equilibrate_dt``: time step of the Langevin
+    ``ensemble`` applies to kstep and respa (nve, or nvt with a Langevin thermostat); verlet is
+    NVE and langevin NVT. ``save_every`` is in base steps (rounded up to whole macro-steps for
+    kstep and respa). For respa ``dt`` is the inner step and ``k`` the inner steps per macro-step
+    (one xTB call each); ``fast`` names the fast force (``"mmff"``, a shipped learned fast force
+    or a checkpoint path; the summary reports it). ``equilibrate_dt``: time step of the Langevin
     thermalisation (None: ``dt``); give the same one to runs with different time steps to start
     them from the same state (e.g. Verlet at the hybrid's equal-cost step and the hybrid itself).
     """
@@ -50,6 +54,7 @@ class RunConfig:
     seed: int = 0
     chunk_frames: int = 100
     kstep_options: dict = dataclasses.field(default_factory=dict)  # guards, delta_scale, energy_rescale
+    fast: str = "mmff"
 
     def __post_init__(self):
         if self.integrator not in INTEGRATORS:
@@ -71,6 +76,9 @@ class RunConfig:
                                                     and self.equilibrate_dt > 0):
             raise InputError(f"equilibrate_dt must be a finite value > 0 fs, got {self.equilibrate_dt!r}")
         check_seed(self.seed)
+        if self.integrator == "respa" and not (isinstance(self.fast, str) and self.fast):
+            raise InputError(f"fast must name the fast force (mmff, a shipped name or a checkpoint path), "
+                             f"got {self.fast!r}")
         if self.integrator == "verlet" and self.ensemble == "nvt":
             raise InputError("velocity Verlet is NVE; for NVT use the langevin integrator "
                              "(or kstep with ensemble nvt)")
@@ -97,7 +105,7 @@ def blew_up(frames: Frames, masses, temperature_limit: float) -> bool:
 
 def run_md(molecule: Molecule, potential: Callable, config: RunConfig, jump=None, k: int = 1,
            progress: Callable[[int], None] | None = None, calls: Callable[[], int] | None = None,
-           velocities=None):
+           velocities=None, fast: Callable | None = None):
     """Run MD of ``molecule`` with ``potential`` (an energy-and-forces function).
 
     Starts from ``velocities`` (Å/fs, e.g. ``jkstep.molecule.read_velocities`` of a previous
@@ -105,7 +113,8 @@ def run_md(molecule: Molecule, potential: Callable, config: RunConfig, jump=None
     ``config.temperature`` (seeded), optionally
     thermalised with Langevin for ``equilibrate_ps``, then ``config.ps`` of production with
     the chosen integrator. For ``kstep`` give the ``jump`` function (``jkstep.kstep.model_jump``)
-    and its ``k``; ``config.dt`` is then the model's base step. ``xtb_calls`` in the summary
+    and its ``k``; ``config.dt`` is then the model's base step. For ``respa`` give the ``fast``
+    (energy, forces) function and ``k``, the inner steps per xTB call. ``xtb_calls`` in the summary
     counts the production run (its initial force call included), read from ``calls()``, the
     potential's own host-side counter (e.g. ``lambda: pot.calls``); ``integrator_force_calls``
     is the integrator's count of the same calls. ``progress(n)`` is told of each n base steps.
@@ -116,12 +125,14 @@ def run_md(molecule: Molecule, potential: Callable, config: RunConfig, jump=None
 
     Returns (summary dict, Frames of the production run with frame 0 = the start).
     """
-    if config.integrator == "kstep":
-        if jump is None:
-            raise InputError("the kstep integrator needs a model (--model NAME|PATH)")
-        if not is_integer(k, 1):
-            raise InputError(f"k must be an integer ≥ 1 (base steps per jump), got {k!r}")
-    steps_per_apply = k if config.integrator == "kstep" else 1
+    hybrid = config.integrator in ("kstep", "respa")
+    if config.integrator == "kstep" and jump is None:
+        raise InputError("the kstep integrator needs a model (--model NAME|PATH)")
+    if config.integrator == "respa" and fast is None:
+        raise InputError("the respa integrator needs a fast force (--fast mmff|NAME|PATH)")
+    if hybrid and (isinstance(k, bool) or not is_integer(k, 1)):
+        raise InputError(f"k must be an integer ≥ 1 (base steps per macro-step), got {k!r}")
+    steps_per_apply = k if hybrid else 1
     every = max(1, -(-config.save_every // steps_per_apply))  # applies per frame
     if config.n_steps < every * steps_per_apply:
         raise InputError(f"the run ({config.n_steps} steps of {config.dt} fs) is shorter than one saved frame "
@@ -160,6 +171,11 @@ def run_md(molecule: Molecule, potential: Callable, config: RunConfig, jump=None
     elif config.integrator == "langevin":
         init, apply = integrate.langevin(potential, masses, config.dt, config.temperature, config.friction)
         state = init(positions, velocities, key)
+    elif config.integrator == "respa":
+        init, apply = respa(fast, potential, masses, k, config.dt, ensemble=config.ensemble,
+                            temperature=config.temperature, friction=config.friction,
+                            fallback_steps=config.kstep_options.get("fallback_steps"))
+        state = init(positions, velocities, key)
     else:
         init, apply = kstep_integrator(jump, potential, molecule.numbers, masses, k, config.dt,
                                        ensemble=config.ensemble, temperature=config.temperature,
@@ -173,7 +189,7 @@ def run_md(molecule: Molecule, potential: Callable, config: RunConfig, jump=None
     run_chunk = runner(apply, chunk, every)
     done = 0
     kstep = config.integrator == "kstep"
-    timeline = [_progress_point(state, config.dt)] if kstep else []
+    timeline = [_progress_point(state, config.dt)] if hybrid else []
     interrupted = False
     try:
         while done < n_frames:
@@ -182,7 +198,7 @@ def run_md(molecule: Molecule, potential: Callable, config: RunConfig, jump=None
             state, fr = run_chunk(state)
             frames.append(fr)
             done += fr.energy.shape[0]
-            if kstep:
+            if hybrid:
                 timeline.append(_progress_point(state, config.dt))
             if progress:
                 progress(fr.energy.shape[0] * every * steps_per_apply)
@@ -195,7 +211,7 @@ def run_md(molecule: Molecule, potential: Callable, config: RunConfig, jump=None
     frames = jax.device_get(concat(frames))
     wall = time.perf_counter() - t0
 
-    nve = config.integrator == "verlet" or (config.integrator == "kstep" and config.ensemble == "nve")
+    nve = config.integrator == "verlet" or (hybrid and config.ensemble == "nve")
     times = np.asarray(frames.step) * config.dt
     e_total = np.asarray(frames.energy) + analysis.kinetic_energy(frames.velocities, masses)
     temps = analysis.temperature(frames.velocities, masses, dof=None if nve else 3 * len(masses))
@@ -205,12 +221,13 @@ def run_md(molecule: Molecule, potential: Callable, config: RunConfig, jump=None
         "integrator": config.integrator,
         "ensemble": "nve" if nve else "nvt",
         "dt_fs": config.dt,
-        "k": k if kstep else None,
+        "k": k if hybrid else None,
         "simulated_fs": float(times[-1]),
         "xtb_calls": None if calls_before is None else calls() - calls_before,
-        "accepted": int(state.accepted) if kstep else 0,
+        # respa keeps every macro-step: accepted = macro-steps made, fallbacks = fault fallbacks among them
+        "accepted": int(state.accepted) if kstep else int(state.step) // k if hybrid else 0,
         "rejected": int(state.rejected) if kstep else 0,
-        "fallbacks": int(state.fallbacks) if kstep else 0,
+        "fallbacks": int(state.fallbacks) if hybrid else 0,
         "escalations": int(state.escalations) if kstep else 0,
         "blew_up": exploded,
         "drift_kj_mol_ps": _finite_or_none(analysis.energy_drift(times, e_total)) if nve else None,
@@ -224,7 +241,9 @@ def run_md(molecule: Molecule, potential: Callable, config: RunConfig, jump=None
     }
     if interrupted:
         summary["interrupted"] = True
-    if kstep:
+    if config.integrator == "respa":
+        summary["fast"] = config.fast
+    if hybrid:
         summary["fallback_steps"] = fallback_step_count(k, config.dt, config.kstep_options.get("fallback_steps"))
         # [simulated fs, integrator calls, fallbacks] so far, every chunk_frames frames: over long
         # runs the fallbacks (and so the cost) need not stay at the rate of the first picoseconds

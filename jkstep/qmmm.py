@@ -54,7 +54,7 @@ from rdkit import Chem
 
 from jkstep import units
 from jkstep.errors import InputError, is_finite_number, is_integer
-from jkstep.integrate import kinetic_energy
+from jkstep.integrate import inverse_mass, kinetic_energy, velocity_verlet_step
 from jkstep.molecule import Molecule, check_seed
 from jkstep.potentials.mmff import mmff_potential
 
@@ -254,8 +254,11 @@ class QMMMState:
     step: jax.Array
 
 
-def respa(qmmm: QMMMSystem, qm_init, qm_apply, k: int, dt: float):
-    """``init_fn(positions, velocities, key=None) -> QMMMState``, ``apply_fn(state)`` (one macro-
+def embedded_integrator(qmmm: QMMMSystem, qm_init, qm_apply, k: int, dt: float):
+    """The QM/MM system's multiple-time-step integrator (the solute's own integrator inside,
+    k Verlet steps of the water between half kicks of the coupling force).
+
+    ``init_fn(positions, velocities, key=None) -> QMMMState``, ``apply_fn(state)`` (one macro-
     step of k·dt) and ``energy_fn(state) -> dict`` of eV terms (xtb, mm, coupling, kinetic, total).
 
     ``qm_init, qm_apply``: the solute's integrator over k·dt per ``apply`` (``jkstep.kstep`` with
@@ -277,6 +280,10 @@ def respa(qmmm: QMMMSystem, qm_init, qm_apply, k: int, dt: float):
     tau = k * dt
     slow = jax.grad(qmmm.coupling_energy, argnums=(0, 1))
     mm_force = jax.grad(qmmm.mm_energy)
+    inv_mw = inverse_mass(qmmm.environment.masses)
+
+    def water_forces(xw, active):
+        return 0.0, -mm_force(xw), True
 
     def slow_forces(xq, xw):
         gq, gw = slow(xq, xw)
@@ -305,10 +312,8 @@ def respa(qmmm: QMMMSystem, qm_init, qm_apply, k: int, dt: float):
 
         def water_step(_, c):
             x, v, f = c
-            v = v + 0.5 * dt * f * units.ACCEL / mw
-            x = x + dt * v
-            f = -mm_force(x)
-            return x, v + 0.5 * dt * f * units.ACCEL / mw, f
+            x, v, f, _, _ = velocity_verlet_step(water_forces, x, v, f, inv_mw, dt)
+            return x, v, f
 
         xw, vw, fw = jax.lax.fori_loop(0, k, water_step, (s.xw, s.vw, s.fw))
         fq, fw_slow = slow_forces(q.positions, xw)
@@ -327,7 +332,7 @@ def respa(qmmm: QMMMSystem, qm_init, qm_apply, k: int, dt: float):
 
 
 def verlet_block(potential, masses, k: int, dt: float):
-    """The solute's reference integrator for ``respa``: k velocity-Verlet steps of dt per apply
+    """The solute's reference integrator for ``embedded_integrator``: k velocity-Verlet steps of dt per apply
     (k xTB calls), as an ``init_fn, apply_fn`` pair over ``jkstep.integrate.MDState``."""
     from jkstep.integrate import verlet
 

@@ -25,7 +25,7 @@ def droplet():
 
 def run(integrator, n_macro):
     system, _, qs = droplet()
-    init, apply, energy = qmmm.respa(qs, *integrator, K, DT)
+    init, apply, energy = qmmm.embedded_integrator(qs, *integrator, K, DT)
     state = init(system.positions, system.thermal_velocities(300.0, seed=1))
     apply, energy = jax.jit(apply), jax.jit(energy)
     totals, dmin = [float(energy(state)["total"])], []
@@ -157,13 +157,13 @@ def test_respa_bad_input():
     blk = qmmm.verlet_block(qs.mmff_qm, qs.solute.masses, 2, 0.25)
     for k in (0, -1, 2.5, "2", True):
         with pytest.raises(InputError, match="k \\(base steps"):
-            qmmm.respa(qs, *blk, k, 0.25)
+            qmmm.embedded_integrator(qs, *blk, k, 0.25)
     for dt in (0, -0.25, float("nan"), "0.25"):
         with pytest.raises(InputError, match="dt"):
-            qmmm.respa(qs, *blk, 2, dt)
+            qmmm.embedded_integrator(qs, *blk, 2, dt)
     with pytest.raises(InputError, match="QMMMSystem"):
-        qmmm.respa(system, *blk, 2, 0.25)
-    init, apply, energy = qmmm.respa(qs, *blk, 2, 0.25)
+        qmmm.embedded_integrator(system, *blk, 2, 0.25)
+    init, apply, energy = qmmm.embedded_integrator(qs, *blk, 2, 0.25)
     x, v = system.positions, np.zeros_like(system.positions)
     with pytest.raises(InputError, match=r"shape \(15, 3\).*got \(12, 3\)"):
         init(x[:12], v[:12])

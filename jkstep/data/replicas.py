@@ -18,36 +18,23 @@ from jkstep import analysis
 from jkstep.errors import InputError
 
 
-def kinetic_energy(masses, velocities) -> float:
-    """Kinetic energy in eV of one frame: velocities (N, 3) Å/fs, masses (N,) amu."""
-    return float(analysis.kinetic_energy(np.asarray(velocities, np.float64), np.asarray(masses, np.float64)))
-
-
-def momentum(masses, velocities) -> np.ndarray:
-    """Total linear momentum (3,) in amu·Å/fs."""
+def momentum(velocities, masses) -> np.ndarray:
+    """Total linear momentum (3,) in amu·Å/fs of velocities (N, 3) Å/fs and masses (N,) amu."""
     return np.sum(np.asarray(masses, np.float64)[:, None] * np.asarray(velocities, np.float64), axis=0)
 
 
-def angular_momentum(masses, positions, velocities) -> np.ndarray:
-    """Angular momentum (3,) about the centre of mass, in amu·Å²/fs."""
-    masses = np.asarray(masses, np.float64)
-    r = np.asarray(positions, np.float64)
-    r = r - np.sum(masses[:, None] * r, axis=0) / masses.sum()
-    return np.sum(masses[:, None] * np.cross(r, np.asarray(velocities, np.float64)), axis=0)
-
-
-def remove_rigid_motion(masses, positions, velocities) -> np.ndarray:
-    """Velocities (N, 3) Å/fs with the centre-of-mass velocity and the rigid rotation
+def remove_rigid_motion(positions, velocities, masses) -> np.ndarray:
+    """Velocities (N, 3) Å/fs (of positions (N, 3) Å, velocities (N, 3) Å/fs, masses (N,) amu) with the centre-of-mass velocity and the rigid rotation
     ω = I⁻¹ L (inertia tensor about the centre of mass) subtracted: zero linear and zero
     angular momentum. The kinetic energy drops by that of the removed motion."""
     masses = np.asarray(masses, np.float64)
     r = np.asarray(positions, np.float64)
     v = np.asarray(velocities, np.float64)
-    v = v - momentum(masses, v) / masses.sum()
+    v = v - momentum(v, masses) / masses.sum()
     r = r - np.sum(masses[:, None] * r, axis=0) / masses.sum()
     inertia = (np.eye(3) * np.sum(masses * np.sum(r * r, axis=1))
                                        - np.einsum("i,ij,ik->jk", masses, r, r))
-    omega = np.linalg.pinv(inertia, rcond=1e-10) @ angular_momentum(masses, r, v)
+    omega = np.linalg.pinv(inertia, rcond=1e-10) @ np.sum(masses[:, None] * np.cross(r, v), axis=0)
     return v - np.cross(omega, r)
 
 
@@ -65,14 +52,14 @@ def same_energy_velocities(molecule, positions, velocities, seed: int) -> np.nda
     if positions.shape != (len(masses), 3) or velocities.shape != positions.shape:
         raise InputError(f"positions and velocities must have shape ({len(masses)}, 3), got "
                          f"{positions.shape} and {velocities.shape}")
-    target = kinetic_energy(masses, velocities)
+    target = float(analysis.kinetic_energy(velocities, masses))
     if not np.isfinite(target) or target <= 0:
         raise InputError(f"the reference velocities have no kinetic energy to share ({target} eV)")
     rng = np.random.default_rng(seed)
     # Maxwell–Boltzmann direction: v_i ~ N(0, 1/m_i) (the temperature drops out on rescaling)
     draw = rng.standard_normal(positions.shape) / np.sqrt(masses)[:, None]
-    draw = remove_rigid_motion(masses, positions, draw)
-    ke = kinetic_energy(masses, draw)
+    draw = remove_rigid_motion(positions, draw, masses)
+    ke = float(analysis.kinetic_energy(draw, masses))
     if ke <= 0:
         raise InputError("a molecule this small has no internal motion to draw")
     return draw * np.sqrt(target / ke)

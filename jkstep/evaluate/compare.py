@@ -7,7 +7,9 @@
    ``reference`` (Verlet at dt = 0.25 fs), ``verlet_kdt`` (Verlet at k·dt: the xTB calls of
    a hybrid that never rejects a jump), ``corrector_only`` (the hybrid with the zero network: ballistic
    jump + corrector; with jkstep's Verlet-consistent final kick it is Verlet at k·dt by
-   construction, so it checks the plumbing) and ``kstep`` (the model). Frames of all of
+   construction, so it checks the plumbing), ``kstep`` (the model), ``mmff_respa`` (``jkstep.respa``
+   with MMFF94 as the fast force, one xTB call per k·dt) and ``respa`` (the same with a learned
+   fast force, ``EvalConfig.fast``). Frames of all of
    them are k·dt apart, so spectra and distributions see the same sampling. Because rejected
    jumps and fallbacks make the model dearer than Verlet at k·dt, ``verlet_equal_cost`` then
    runs Verlet at the time step that makes as many xTB calls as ``kstep`` actually made
@@ -45,11 +47,15 @@ from jkstep.integrate import equal_cost_dt
 from jkstep.kstep import (REVERSAL_CORRECTION, Guards, ballistic_jump, fallback_step_count, kstep_integrator,
                           model_jump)
 from jkstep.molecule import Molecule, check_seed
+from jkstep.potentials.mmff import mmff_potential
+from jkstep.respa import respa
 from jkstep.rollout import concat, frames_of, runner
 
-CONTENDERS = ("reference", "verlet_kdt", "corrector_only", "kstep")
+CONTENDERS = ("reference", "verlet_kdt", "corrector_only", "kstep", "mmff_respa", "respa")
 VARIANTS = ("verlet_equal_cost", "kstep_rescaled", "kstep_relaxed", "kstep_windowed")   # reported beside kstep
 DISTRIBUTION_KEYS = ("bond_js", "angle_js", "dihedral_js", "spectrum_overlap", "xh_band_shift_cm1")
+RESULT_KEYS = ("xtb_calls", "blew_up", "drift_kj_mol_ps", "energy_std_kj_mol", "mean_temperature_k",
+               *DISTRIBUTION_KEYS, "flip_rate_ratio", "wall_s")
 
 
 @dataclasses.dataclass
@@ -75,7 +81,10 @@ class EvalConfig:
     (``kstep_integrator(fallback_steps=...)``; None: steps of at most 0.5 fs,
     ``jkstep.kstep.fallback_step_count``). ``equal_cost`` (with a model): also run
     ``verlet_equal_cost``, Verlet at the time step that makes as many xTB calls per replica as
-    ``kstep`` made (``equal_cost_dt``)."""
+    ``kstep`` made (``equal_cost_dt``). ``mmff_respa`` (default on): run ``jkstep.respa`` with
+    MMFF94 as the fast force at k and dt (null with a ``reason`` where MMFF94 cannot type the
+    molecule). ``fast``: a learned fast force (shipped name or checkpoint path,
+    ``jkstep.learned_potential``) for the ``respa`` contender (None: not run)."""
 
     k: int = 8
     dt: float = 0.25
@@ -93,6 +102,8 @@ class EvalConfig:
     reversal_correction: float = REVERSAL_CORRECTION
     fallback_steps: int | None = None
     equal_cost: bool = True
+    mmff_respa: bool = True
+    fast: str | None = None
 
     def __post_init__(self):
         if not is_integer(self.k, 1):
@@ -314,6 +325,19 @@ def _k_runs(molecule, config, bundle, run, runs: dict) -> dict:
 
     runs["verlet_kdt"] = run("verlet_kdt", lambda pot: integrate.verlet(pot, masses, k * dt))
     runs["corrector_only"] = run("corrector_only", lambda pot: hybrid(pot, ballistic_jump(masses, k, dt)))
+    if config.mmff_respa:
+        try:
+            mmff = mmff_potential(molecule)
+        except InputError as exc:
+            runs["mmff_respa"] = {"reason": str(exc)}
+        else:
+            runs["mmff_respa"] = run("mmff_respa", lambda pot: respa(mmff, pot, masses, k, dt,
+                                                                     fallback_steps=config.fallback_steps))
+    if config.fast is not None:
+        from jkstep.model.potential import learned_potential
+
+        fast = learned_potential(config.fast, molecule)
+        runs["respa"] = run("respa", lambda pot: respa(fast, pot, masses, k, dt, fallback_steps=config.fallback_steps))
     if bundle is not None:
         runs["kstep"] = run("kstep", lambda pot: hybrid(pot, _learned(bundle, molecule, config)))
         if config.equal_cost:
@@ -359,6 +383,9 @@ def _summary(molecule, config, bundle, runs, starts, terms, rotatable, plots) ->
             results[name] = None
             continue
         run = runs[name]
+        if "reason" in run:     # not runnable on this molecule (e.g. MMFF94 cannot type it)
+            results[name] = {"reason": run["reason"], **{key: None for key in RESULT_KEYS}}
+            continue
         fr, state = run["frames"], run["state"]
         exploded = bool(np.asarray(fr.failed).any()) or metrics.blew_up(fr.positions, terms[0], starts[0][0])
         res = {"xtb_calls": int(run["xtb_calls"]), "blew_up": exploded, "wall_s": run["wall_s"]}
@@ -376,6 +403,8 @@ def _summary(molecule, config, bundle, runs, starts, terms, rotatable, plots) ->
         if hasattr(state, "accepted"):
             res.update(accepted=int(np.sum(state.accepted)), rejected=int(np.sum(state.rejected)),
                        fallbacks=int(np.sum(state.fallbacks)))
+        elif hasattr(state, "fallbacks"):   # respa: every macro-step is kept; fallbacks are fault fallbacks
+            res.update(fallbacks=int(np.sum(state.fallbacks)))
         res["integrator_force_calls"] = int(np.sum(state.force_calls))
         results[name] = res
     out["contenders"] = results
@@ -387,6 +416,7 @@ def _summary(molecule, config, bundle, runs, starts, terms, rotatable, plots) ->
 def _plots(directory, runs, spectra, masses, frame_fs, terms):
     os.makedirs(directory, exist_ok=True)
     energy = {}
+    runs = {name: run for name, run in runs.items() if "frames" in run}
     for name, run in runs.items():
         fr = run["frames"]
         energy[name] = (np.arange(fr.energy.shape[1]) * run.get("frame_fs", frame_fs),

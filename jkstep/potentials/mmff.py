@@ -259,9 +259,9 @@ def _mmff_props(mol, variant, label):
         props = (rdForceFieldHelpers.MMFFGetMoleculeProperties(mol, mmffVariant=variant)
                  if rdForceFieldHelpers.MMFFHasAllMoleculeParams(mol) else None)
     if props is None:
-        odd = sorted({a.GetSymbol() for a in mol.GetAtoms()
-                      if a.GetAtomicNum() not in _MMFF_ELEMENTS})
-        why = (f"MMFF has no parameters for element(s) {', '.join(odd)}" if odd else
+        odd = [f"{a.GetSymbol()} (atom {a.GetIdx()})" for a in mol.GetAtoms()
+               if a.GetAtomicNum() not in _MMFF_ELEMENTS]
+        why = (f"MMFF has no parameters for {', '.join(odd)}" if odd else
                "some atom is in a bonding situation MMFF has no atom type for")
         raise InputError(f"RDKit cannot assign {variant} atom types to molecule {label!r}: {why}. "
                          "Use another potential (e.g. GFN-xTB) for this molecule")

@@ -1,0 +1,212 @@
+"""The symplectic multiple-time-step hybrid (impulse RESPA): one slow (xTB) call per macro-step.
+
+One macro-step of τ = k·dt from (x, v) with the slow forces F_s and the fast forces F_f at x:
+
+1. half kick with the difference force: v ← v + (τ/2)·(F_s − F_f)/m;
+2. k velocity-Verlet steps of dt on the fast force alone (one ``lax.fori_loop``);
+3. one slow call at the new positions (the only xTB call of the macro-step);
+4. closing half kick with the new difference force.
+
+Each part is the exact flow of a Hamiltonian piece, so the map is symplectic and time-reversible
+by construction (Tuckerman, Berne & Martyna 1992): the total energy of the slow potential
+oscillates with no drift as long as τ stays clear of the resonances of the fastest vibrations
+(an impulse scheme goes unstable near half of the shortest period, weaker near a third). With
+fast ≡ 0 it is velocity Verlet at τ.
+
+Faults: a fast force that is not finite anywhere in the inner loop, or a slow call that fails
+(SCF), makes the macro-step fall back to plain velocity Verlet on the slow potential over the same
+τ in steps of at most ``FALLBACK_DT`` = 0.5 fs (those calls are counted, the macro-step is counted
+in ``fallbacks``); the fast force is then evaluated again at the end positions (no slow call).
+
+NVT (``ensemble="nvt"``): Langevin, seeded from the state's key. ``thermostat="macro"`` puts an
+exact Ornstein–Uhlenbeck velocity half-step over τ/2 before and after each macro-step (as
+``jkstep.kstep`` does); ``thermostat="inner"`` makes the inner loop BAOAB on the fast force
+(the O step every dt). The default is chosen by measurement (docs/results.md, "RESPA in NVT").
+
+Everything runs under ``jit``, inside ``lax.scan`` and under ``vmap`` over replicas: the slow
+potential gets an ``active`` mask, so members that need no call make none, and every call is
+counted in ``state.force_calls``. Units: Å, fs, eV, amu, K.
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import struct
+
+from jkstep import units
+from jkstep.errors import InputError, is_integer
+from jkstep.integrate import (_check, _check_setup, evaluator, fallback_step_count, inverse_mass,
+                              velocity_verlet_step, verlet_span)
+
+#: Thermostat placement used by ``ensemble="nvt"`` (docs/results.md, "RESPA in NVT").
+THERMOSTATS = ("macro", "inner")
+DEFAULT_THERMOSTAT = "macro"
+
+
+@struct.dataclass
+class RespaState:
+    """State of the RESPA integrator (leading batch axes under ``vmap``).
+
+    positions (N, 3) Å, velocities (N, 3) Å/fs; forces (N, 3) eV/Å and energy (eV): the slow
+    potential's at ``positions``; fast_forces, fast_energy: the fast potential's there;
+    force_calls: slow calls made (init included); step: base steps taken (k per macro-step);
+    fallbacks: macro-steps made by the Verlet fallback; failed: a slow call failed for good
+    (the state then stays frozen and makes no calls); key: PRNG key (``ensemble="nvt"``).
+    """
+
+    positions: jax.Array
+    velocities: jax.Array
+    forces: jax.Array
+    energy: jax.Array
+    fast_forces: jax.Array
+    fast_energy: jax.Array
+    force_calls: jax.Array
+    step: jax.Array
+    fallbacks: jax.Array
+    failed: jax.Array
+    key: jax.Array
+
+
+def _finite(*arrays):
+    return jnp.all(jnp.asarray([jnp.all(jnp.isfinite(a)) for a in arrays]))
+
+
+def _check_fast(fast_evaluate, positions, n_atoms: int) -> None:
+    """InputError unless the fast force gives (N, 3) forces for the integrator's N atoms."""
+    try:
+        out = jax.eval_shape(lambda x: fast_evaluate(x, jnp.ones((), bool)), positions)
+    except InputError as exc:
+        raise InputError(f"the fast force does not fit the {n_atoms} atoms given to respa: {exc}") from None
+    shape = tuple(out[1].shape)
+    if shape != (n_atoms, 3):
+        raise InputError(f"the fast force returns forces of shape {shape} for the {n_atoms} atoms given to respa: "
+                         f"it was built for another molecule (build it from the same Molecule as the slow one)")
+
+
+def respa(fast, slow, masses, k: int = 8, dt: float = 0.25, ensemble: str = "nve", temperature: float = 300.0,
+          friction: float = 0.01, thermostat: str = DEFAULT_THERMOSTAT, fallback_steps: int | None = None):
+    """``init_fn, apply_fn`` of impulse RESPA (jax-md style).
+
+    Args:
+        fast: the fast force, (energy eV, forces eV/Å) of positions (N, 3) Å, or a JAX energy
+            function (forces by ``jax.grad``): ``jkstep.mmff_potential(mol)`` or
+            ``jkstep.learned_potential(name, mol)``. It is called k times per macro-step.
+        slow: the slow potential, normally ``jkstep.xtb_potential(mol)``: called once per
+            macro-step.
+        masses: (N,) amu.
+        k: inner steps per macro-step (integer ≥ 1); dt: the inner step in fs (> 0); the
+            macro-step is τ = k·dt.
+        ensemble: "nve" (default) or "nvt" (Langevin at ``temperature`` K with ``friction``
+            γ in 1/fs, placed by ``thermostat``: "macro" or "inner", see the module doc).
+        fallback_steps: Verlet steps of a fault fallback over τ (None: steps ≤ 0.5 fs).
+
+    ``init_fn(positions, velocities, key=None) -> RespaState`` makes one slow call;
+    ``apply_fn(state) -> RespaState`` advances one macro-step (one slow call).
+    """
+    if isinstance(k, bool) or not is_integer(k, 1):
+        raise InputError(f"k must be an integer ≥ 1 (inner steps per macro-step), got {k!r}")
+    k = int(k)
+    _check("dt (fs)", dt, 0.0, allow_equal=False)
+    if ensemble not in ("nve", "nvt"):
+        raise InputError(f"ensemble must be 'nve' or 'nvt', got {ensemble!r}")
+    if thermostat not in THERMOSTATS:
+        raise InputError(f"thermostat must be one of {', '.join(THERMOSTATS)}, got {thermostat!r}")
+    _check("temperature (K)", temperature, 0.0, allow_equal=True)
+    _check("friction (1/fs)", friction, 0.0, allow_equal=True)
+    for name, fn in (("fast", fast), ("slow", slow)):
+        if not callable(fn):
+            raise InputError(f"the {name} force must be a function of positions returning (energy, forces), "
+                             f"e.g. jkstep.mmff_potential(mol) or jkstep.xtb_potential(mol); got {fn!r:.60}")
+    _check_setup(slow, masses)
+    n_fallback = fallback_step_count(k, dt, fallback_steps)
+    fast_eval, slow_eval = evaluator(fast), evaluator(slow)
+    masses = jnp.asarray(masses, jnp.float64)
+    n_atoms = masses.shape[0]
+    inv_m = inverse_mass(masses)
+    tau = k * dt
+    nvt = ensemble == "nvt"
+    # Ornstein–Uhlenbeck step: over τ/2 around the macro-step, or over dt inside the inner loop
+    h_ou = dt if thermostat == "inner" else 0.5 * tau
+    c1 = jnp.exp(-friction * h_ou)
+    sigma = jnp.sqrt((1.0 - c1**2) * units.KB * temperature * units.ACCEL / masses)[:, None]
+
+    def ou(v, key):
+        return c1 * v + sigma * jax.random.normal(key, v.shape, jnp.float64)
+
+    def init_fn(positions, velocities, key=None) -> RespaState:
+        x = jnp.asarray(positions, jnp.float64)
+        v = jnp.asarray(velocities, jnp.float64)
+        for name, a in (("positions", x), ("velocities", v)):
+            if a.shape != (n_atoms, 3):
+                raise InputError(f"{name} must have shape ({n_atoms}, 3) for the {n_atoms} masses given to respa, "
+                                 f"got {a.shape} (use init_fn under jax.vmap for a batch)")
+            if not isinstance(a, jax.core.Tracer) and not np.all(np.isfinite(np.asarray(a))):
+                raise InputError(f"{name} contain NaN or infinite values")
+        _check_fast(fast_eval, x, n_atoms)
+        one = jnp.ones((), bool)
+        e, f, ok = slow_eval(x, one)
+        fe, ff, fok = fast_eval(x, one)
+        zero = jnp.zeros((), jnp.int32)
+        return RespaState(x, v, f, e, ff, fe, force_calls=jnp.ones((), jnp.int32), step=zero, fallbacks=zero,
+                          failed=~(ok & _finite(e, f)),
+                          key=jax.random.PRNGKey(0) if key is None else jnp.asarray(key))
+
+    def inner_loop(x, v, ff, fe, key, active):
+        """k steps of dt on the fast force (BAOAB with ``thermostat="inner"`` in NVT)."""
+
+        def verlet(_, c):
+            x, v, f, e, ok, key = c
+            x, v, f, e, ok_step = velocity_verlet_step(fast_eval, x, v, f, inv_m, dt, active)
+            return x, v, f, e, ok & ok_step & _finite(e, f), key
+
+        def baoab(_, c):
+            x, v, f, e, ok, key = c
+            key, sub = jax.random.split(key)
+            v = v + 0.5 * dt * f * inv_m
+            x = x + 0.5 * dt * v
+            v = ou(v, sub)
+            x = x + 0.5 * dt * v
+            e, f, ok_step = fast_eval(x, active)
+            return x, v + 0.5 * dt * f * inv_m, f, e, ok & ok_step & _finite(e, f), key
+
+        body = baoab if nvt and thermostat == "inner" else verlet
+        x, v, ff, fe, ok, key = jax.lax.fori_loop(0, k, body, (x, v, ff, fe, jnp.ones((), bool), key))
+        return x, v, ff, fe, ok, key
+
+    def macro_ou(state: RespaState) -> RespaState:
+        if not (nvt and thermostat == "macro"):
+            return state
+        key, sub = jax.random.split(state.key)
+        return state.replace(velocities=ou(state.velocities, sub), key=key)
+
+    def fallback(state: RespaState, need):
+        """Plain Verlet on the slow potential over τ, then the fast force at the end positions."""
+        x, v, f, e, ok = verlet_span(slow_eval, state.positions, state.velocities, state.forces, state.energy,
+                                     inv_m, tau, n_fallback, need)
+        fe, ff, _ = fast_eval(x, need)
+        return x, v, f, e, ff, fe, ok & _finite(e, f)
+
+    def apply_fn(state: RespaState) -> RespaState:
+        state = macro_ou(state)
+        active = ~state.failed
+        half = 0.5 * tau
+        v = state.velocities + half * (state.forces - state.fast_forces) * inv_m
+        x, v, ff, fe, fast_ok, key = inner_loop(state.positions, v, state.fast_forces, state.fast_energy,
+                                                state.key, active)
+        call = active & fast_ok
+        e, f, ok = slow_eval(x, call)
+        v = v + half * (f - ff) * inv_m
+        need = active & ~(call & ok & _finite(e, f))
+        candidate = (x, v, f, e, ff, fe, jnp.ones((), bool))
+        fx, fv, fs, fe_s, fff, ffe, fok = jax.lax.cond(need, fallback, lambda s, n: candidate, state, need)
+        new = state.replace(positions=fx, velocities=fv, forces=fs, energy=fe_s, fast_forces=fff, fast_energy=ffe,
+                            force_calls=state.force_calls + call.astype(jnp.int32)
+                            + need.astype(jnp.int32) * n_fallback,
+                            step=state.step + k, fallbacks=state.fallbacks + need.astype(jnp.int32),
+                            failed=state.failed | (need & ~fok), key=key)
+        new = macro_ou(new)
+        return jax.tree.map(lambda a, b: jnp.where(state.failed, a, b), state, new)
+
+    return init_fn, apply_fn

@@ -1,0 +1,214 @@
+"""jkstep.respa: exactness, time reversibility, symplecticity, momenta, call counts, faults, NVT."""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+import jkstep
+from jkstep.errors import InputError
+from jkstep.integrate import angular_momentum, fallback_step_count, temperature, verlet, verlet_span
+from jkstep.rollout import rollout
+
+
+@pytest.fixture(scope="module")
+def ethanol():
+    return jkstep.Molecule.from_smiles("CCO", seed=0)
+
+
+@pytest.fixture(scope="module")
+def mm(ethanol):
+    return jkstep.mmff_potential(ethanol)
+
+
+def scaled(potential, factor):
+    """A pure-JAX 'slow' potential: a scaled copy of ``potential``."""
+
+    def ef(x):
+        e, f = potential(x)
+        return factor * e, factor * f
+
+    return ef
+
+
+def run(apply, state, n):
+    return jax.lax.fori_loop(0, n, lambda _, s: apply(s), state)
+
+
+def test_zero_fast_force_is_verlet_at_k_dt(ethanol, mm):
+    v = ethanol.thermal_velocities(300.0, seed=1)
+    k, dt = 8, 0.25
+    init, apply = jkstep.respa(lambda x: jnp.zeros(()), mm, ethanol.masses, k=k, dt=dt)
+    vinit, vapply = verlet(mm, ethanol.masses, dt=k * dt)
+    s = jax.jit(lambda s: run(apply, s, 50))(init(ethanol.positions, v))
+    r = jax.jit(lambda s: run(vapply, s, 50))(vinit(ethanol.positions, v))
+    np.testing.assert_allclose(s.positions, r.positions, rtol=0, atol=1e-10)
+    np.testing.assert_allclose(s.velocities, r.velocities, rtol=0, atol=1e-12)
+    assert int(s.force_calls) == int(r.force_calls) == 51 and int(s.step) == 50 * k
+
+
+def test_time_reversible(ethanol, mm):
+    v = ethanol.thermal_velocities(300.0, seed=2)
+    init, apply = jkstep.respa(mm, scaled(mm, 1.3), ethanol.masses, k=8, dt=0.25)
+    go = jax.jit(lambda s: run(apply, s, 40))
+    s = go(init(ethanol.positions, v))
+    assert float(jnp.max(jnp.abs(s.positions - ethanol.positions))) > 0.05   # it moved
+    back = go(init(s.positions, -s.velocities))
+    np.testing.assert_allclose(back.positions, ethanol.positions, rtol=0, atol=1e-9)
+    np.testing.assert_allclose(-back.velocities, v, rtol=0, atol=1e-11)
+
+
+def test_symplectic(ethanol, mm):
+    m = jnp.asarray(ethanol.masses)[:, None]
+    init, apply = jkstep.respa(mm, mm, ethanol.masses, k=4, dt=0.5)
+    n = len(ethanol) * 3
+
+    def step(z):  # (x, p = m·v) → (x', p') of one macro-step
+        x, p = z[:n].reshape(-1, 3), z[n:].reshape(-1, 3)
+        s = apply(init(x, p / m))
+        return jnp.concatenate([s.positions.ravel(), (s.velocities * m).ravel()])
+
+    z = jnp.concatenate([jnp.asarray(ethanol.positions).ravel(),
+                         (jnp.asarray(ethanol.thermal_velocities(300.0, seed=3)) * m).ravel()])
+    J = jax.jit(jax.jacfwd(step))(z)
+    omega = jnp.block([[jnp.zeros((n, n)), jnp.eye(n)], [-jnp.eye(n), jnp.zeros((n, n))]])
+    err = jnp.max(jnp.abs(J.T @ omega @ J - omega)) / jnp.max(jnp.abs(omega))
+    assert float(jnp.max(jnp.abs(J - jnp.eye(2 * n)))) > 1e-3      # a real map, not the identity
+    assert float(err) < 1e-10
+
+
+def test_momenta_conserved(ethanol, mm):
+    v = ethanol.thermal_velocities(300.0, seed=4)
+    masses = jnp.asarray(ethanol.masses)
+    init, apply = jkstep.respa(mm, scaled(mm, 0.8), ethanol.masses, k=8, dt=0.25)
+    s0 = init(ethanol.positions, v)
+    s = jax.jit(lambda s: run(apply, s, 100))(s0)
+    p0, p = (jnp.sum(masses[:, None] * x.velocities, 0) for x in (s0, s))
+    np.testing.assert_allclose(p, p0, rtol=0, atol=1e-12)
+    np.testing.assert_allclose(angular_momentum(s.positions, s.velocities, masses),
+                               angular_momentum(s0.positions, s0.velocities, masses), rtol=0, atol=1e-10)
+
+
+def test_energy_conserved_better_than_verlet_at_tau(ethanol, mm):
+    """A stiff fast part inside (MMFF) and a soft slow difference: RESPA at τ = 2 fs holds the
+    energy of the slow potential far better than Verlet at 2 fs."""
+    v = ethanol.thermal_velocities(300.0, seed=5)
+    masses = jnp.asarray(ethanol.masses)
+    slow = scaled(mm, 1.1)
+    out = {}
+    for name, (init, apply) in {"respa": jkstep.respa(mm, slow, ethanol.masses, k=8, dt=0.25),
+                                "verlet": verlet(slow, ethanol.masses, dt=2.0)}.items():
+        _, fr = jax.jit(lambda s: rollout(apply, s, 250))(init(ethanol.positions, v))
+        e = np.asarray(fr.energy) + np.asarray(jkstep.integrate.kinetic_energy(fr.velocities, masses))
+        out[name] = e.std()
+    assert out["respa"] < 0.3 * out["verlet"]
+
+
+def test_calls_counted_single_and_batched(ethanol):
+    pot = jkstep.xtb_potential(ethanol)
+    mm = jkstep.mmff_potential(ethanol)
+    init, apply = jkstep.respa(mm, pot, ethanol.masses, k=8, dt=0.25)
+    s = init(ethanol.positions, ethanol.thermal_velocities(300.0, seed=0))
+    before = pot.calls
+    s, _ = jax.jit(lambda s: rollout(apply, s, 5))(s)
+    assert pot.calls - before == 5 and int(s.force_calls) == 6 and int(s.fallbacks) == 0
+
+    v = jnp.stack([ethanol.thermal_velocities(300.0, seed=i) for i in range(3)])
+    x = jnp.broadcast_to(jnp.asarray(ethanol.positions), v.shape)
+    before = pot.calls
+    sb = jax.vmap(init)(x, v)
+    sb, _ = jax.jit(jax.vmap(lambda s: rollout(apply, s, 4)))(sb)
+    assert pot.calls - before == 3 * 5
+    assert np.asarray(sb.force_calls).tolist() == [5, 5, 5]
+
+
+def test_non_finite_fast_force_falls_back_to_verlet(ethanol, mm):
+    v = ethanol.thermal_velocities(300.0, seed=6)
+    k, dt = 8, 0.25
+    nan_fast = lambda x: (jnp.nan, jnp.full_like(x, jnp.nan))   # noqa: E731
+    init, apply = jkstep.respa(nan_fast, mm, ethanol.masses, k=k, dt=dt)
+    s = jax.jit(lambda s: run(apply, s, 3))(init(ethanol.positions, v))
+    nf = fallback_step_count(k, dt)
+    assert int(s.fallbacks) == 3 and int(s.force_calls) == 1 + 3 * nf and not bool(s.failed)
+    # the same as plain Verlet over 3 τ in steps of τ / nf
+    from jkstep.integrate import evaluator, inverse_mass
+    e0, f0 = mm(jnp.asarray(ethanol.positions))
+    x, vv, f, e = jnp.asarray(ethanol.positions), jnp.asarray(v), f0, e0
+    for _ in range(3):
+        x, vv, f, e, _ = verlet_span(evaluator(mm), x, vv, f, e, inverse_mass(ethanol.masses), k * dt, nf, True)
+    np.testing.assert_allclose(s.positions, x, rtol=0, atol=1e-12)
+    np.testing.assert_allclose(s.velocities, vv, rtol=0, atol=1e-12)
+
+
+def test_failed_slow_call_freezes_state_without_more_calls(ethanol, mm):
+    calls = []
+
+    def slow(x):  # the slow force fails everywhere but at the start geometry
+        e, f = mm(x)
+        bad = jnp.max(jnp.abs(x - jnp.asarray(ethanol.positions))) > 1e-6
+        return jnp.where(bad, jnp.nan, e), jnp.where(bad, jnp.nan, f)
+
+    init, apply = jkstep.respa(mm, slow, ethanol.masses, k=8, dt=0.25)
+    s = jax.jit(lambda s: run(apply, s, 4))(init(ethanol.positions, ethanol.thermal_velocities(300.0, seed=7)))
+    assert bool(s.failed) and int(s.fallbacks) == 1
+    assert int(s.force_calls) == 1 + 1 + fallback_step_count(8, 0.25) and not calls
+
+
+@pytest.mark.parametrize("thermostat", ["macro", "inner"])
+def test_nvt_holds_the_temperature(ethanol, mm, thermostat):
+    masses = jnp.asarray(ethanol.masses)
+    init, apply = jkstep.respa(mm, scaled(mm, 1.05), ethanol.masses, k=8, dt=0.25, ensemble="nvt",
+                               temperature=400.0, friction=0.05, thermostat=thermostat)
+    s = init(ethanol.positions, ethanol.thermal_velocities(100.0, seed=8), jax.random.PRNGKey(1))
+    s, fr = jax.jit(lambda s: rollout(apply, s, 2500))(s)
+    t = np.asarray(temperature(fr.velocities[500:], masses, dof=3 * len(ethanol)))
+    assert abs(t.mean() - 400.0) < 0.08 * 400.0
+    # seeded: the same key gives the same run
+    s2, _ = jax.jit(lambda s: rollout(apply, s, 5))(init(ethanol.positions, ethanol.thermal_velocities(100.0, seed=8),
+                                                         jax.random.PRNGKey(1)))
+    s3, _ = jax.jit(lambda s: rollout(apply, s, 5))(init(ethanol.positions, ethanol.thermal_velocities(100.0, seed=8),
+                                                         jax.random.PRNGKey(1)))
+    np.testing.assert_array_equal(s2.velocities, s3.velocities)
+
+
+def test_bad_input(ethanol, mm):
+    for k in (0, -1, 2.5, True):
+        with pytest.raises(InputError, match="k must be an integer"):
+            jkstep.respa(mm, mm, ethanol.masses, k=k)
+    for dt in (0.0, -0.25, float("nan")):
+        with pytest.raises(InputError, match="dt"):
+            jkstep.respa(mm, mm, ethanol.masses, dt=dt)
+    other = jkstep.mmff_potential(jkstep.Molecule.from_smiles("CCCO", seed=0))
+    init, _ = jkstep.respa(other, mm, ethanol.masses)
+    with pytest.raises(InputError, match="fast force"):
+        init(ethanol.positions, ethanol.thermal_velocities(300.0, seed=0))
+    init, _ = jkstep.respa(lambda x: (0.0, jnp.zeros((3, 3))), mm, ethanol.masses)
+    with pytest.raises(InputError, match=r"shape \(3, 3\)"):
+        init(ethanol.positions, ethanol.thermal_velocities(300.0, seed=0))
+    with pytest.raises(InputError, match="ensemble"):
+        jkstep.respa(mm, mm, ethanol.masses, ensemble="npt")
+    with pytest.raises(InputError, match=r"Se \(atom 1\)"):
+        jkstep.mmff_potential(jkstep.Molecule.from_smiles("C[Se]C", seed=0))
+
+
+def test_mmff_inner_step_is_cheap_against_xtb():
+    """The classical fast force per inner step costs a small fraction of one xTB call
+    (benchmarks/bench_respa.py prints the ratios; here only a loose bound on a 22-atom molecule)."""
+    import time
+
+    mol = jkstep.Molecule.from_smiles("CC(=O)NC(C)C(=O)NC", seed=0)
+    mm, pot = jkstep.mmff_potential(mol), jkstep.xtb_potential(mol)
+    x = jnp.asarray(mol.positions)
+    loop = jax.jit(lambda x: jax.lax.fori_loop(0, 200, lambda _, y: y + 1e-6 * mm(y)[1], x))
+    loop(x).block_until_ready()
+    t0 = time.perf_counter()
+    loop(x).block_until_ready()
+    per_step = (time.perf_counter() - t0) / 200
+    pot(x)
+    t0 = time.perf_counter()
+    for _ in range(5):
+        pot(x + 1e-4)
+    per_call = (time.perf_counter() - t0) / 5
+    assert per_step < 0.2 * per_call
