@@ -12,7 +12,7 @@ the network then cannot represent the jump, however long it trains. With ``--mod
 bounds of those YAML files are printed beside the figures of their k.
 
 δx = x_{t+k} − (x_t + v_t T + ½ a_t T²),  δv = v_{t+k} − (v_t + a_t T),  T = k·dt,
-a_t = ACCEL·(F_t − F̄_t)/m (net force removed): ``jkstep.model.network.ballistic_jump`` itself.
+a_t = ACCEL·(F_t − F̄_t)/m (net force removed): ``jkstep.model.network.ballistic_baseline`` itself.
 """
 
 from __future__ import annotations
@@ -26,7 +26,7 @@ import yaml
 from ase.data import chemical_symbols
 
 from jkstep.data.store import TrajectoryStore
-from jkstep.model.network import ballistic_jump
+from jkstep.model.network import ballistic_baseline
 
 import sys
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
@@ -43,7 +43,7 @@ def deviations(store: TrajectoryStore, k: int, every: int, n_frames: int):
     a = store.load(starts)
     b = store.load(starts + steps, arrays=("positions", "velocities"))
     w, n = len(starts), len(a["numbers"])
-    x, v = ballistic_jump(np.broadcast_to(a["masses"], (w, n)), np.ones((w, n), bool), a["positions"],
+    x, v = ballistic_baseline(np.broadcast_to(a["masses"], (w, n)), np.ones((w, n), bool), a["positions"],
                           a["velocities"], a["forces"], k, float(store.meta["dt_fs"]))
     dx, dv = b["positions"] - np.asarray(x), b["velocities"] - np.asarray(v)
     return np.linalg.norm(dx, axis=-1), np.linalg.norm(dv, axis=-1), a["numbers"]

@@ -1,13 +1,13 @@
 #!/usr/bin/env bash
 # Every contender, mmff_respa included, on the four test molecules from the same starts:
-# `jkstep evaluate --model gfn2-k8 --ps 2 --replicas 4` (seed 0), two at a time, one xTB thread
+# `jkstep evaluate --ps 2 --replicas 4` (seed 0: the same starting states as the shipped models' records), two at a time, one xTB thread
 # each. Summaries go to outputs/respa_eval/NAME.json; one that exists is not run again.
 #   bash benchmarks/respa_eval.sh [molecule names of data/qm_molecules.smi ...]
 set -euo pipefail
 cd "$(dirname "$0")/.."
 J=${JKSTEP:-.venv/bin/jkstep}
 OUT=${OUT:-outputs/respa_eval}
-ARGS=${ARGS:---model gfn2-k8 --ps 2 --replicas 4}
+ARGS=${ARGS:---ps 2 --replicas 4}
 MOLECULES=("${@:-alanine_dipeptide cysteine adenine paracetamol}")
 read -r -a MOLECULES <<< "${MOLECULES[*]}"
 mkdir -p "$OUT"

@@ -16,8 +16,8 @@ from jkstep.potentials.mmff import mmff_potential  # noqa: E402
 from jkstep.potentials.xtb import xtb_potential  # noqa: E402
 from jkstep.respa import respa  # noqa: E402
 
-__all__ = ["InputError", "MDState", "Molecule", "kstep", "langevin", "load_pretrained", "mmff_potential",
-           "respa", "verlet", "xtb_potential"]
+__all__ = ["InputError", "MDState", "Molecule", "kstep", "langevin", "learned_potential", "load_pretrained",
+           "mmff_potential", "respa", "verlet", "xtb_potential"]
 
 
 def __getattr__(name):
@@ -26,4 +26,8 @@ def __getattr__(name):
         from jkstep.model.pretrained import load_pretrained
 
         return load_pretrained
+    if name == "learned_potential":
+        from jkstep.model.potential import learned_potential
+
+        return learned_potential
     raise AttributeError(f"module 'jkstep' has no attribute {name!r}")

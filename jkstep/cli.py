@@ -17,6 +17,7 @@ import sys
 DEFAULT_SMILES = "CC(=O)NC(C)C(=O)NC"
 #: The main job's model (shipped in jkstep/pretrained/).
 DEFAULT_MODEL = "gfn2-k8"
+DEFAULT_EQUILIBRATE_PS = 0.5   # jkstep run: Langevin thermalisation before production by default
 
 
 class _Parser(argparse.ArgumentParser):
@@ -38,16 +39,31 @@ def _add_molecule_args(p):
     p.add_argument("--conformer-seed", type=int, default=0, help="RDKit embedding seed for --smiles")
 
 
+def _add_parallel_args(p, tasks: str):
+    """--workers / --scheduler of the commands whose tasks run on the Dask execution layer."""
+    p.add_argument("--workers", type=int, default=None, metavar="N",
+                   help=f"worker processes of the embedded Dask cluster, {tasks} (default: one per core)")
+    p.add_argument("--scheduler", default=None, metavar="ADDRESS",
+                   help="run the tasks on an existing Dask scheduler instead, e.g. tcp://127.0.0.1:8786 "
+                        "(docs/cluster.md); the results do not depend on which")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="jkstep", description="Learned k-step molecular dynamics with GFN-xTB.")
     sub = parser.add_subparsers(dest="command", parser_class=_Parser)
 
     run = sub.add_parser("run", help="one MD run; prints a summary (and writes it as JSON with --summary)")
     _add_molecule_args(run)
-    run.add_argument("--integrator", default=None, choices=["verlet", "langevin", "kstep"],
+    run.add_argument("--integrator", default=None, choices=["verlet", "langevin", "kstep", "respa"],
                      help=f"verlet: NVE velocity Verlet; langevin: BAOAB at --temperature; kstep: learned "
-                          f"k-step jump + one xTB call (default: kstep with the shipped {DEFAULT_MODEL} "
-                          f"model, verlet where no model ships)")
+                          f"k-step jump + one xTB call; respa: k Verlet steps on a fast force (--fast) between "
+                          f"half kicks of the xTB-minus-fast force, one xTB call per k·dt (default: kstep with "
+                          f"the shipped {DEFAULT_MODEL} model, verlet where no model ships)")
+    run.add_argument("--fast", default=None, metavar="mmff|NAME|PATH",
+                     help="respa: the fast force, mmff (MMFF94, default) or a learned fast force (a shipped "
+                          "name such as gfn2-fast, or a checkpoint directory)")
+    run.add_argument("--k", type=int, default=None,
+                     help="respa: inner steps of --dt per xTB call (default 8)")
     run.add_argument("--model", help=f"kstep: a shipped model name (`jkstep models` lists them) or the path of an "
                                      f"Orbax checkpoint directory (default {DEFAULT_MODEL})")
     run.add_argument("--ensemble", default=None, choices=["nve", "nvt"],
@@ -89,8 +105,10 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--temperature", type=float, default=300.0,
                      help="K: initial Maxwell-Boltzmann velocities and Langevin target (default 300)")
     run.add_argument("--friction", type=float, default=0.01, help="Langevin friction in 1/fs (default 0.01)")
-    run.add_argument("--equilibrate-ps", type=float, default=0.0,
-                     help="Langevin thermalisation before production, ps (default 0)")
+    run.add_argument("--equilibrate-ps", type=float, default=None,
+                     help="Langevin thermalisation before production, ps; an NVE run then rescales the "
+                          "velocities until its mean temperature is within 2 %% of --temperature (default 0.5; "
+                          "0 with --keep-velocities)")
     run.add_argument("--equilibrate-dt", type=float, default=None, metavar="FS",
                      help="time step of that thermalisation, fs (default: the run's dt; the same value "
                           "starts runs of different time steps from the same state)")
@@ -105,6 +123,10 @@ def build_parser() -> argparse.ArgumentParser:
                           "--out .traj or .xyz) instead of Maxwell-Boltzmann ones: continues that run")
     run.add_argument("--out", help="write the frames to this ASE trajectory file")
     run.add_argument("--summary", help="write the summary as JSON to this path")
+    run.add_argument("--replicas", type=int, default=1, metavar="N",
+                     help="run N replicas, replica r seeded --seed + r, each a task of the Dask execution layer; "
+                          "the summary holds each replica's and their mean under `replicas` (default 1)")
+    _add_parallel_args(run, "one task per replica")
     run.set_defaults(handler=cmd_run)
 
     ev = sub.add_parser("evaluate", help="the hybrid against the equal-cost baselines on any molecule, "
@@ -140,8 +162,12 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--equal-cost", action=argparse.BooleanOptionalAction, default=True,
                     help="with --model, also run verlet_equal_cost: Verlet at the time step that makes as many "
                          "xTB calls as kstep made (default on; --no-equal-cost skips it)")
+    ev.add_argument("--fast", metavar="NAME|PATH",
+                    help="also run respa: RESPA with this learned fast force (a shipped name such as gfn2-fast "
+                         "or a checkpoint directory) beside mmff_respa, which is always run")
     ev.add_argument("--summary", help="write the evaluation as JSON to this path")
     ev.add_argument("--plots", help="directory for the energy, spectrum and distribution plots")
+    _add_parallel_args(ev, "one task per contender and replica")
     ev.set_defaults(handler=cmd_evaluate)
 
     tr = sub.add_parser("train", help="train a k-step model from YAML configs (resumes from OUT/latest)")
@@ -175,8 +201,7 @@ def build_parser() -> argparse.ArgumentParser:
     gen = sub.add_parser("generate", help="xTB reference trajectories for training from a YAML config "
                                           "(chunked, resumable: rerun the same command to continue)")
     gen.add_argument("--config", default="configs/qm.yaml", help="YAML config (default configs/qm.yaml)")
-    gen.add_argument("--workers", type=int, default=None,
-                     help="parallel worker processes, one molecule each (default: config, else all cores)")
+    _add_parallel_args(gen, "one task per molecule (default: the config's workers, else one per core)")
     gen.add_argument("--only", nargs="+", metavar="NAME", default=None,
                      help="generate only these molecules (names from the molecules file)")
     gen.add_argument("--summary", help="write the per-molecule summaries as JSON to this path")
@@ -197,10 +222,19 @@ def build_parser() -> argparse.ArgumentParser:
     mm = sub.add_parser("generate-mm", help="classical MMFF94 trajectories for pretraining from a YAML config "
                                             "(replicas vmap'd, chunked, resumable: rerun to continue)")
     mm.add_argument("--config", default="configs/mm.yaml", help="YAML config (default configs/mm.yaml)")
+    _add_parallel_args(mm, "one task per molecule")
     mm.add_argument("--only", nargs="+", metavar="NAME", default=None,
                     help="generate only these molecules (names from the molecules file)")
     mm.add_argument("--summary", help="write the per-molecule summaries as JSON to this path")
     mm.set_defaults(handler=cmd_generate_mm)
+
+    ff = sub.add_parser("generate-fast", help="labelled frames (xTB and MMFF94 energies and forces) for the "
+                                              "learned fast force; resumable: rerun to continue")
+    ff.add_argument("--config", default="configs/fast/data.yaml", help="YAML config (default configs/fast/data.yaml)")
+    ff.add_argument("--compact", metavar="PATH", default=None,
+                    help="instead of generating, pack the generated molecule files into one committed float32 "
+                         "file (e.g. data/fast_frames.npz) with a provenance file beside it")
+    ff.set_defaults(handler=cmd_generate_fast)
 
     md = sub.add_parser("models", help="the shipped models: name, jump, elements and what each is for "
                                        "(from jkstep/pretrained/NAME/provenance.json)")
@@ -261,6 +295,12 @@ def cmd_run(args) -> int:
                        bundle.k, bundle.dt)
     elif args.model:
         raise InputError("--model is only used with --integrator kstep")
+    fast = None
+    if args.integrator == "respa":
+        k = 8 if args.k is None else args.k
+        fast = _fast_force(args.fast or "mmff", molecule)
+    elif args.fast or args.k is not None:
+        raise InputError("--fast and --k are only used with --integrator respa")
     from jkstep.kstep import Guards
 
     guards = Guards(max_displacement=args.max_displacement, clash_ratio=args.clash_ratio,
@@ -272,20 +312,24 @@ def cmd_run(args) -> int:
     ensemble = args.ensemble or ("nvt" if args.integrator == "langevin" else "nve")
     config = RunConfig(integrator=args.integrator, dt=dt, ensemble=ensemble, ps=args.ps,
                        temperature=args.temperature, friction=args.friction,
-                       equilibrate_ps=args.equilibrate_ps, equilibrate_dt=args.equilibrate_dt,
-                       save_every=args.save_every, seed=args.seed,
+                       equilibrate_ps=(args.equilibrate_ps if args.equilibrate_ps is not None
+                                       else 0.0 if args.keep_velocities else DEFAULT_EQUILIBRATE_PS),
+                       equilibrate_dt=args.equilibrate_dt,
+                       save_every=args.save_every, seed=args.seed, fast=args.fast or "mmff",
                        kstep_options=dict(guards=guards, delta_scale=args.delta_scale,
                                           energy_rescale=args.energy_rescale,
                                           energy_relaxation=args.energy_relaxation,
                                           energy_window=args.energy_window,
                                           fallback_steps=args.fallback_steps,
                                           conserve_angular_momentum=not args.no_angular_momentum))
+    if args.replicas != 1 or args.workers is not None or args.scheduler is not None:
+        return _run_replicas(args, molecule, config, k, velocities)
     pot = xtb_potential(molecule, method=args.method, fallback_method=args.fallback_method,
                         accuracy=DEFAULT_ACCURACY if args.accuracy is None else args.accuracy)
     with tqdm(total=config.n_steps, unit="step", desc=f"{args.integrator} {molecule.formula}",
               file=sys.stderr, disable=None) as bar:
         summary, frames = run_md(molecule, pot, config, jump=jump, k=k, progress=bar.update,
-                                 calls=lambda: pot.calls, velocities=velocities)
+                                 calls=lambda: pot.calls, velocities=velocities, fast=fast)
     summary["scf_failures"] = pot.scf_failures
     summary["method"] = args.method
     summary["velocities_from"] = args.file if args.keep_velocities else None   # None: Maxwell-Boltzmann
@@ -302,6 +346,94 @@ def cmd_run(args) -> int:
     return 1 if summary["blew_up"] else 0
 
 
+def _run_replicas(args, molecule, config, k: int, velocities) -> int:
+    """``jkstep run --replicas N``: replica r (seed + r) as one task of ``jkstep.parallel`` each;
+    finished replicas are kept in the result cache (a rerun reuses them). Prints each replica's
+    summary and their mean; the JSON holds the mean's keys and, under ``replicas``, every
+    replica's summary and the mean."""
+    import dataclasses
+    import time
+
+    from tqdm import tqdm
+
+    from jkstep import parallel
+    from jkstep.errors import InputError
+    from jkstep.md import write_trajectory
+    from jkstep.potentials.xtb import DEFAULT_ACCURACY, xtb_potential
+    from jkstep.rollout import Frames
+
+    if isinstance(args.replicas, bool) or args.replicas < 1:
+        raise InputError(f"--replicas must be a whole number ≥ 1, got {args.replicas}")
+    parallel.check_workers(args.workers, args.scheduler)
+    xtb_options = dict(method=args.method, fallback_method=args.fallback_method,
+                       accuracy=DEFAULT_ACCURACY if args.accuracy is None else args.accuracy)
+    xtb_potential(molecule, **xtb_options)  # bad input fails here, before any cluster is started
+    model = (args.model or DEFAULT_MODEL) if args.integrator == "kstep" else None
+    fast = (args.fast or "mmff") if args.integrator == "respa" else None
+    options = dict(model=model, reversal_correction=_reversal_correction(args) if model else None, fast=fast, k=k,
+                   velocities=velocities, frames=bool(args.out))
+    tasks = []
+    for r in range(args.replicas):
+        cfg = dataclasses.replace(config, seed=config.seed + r)
+        key = parallel.task_key(f"run-r{r}", molecule, cfg, xtb_options, options)
+        tasks.append(parallel.Task(key, parallel.run_replica, molecule, cfg, xtb_options, cache=True, **options))
+    t0 = time.perf_counter()
+    with tqdm(total=config.n_steps * args.replicas, unit="step", file=sys.stderr, disable=None,
+              desc=f"{args.integrator} {molecule.formula} x {args.replicas}") as bar:
+        done = {}
+
+        def finished(key, result):
+            done[key] = result
+            bar.set_postfix_str(f"{len(done)}/{len(tasks)} replicas")
+
+        try:
+            parallel.run_tasks(tasks, workers=args.workers, scheduler=args.scheduler, on_task=finished,
+                               on_steps=lambda key, n: bar.update(n), results=parallel.ResultCache())
+        except BaseException as exc:
+            from jkstep.errors import is_interrupt
+
+            if is_interrupt(exc):
+                print(f"jkstep: interrupted; {len(done)} of {len(tasks)} replicas finished, kept in "
+                      f"{parallel.results_dir()} (the same command reuses them)", file=sys.stderr)
+                return 143 if _TERMINATED else 130
+            raise
+    summaries = []
+    for r, task in enumerate(tasks):
+        summary = dict(done[task.key]["summary"], seed=config.seed + r, replica=r, method=args.method,
+                       velocities_from=args.file if args.keep_velocities else None)
+        if args.out:
+            root, ext = os.path.splitext(args.out)
+            path = f"{root}_r{r}{ext}"
+            write_trajectory(path, molecule, Frames(**done[task.key]["frames"]))
+            summary["trajectory"] = path
+        summaries.append(summary)
+        _print_summary(summary)
+    from jkstep.parallel import mean_summary
+
+    mean = mean_summary(summaries)
+    result = dict(mean, wall_s=time.perf_counter() - t0,
+                  replicas={"n": args.replicas, "seeds": [s["seed"] for s in summaries], "summaries": summaries,
+                            "mean": mean})
+    print(f"mean of {args.replicas} replicas: drift {mean.get('drift_kj_mol_ps')} kJ/mol/ps, energy std "
+          f"{mean.get('energy_std_kj_mol')} kJ/mol, T {mean.get('mean_temperature_k')} K, xTB calls "
+          f"{mean.get('xtb_calls')}; blew up: {mean['blew_up']}")
+    if args.summary:
+        _write_json(args.summary, result)
+    return 1 if mean["blew_up"] else 0
+
+
+def _fast_force(name: str, molecule):
+    """The fast force of ``jkstep run --integrator respa --fast NAME``: MMFF94 for ``mmff``, else a
+    learned fast force (a shipped name or a checkpoint directory)."""
+    if name == "mmff":
+        from jkstep.potentials.mmff import mmff_potential
+
+        return mmff_potential(molecule)
+    from jkstep.model.potential import learned_potential
+
+    return learned_potential(name, molecule)
+
+
 def _reversal_correction(args) -> float:
     """--reversal-correction, or the integrator's default (jkstep.kstep.REVERSAL_CORRECTION)."""
     from jkstep.kstep import REVERSAL_CORRECTION
@@ -312,9 +444,13 @@ def _reversal_correction(args) -> float:
 def cmd_evaluate(args) -> int:
     from tqdm import tqdm
 
+    import functools
+
+    from jkstep import parallel
     from jkstep.evaluate.compare import EvalConfig, evaluate
     from jkstep.potentials.xtb import DEFAULT_ACCURACY, xtb_potential
 
+    parallel.check_workers(args.workers, args.scheduler)
     molecule = load_molecule(args)
     bundle = None
     if args.model:
@@ -329,21 +465,26 @@ def cmd_evaluate(args) -> int:
                                                   else args.relaxed_max_energy_drift),
                         energy_window=args.energy_window if bundle is not None else None,
                         reversal_correction=_reversal_correction(args), fallback_steps=args.fallback_steps,
-                        equal_cost=args.equal_cost)
+                        equal_cost=args.equal_cost, fast=args.fast)
     accuracy = DEFAULT_ACCURACY if args.accuracy is None else args.accuracy
     xtb_potential(molecule, method=args.method, accuracy=accuracy)  # bad input fails here, before any run
     bars = {}
 
-    def progress(name, n, total):
-        if name not in bars:
-            for bar in bars.values():
-                bar.close()
-            bars[name] = tqdm(total=total, unit="frame", desc=name, file=sys.stderr, disable=None)
-        bars[name].update(n)
+    def progress(name, n, total):   # one bar over the tasks (their number grows as stages start)
+        if "tasks" not in bars:
+            bars["tasks"] = tqdm(total=total, unit="task", desc="evaluate", file=sys.stderr, disable=None)
+        bar = bars["tasks"]
+        bar.total = total
+        bar.set_postfix_str(name, refresh=False)
+        bar.update(n)
 
+    results = parallel.ResultCache()
     try:
-        result = evaluate(molecule, lambda: xtb_potential(molecule, method=args.method, accuracy=accuracy),
-                          config, bundle=bundle, plots=args.plots, progress=progress)
+        with parallel.open_executor(args.workers, args.scheduler) as executor:
+            result = evaluate(molecule, functools.partial(xtb_potential, molecule, method=args.method,
+                                                          accuracy=accuracy),
+                              config, bundle=bundle, plots=args.plots, progress=progress, executor=executor,
+                              results=results)
     finally:
         for bar in bars.values():
             bar.close()
@@ -351,8 +492,8 @@ def cmd_evaluate(args) -> int:
     if args.summary:
         _write_json(args.summary, result)
     if result.get("interrupted"):
-        print("jkstep: interrupted; the summary holds the contenders that finished (the others are null)",
-              file=sys.stderr)
+        print("jkstep: interrupted; the summary holds the contenders that finished (the others are null); "
+              f"finished tasks are kept in {results.directory}: the same command reuses them", file=sys.stderr)
         return 143 if _TERMINATED else 130
     return 0
 
@@ -371,6 +512,9 @@ def _print_evaluation(r: dict):
         row = [fmt(r["contenders"][n].get(key)) for n in names]
         floor = fmt(r["noise_floor"].get(key)) if key in r["noise_floor"] else ""
         print(f"{key:20s}" + "".join(f"{v:>{width}s}" for v in row) + f"{floor:>{width}s}")
+    for name, c in r["contenders"].items():
+        if c is not None and c.get("reason"):
+            print(f"{name} not run: {c['reason']}")
     equal = r["contenders"].get("verlet_equal_cost")
     if equal:
         print(f"verlet_equal_cost: Verlet at {equal['dt_fs']:.3f} fs, as many xTB calls as kstep made "
@@ -381,16 +525,40 @@ def _print_evaluation(r: dict):
         print("one jump of Verlet at k·dt: " + ", ".join(f"{k} {fmt(v)}" for k, v in r["one_jump_verlet_kdt"].items()))
 
 
+class ProgressBar:
+    """A tqdm bar for ``jkstep.model.train.train(callback=...)``: steps, loss and the best
+    validation loss so far."""
+
+    def __init__(self, total: int, initial: int = 0, **tqdm_kwargs):
+        from tqdm.auto import tqdm
+
+        self.bar = tqdm(total=total, initial=initial, unit="step", dynamic_ncols=True, **tqdm_kwargs)
+        self.postfix: dict[str, str] = {}
+
+    def __call__(self, step: int, metrics) -> None:
+        if step > self.bar.n:
+            self.bar.update(step - self.bar.n)
+        for key in ("loss", "rmse_x_a", "val_loss", "best_val_loss"):
+            if key in metrics:
+                self.postfix[key] = f"{metrics[key]:.4g}"
+        self.bar.set_postfix(self.postfix, refresh=False)
+
+    def close(self) -> None:
+        self.bar.close()
+
+
 def cmd_train(args) -> int:
     from jkstep.errors import InputError, is_interrupt
     from jkstep.data.windows import data_setting, datasets_from_config
     from jkstep.model.pretrained import checkpoint_steps
-    from jkstep.model.train import (EpochBatches, ProgressBar, check_max_steps, load_model_config, load_train_config,
+    from jkstep.model.train import (EpochBatches, check_max_steps, load_model_config, load_train_config,
                                     train_from_config)
 
     check_max_steps(args.max_steps, "--max-steps")
     model_config = load_model_config(args.model_config)
     train_config = load_train_config(args.train_config)
+    if type(model_config).__name__ == "PotentialConfig":   # a learned fast force (kind: potential)
+        return _train_potential(args, model_config, train_config)
     batch = data_setting(train_config.data, "batch_size", 32)
     train_set, val_set = datasets_from_config(train_config.data, model_config.k, train_config.jumps)
     seed = train_config.seed
@@ -438,8 +606,50 @@ def cmd_train(args) -> int:
     return 0
 
 
+def _train_potential(args, model_config, train_config) -> int:
+    """``jkstep train`` of a learned fast force: energy-and-force matching on the frame file of the
+    train config's data: section; ``--pretrained`` restores a potential checkpoint (e.g. the MMFF94
+    pretraining run) with Orbax and fine-tunes it at ``finetune_learning_rate``."""
+    from jkstep.model.potential import potential_data, read_potential_checkpoint
+    from jkstep.model.train import train
+
+    if args.freeze_layers or args.heads != "map":
+        from jkstep.errors import InputError
+
+        raise InputError("--freeze-layers and --heads are for k-step models; a potential fine-tunes all weights")
+    model_config, train_set, val_batches, prov = potential_data(model_config, train_config.data, train_config.seed)
+    other = [k for k in prov if k.startswith("val_force_rmse_of_") and k.endswith("labels_ev_a")]
+    print(f"train: {prov['train_molecules']} molecules, {prov['train_frames']} frames ({prov['labels']} labels); "
+          f"validation: {len(prov['val_molecules'])} molecules, {prov['val_frames']} frames"
+          + (f"; {other[0].split('_')[4]} force RMSE against them {prov[other[0]]:.4f} eV/Å" if other else ""))
+    init, lr, extra = None, None, {"data_provenance": prov}
+    if args.pretrained:
+        init, meta, source_config = read_potential_checkpoint(args.pretrained)
+        import dataclasses
+
+        if dataclasses.replace(source_config, element_energies=model_config.element_energies) != model_config:
+            from jkstep.errors import InputError
+
+            raise InputError(f"{args.pretrained} is a potential of another architecture ({source_config}); "
+                             "fine-tuning needs the same features, layers, cutoff and n_rbf")
+        lr = train_config.finetune_learning_rate
+        extra["pretrained_from"] = {"path": meta["path"], "step": meta.get("step"),
+                                    "labels": (meta.get("data_provenance") or {}).get("labels")}
+    bar = ProgressBar(args.max_steps or train_config.total_steps, file=sys.stderr)
+    try:
+        result = train(model_config, train_config, train_set, val_batches, args.out, init_params=init,
+                       learning_rate=lr, callback=bar, max_steps=args.max_steps, extra_meta=extra)
+    finally:
+        bar.close()
+    best = [h for h in result.history if h["step"] == result.best_step]
+    rmse = f", validation force RMSE {best[0]['rmse_force']:.4f} eV/Å" if best and "rmse_force" in best[0] else ""
+    print(f"done: {result.steps} steps, best validation loss {result.best_val_loss} at step "
+          f"{result.best_step}{rmse}; checkpoints in {args.out}")
+    return 0
+
+
 #: Keys a --notes file of ``jkstep export`` may set (everything else in the record comes from training).
-NOTE_KEYS = ("description", "stages", "regenerate")
+NOTE_KEYS = ("description", "stages", "regenerate", "validation")
 
 
 def cmd_export(args) -> int:
@@ -529,6 +739,16 @@ def cmd_models(args) -> int:
         raise InputError(f"no shipped models in {PRETRAINED_DIR}: reinstall jkstep")
     for name in names:
         record = shipped_record(name)
+        if record.get("kind") == "potential":   # a learned fast force for respa (--fast NAME)
+            cfg = record["potential_config"]
+            elements = " ".join(chemical_symbols[z] for z in cfg["elements"])
+            rmse = (record.get("validation") or {}).get("force_rmse_ev_a")
+            print(f"{name}: fast force for --integrator respa --fast {name} ({cfg['features']} features, "
+                  f"{cfg['layers']} layers, {cfg['cutoff']:g} Å cutoff), elements {elements}"
+                  + (f", validation force RMSE {rmse:.3f} eV/Å" if rmse is not None else ""))
+            print(textwrap.fill(record.get("description", ""), 100, initial_indent="  ", subsequent_indent="  "))
+            print(f"  record: {PRETRAINED_DIR / name / 'provenance.json'}\n")
+            continue
         k, dt = record["k"], record["dt_fs"]
         elements = " ".join(chemical_symbols[z] for z in record["elements"])
         print(f"{name}{' (default)' if name == DEFAULT_MODEL else ''}: k = {k} x {dt} fs ({k * dt:g} fs jumps), "
@@ -571,10 +791,9 @@ def cmd_generate(args) -> int:
     from tqdm import tqdm
 
     from jkstep.data.generate import generate, load_config
-    from jkstep.errors import InputError
+    from jkstep.parallel import check_workers
 
-    if args.workers is not None and args.workers < 1:
-        raise InputError(f"--workers must be ≥ 1, got {args.workers}")
+    check_workers(args.workers, args.scheduler)
     config = load_config(args.config, workers=args.workers, only=args.only)
     _check_generation_summary(args.summary, args.config, config)
     bars = []  # made once the steps still to run are known
@@ -584,7 +803,8 @@ def cmd_generate(args) -> int:
                          smoothing=0.05))
 
     try:
-        results = generate(config, progress=lambda n: bars[0].update(n), on_total=set_total)
+        results = generate(config, progress=lambda n: bars[0].update(n), on_total=set_total,
+                           scheduler=args.scheduler)
     finally:
         for bar in bars:
             bar.close()
@@ -595,7 +815,9 @@ def cmd_generate_mm(args) -> int:
     from tqdm import tqdm
 
     from jkstep.data.mm import generate_mm, load_config
+    from jkstep.parallel import check_workers
 
+    check_workers(args.workers, args.scheduler)
     config = load_config(args.config, only=args.only)
     _check_generation_summary(args.summary, args.config, config)
     bars = []  # made once the steps still to run are known
@@ -605,11 +827,31 @@ def cmd_generate_mm(args) -> int:
                          file=sys.stderr, disable=None, smoothing=0.05))
 
     try:
-        results = generate_mm(config, progress=lambda n: bars[0].update(n), on_total=set_total)
+        results = generate_mm(config, progress=lambda n: bars[0].update(n), on_total=set_total, processes=True,
+                              workers=args.workers, scheduler=args.scheduler)
     finally:
         for bar in bars:
             bar.close()
     return _report_generation(results, config.output, args.summary)
+
+
+def cmd_generate_fast(args) -> int:
+    from jkstep.data import fastforce
+
+    config = fastforce.load_config(args.config)
+    if args.compact:
+        prov = fastforce.compact(config.output, args.compact,
+                                 command="jkstep generate-fast --config " + args.config + " && "
+                                         "jkstep generate-fast --config " + args.config + " --compact " + args.compact)
+        print(f"{args.compact}: {prov['molecules']} molecules, {prov['frames']} frames, {prov['bytes'] / 1e6:.1f} MB")
+        return 0
+
+    def progress(name, i, n):
+        print(f"[{i}/{n}] {name}", file=sys.stderr, flush=True)
+
+    summary = fastforce.generate(config, progress=progress)
+    print(json.dumps(summary))
+    return 0
 
 
 def _check_generation_summary(summary_path, config_path, config) -> None:
@@ -655,9 +897,10 @@ def _print_summary(s: dict):
     print(f"  xTB calls {s['xtb_calls']}  SCF failures {s.get('scf_failures', 0)}  blew up: {s['blew_up']}")
     if s["k"]:
         plain = s["steps"] + 1  # plain Verlet at the base step: one call per step and one at the start
-        print(f"  k {s['k']}: jumps accepted {s['accepted']}, rejected attempts {s['rejected']}, "
-              f"fallbacks to Verlet {s['fallbacks']}; Verlet at {s['dt_fs']} fs would make {plain} xTB calls "
-              f"({plain / max(1, s['xtb_calls']):.1f}x more)")
+        what = (f"macro-steps {s['accepted']} (fast force {s['fast']})" if s["integrator"] == "respa"
+                else f"jumps accepted {s['accepted']}, rejected attempts {s['rejected']}")
+        print(f"  k {s['k']}: {what}, fallbacks to Verlet {s['fallbacks']}; Verlet at {s['dt_fs']} fs would make "
+              f"{plain} xTB calls ({plain / max(1, s['xtb_calls']):.1f}x more)")
         from jkstep.integrate import equal_cost_dt
 
         print(f"  equal cost: plain Verlet at {equal_cost_dt(s['xtb_calls'], 1, s['simulated_fs']):.2f} fs "
@@ -671,6 +914,15 @@ def _print_summary(s: dict):
     print(f"  energy drift {fmt(s['drift_kj_mol_ps'], '.4f')} kJ/mol/ps, "
           f"fluctuation {fmt(s['energy_std_kj_mol'], '.4f')} kJ/mol, "
           f"mean T {fmt(s['mean_temperature_k'], '.1f')} K")
+    if s.get("settle"):
+        st = s["settle"]
+        print(f"  start: Langevin, then {st['settle_fs'] / 1000:.2f} ps of NVE with {st['rescales']} velocity rescales "
+              f"to a mean T of {st['window_temperature_k']:.1f} K over the last 0.2 ps"
+              + ("" if st["converged"] else " (not within 2 % of the target: the run starts off it)"))
+    if s["k"] and s["ensemble"] == "nve":
+        print("  reading it: the energy fluctuation and drift measure the integration error (the 0.25 fs reference "
+              "fluctuates ~0.02 kJ/mol, Verlet at 2 fs 1-2 kJ/mol on molecules of this size); docs/results.md has "
+              "every integrator against equal-cost Verlet on the test molecules")
     print(f"  wall {s['wall_s']:.1f} s" + (f", trajectory {s['trajectory']}" if "trajectory" in s else ""))
 
 

@@ -53,7 +53,6 @@ from __future__ import annotations
 
 import dataclasses
 import inspect
-import math
 from typing import Callable
 
 import jax
@@ -63,7 +62,8 @@ from flax import struct
 
 from jkstep import units
 from jkstep.errors import InputError, is_finite_number
-from jkstep.integrate import evaluator, kinetic_energy
+from jkstep.integrate import (FALLBACK_DT, angular_momentum, evaluator, fallback_step_count, inverse_mass,  # noqa: F401
+                              kinetic_energy, verlet_span)
 from jkstep.molecule import Molecule
 
 #: jump(positions, velocities, forces) -> (positions', velocities', forces_hat') after k steps.
@@ -102,12 +102,15 @@ class KStepState:
 class Guards:
     """Acceptance thresholds of a jump. Lengths in Å, energies in eV.
 
-    ``max_displacement`` None means 0.025·k Å (0.2 Å at k = 8: the largest atom
-    displacement measured over an xTB jump is about 0.07, 0.16, 0.24 Å at k = 8, 16, 32).
-    ``max_force_error`` (eV/Å, RMS over atoms of |F' − F̂'|; None = off) escalates to the
+    ``max_displacement`` (Å) bounds the largest atom displacement of a jump; None means
+    0.025·k Å (0.2 Å at k = 8). ``clash_ratio``: every atom pair must stay farther apart than
+    this fraction of the sum of covalent radii (0 = off). ``max_energy_rise`` and
+    ``max_kinetic_rise`` (eV) bound the rise of the total and of the kinetic energy over one
+    jump. ``max_force_error`` (eV/Å, RMS over atoms of |F' − F̂'|; None = off) escalates to the
     fallback without retries. ``max_energy_drift`` (eV; None = off; NVE only) bounds the total
-    energy's distance from its value at init: 0.05 eV ≈ 5 kJ/mol, about twice the energy
-    fluctuation of plain Verlet at 2 fs on small molecules.
+    energy's distance from its value at init (0.05 eV ≈ 5 kJ/mol). ``max_attempts``: tries of a
+    jump before the fallback. What the defaults rest on: docs/results.md, "What the hybrid
+    integrator's defaults rest on".
     """
 
     max_displacement: float | None = None
@@ -138,26 +141,6 @@ class Guards:
             raise InputError(f"Guards.max_attempts must be an integer ≥ 1, got {self.max_attempts!r}")
 
 
-#: Longest time step (fs) of the Verlet fallback by default. Verlet at 0.5 fs is close to the
-#: 0.25 fs reference (energy fluctuation about 0.1 kJ/mol), so the fallback stays accurate at half
-#: the calls of steps of dt (measured, 10 ps runs of gfn2-k8 on the validation molecules: 12-19 %
-#: fewer calls in all, same energy fluctuation). A coarse fallback is not safe: with one Verlet step
-#: of k·dt = 2 fs every such run blew up within 10 ps (jumps and coarse steps alternated are
-#: unstable although each alone is stable).
-FALLBACK_DT = 0.5
-
-
-def fallback_step_count(k: int, dt: float, fallback_steps: int | None = None) -> int:
-    """Verlet steps (= xTB calls) of one fallback macro-step: ``fallback_steps`` if given, else
-    the fewest steps of at most ``FALLBACK_DT`` fs that span k·dt (k = 8, dt = 0.25 fs: 4 × 0.5 fs)."""
-    if fallback_steps is None:
-        return max(1, math.ceil(k * dt / FALLBACK_DT - 1e-9))
-    if int(fallback_steps) != fallback_steps or fallback_steps < 1:
-        raise InputError(f"fallback_steps must be an integer ≥ 1 (Verlet steps per fallback macro-step), "
-                         f"got {fallback_steps}")
-    return int(fallback_steps)
-
-
 def ballistic_jump(masses, k: int, dt: float) -> JumpFn:
     """The zero network: constant-force ballistic motion over k·dt (x + v·τ + ½aτ², v + aτ),
     with F̂' = F_t. With the corrector it is the ``corrector_only`` control."""
@@ -169,13 +152,6 @@ def ballistic_jump(masses, k: int, dt: float) -> JumpFn:
         return x + v * tau + 0.5 * a * tau**2, v + a * tau, f
 
     return jump
-
-
-def angular_momentum(positions, velocities, masses):
-    """Angular momentum about the centre of mass, amu·Å²/fs (atoms of mass 0 are ignored)."""
-    m = masses[:, None]
-    r = positions - jnp.sum(m * positions, 0) / jnp.sum(m)
-    return jnp.sum(m * jnp.cross(r, velocities - jnp.sum(m * velocities, 0) / jnp.sum(m)), 0)
 
 
 def with_angular_momentum(positions, velocities, masses, target):
@@ -218,9 +194,8 @@ def kstep_integrator(jump: JumpFn, potential, numbers, masses, k: int, dt: float
     before the jump, by the smallest rigid-rotation change (``with_angular_momentum``); the zero
     network's jump is left alone, so it stays exactly Verlet at τ. The network
     conserves linear momentum by construction but not angular momentum; uncorrected, a model
-    spins a molecule up over hundreds of jumps (measured: 1-propanol, rotational kinetic energy
-    2.3 → 19.6 kJ/mol in 400 jumps), which reads as heating. Exact dynamics conserve it (the
-    xTB forces exert no net torque), and plain Verlet does to round-off.
+    spins a molecule up over hundreds of jumps, which reads as heating (docs/results.md). Exact
+    dynamics conserve it (the xTB forces exert no net torque), and plain Verlet does to round-off.
     """
     if ensemble not in ("nve", "nvt"):
         raise InputError(f"ensemble must be 'nve' or 'nvt', got {ensemble!r}")
@@ -309,21 +284,10 @@ def kstep_integrator(jump: JumpFn, potential, numbers, masses, k: int, dt: float
             good = good & ~escalate
         return (x, v, f, e), good, call, escalate
 
-    h = tau / n_fallback   # the fallback's time step, fs
-
     def fallback(state: KStepState, active):
-        """n_fallback velocity-Verlet steps of h = k·dt/n_fallback for active members (inactive
-        ones cost nothing)."""
-
-        def step(_, c):
-            x, v, f, e, ok = c
-            v_half = v + 0.5 * h * f * inv_m
-            x = x + h * v_half
-            e, f, ok_step = evaluate(x, active)
-            return x, v_half + 0.5 * h * f * inv_m, f, e, ok & ok_step
-
-        return jax.lax.fori_loop(0, n_fallback, step, (state.positions, state.velocities, state.forces,
-                                              state.energy, jnp.ones((), bool)))
+        """n_fallback velocity-Verlet steps over k·dt for active members (inactive ones cost nothing)."""
+        return verlet_span(evaluate, state.positions, state.velocities, state.forces, state.energy, inv_m,
+                           tau, n_fallback, active)
 
     def thermostat(state: KStepState) -> KStepState:
         """Exact Ornstein–Uhlenbeck velocity half-step over kΔt/2 (NVT only; no xTB call)."""
@@ -392,9 +356,9 @@ def reversal_corrected(jump: JumpFn, alpha: float = REVERSAL_CORRECTION) -> Jump
     reversal (the same forwards and backwards: e.g. a regression-to-the-mean shrinkage of
     vibrations, which MSE training produces), and leaves the odd part alone. The back jump
     starts from the forward jump's own force estimate F̂'. Centre of mass and linear momentum
-    are unchanged (both jumps conserve them). Measured (val molecules, 800–1200 jumps, with
-    angular momentum conserved): fallbacks 110 → 37 (cytosine) and 133 → 43 (1-propanol),
-    mean temperature +4 % → +3 % and +3 % → +2 % against the 0.25 fs reference.
+    are unchanged (both jumps conserve them). ``jump``: (x Å, v Å/fs, F eV/Å), each (N, 3), →
+    (x', v', F̂'), the same shapes and units; so is the corrected jump. Its effect on fallbacks and
+    temperature: docs/results.md, "What the hybrid integrator's defaults rest on".
     """
     alpha = float(alpha)
     if not 0.0 <= alpha <= 1.0:

@@ -73,14 +73,16 @@ class Molecule:
 
     @property
     def symbols(self) -> list[str]:
+        """The N chemical symbols, e.g. ['C', 'C', 'O', 'H', ...]."""
         return [chemical_symbols[z] for z in self.numbers]
 
     @property
     def formula(self) -> str:
+        """The chemical formula as ASE writes it, e.g. 'C2H6O'."""
         return self.to_atoms().get_chemical_formula()
 
     def with_positions(self, positions) -> "Molecule":
-        """The same molecule at other positions (Å)."""
+        """The same molecule at other positions ((N, 3) Å)."""
         return dataclasses.replace(self, positions=positions)
 
     # -- constructors ---------------------------------------------------------------------
@@ -136,7 +138,8 @@ class Molecule:
     # -- conversions ----------------------------------------------------------------------
 
     def to_atoms(self, positions=None, velocities=None) -> Atoms:
-        """An ASE ``Atoms``; ``velocities`` in Å/fs are converted to ASE's time unit."""
+        """An ASE ``Atoms`` (``positions`` (N, 3) Å, default the molecule's own); ``velocities``
+        (N, 3) in Å/fs are converted to ASE's time unit."""
         atoms = Atoms(numbers=self.numbers, positions=self.positions if positions is None else
                       np.asarray(positions), masses=self.masses)
         atoms.info.update(charge=self.charge, spin=self.spin)
@@ -145,7 +148,7 @@ class Molecule:
         return atoms
 
     def thermal_velocities(self, temperature: float, seed: int = 0) -> np.ndarray:
-        """Maxwell–Boltzmann velocities (Å/fs) at ``temperature`` K, centre-of-mass motion removed."""
+        """Maxwell–Boltzmann velocities (N, 3) in Å/fs at ``temperature`` K, centre-of-mass motion removed."""
         from ase.md.velocitydistribution import Stationary, thermalize_momenta
 
         try:
@@ -188,7 +191,7 @@ MIN_DISTANCE = 0.5
 
 
 def read_velocities(path, index=-1) -> np.ndarray:
-    """The velocities (Å/fs) stored in frame ``index`` of a file ASE reads (an ASE .traj or an
+    """The velocities (N, 3) in Å/fs stored in frame ``index`` of a file ASE reads (an ASE .traj or an
     extended .xyz, as ``jkstep run --out`` writes them), to continue a run from that frame;
     InputError if the frame holds none."""
     atoms = _read_atoms(path, index)

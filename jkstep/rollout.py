@@ -36,8 +36,9 @@ REPLICA_AXIS = "replicas"
 
 @struct.dataclass
 class Frames:
-    """Recorded frames (leading axis: frame). positions Å, velocities Å/fs, forces eV/Å,
-    energy (potential) eV, step: base step of each frame, failed: failure flag."""
+    """Recorded frames (leading axis: frame, F; a batched run adds a replica axis before it).
+    positions (F, N, 3) Å, velocities (F, N, 3) Å/fs, forces (F, N, 3) eV/Å, energy (F,)
+    potential eV, step (F,) base step of each frame, failed (F,) failure flag."""
 
     positions: jax.Array
     velocities: jax.Array
@@ -48,6 +49,8 @@ class Frames:
 
 
 def frames_of(state: MDState) -> Frames:
+    """One frame of an integrator's state: its positions (N, 3) Å, velocities (N, 3) Å/fs, forces
+    (N, 3) eV/Å, potential energy () eV, step and failure flag."""
     return Frames(state.positions, state.velocities, state.forces, state.energy, state.step, state.failed)
 
 
@@ -71,8 +74,9 @@ def check_lengths(n_frames, every) -> tuple[int, int]:
 
 def rollout(apply_fn, state: MDState, n_frames: int, every: int = 1) -> tuple[MDState, Frames]:
     """Run ``n_frames * every`` steps of ``apply_fn``; return the final state and the frames
-    after every ``every`` steps. Jit it with static ``n_frames`` and ``every`` (see ``runner``);
-    both must be integers ≥ 1."""
+    after every ``every`` steps (``Frames`` of leading axis n_frames: positions (n_frames, N, 3)
+    Å, ...). Jit it with static ``n_frames`` and ``every`` (see ``runner``); both must be
+    integers ≥ 1."""
     n_frames, every = check_lengths(n_frames, every)
     missing = [f.name for f in dataclasses.fields(Frames) if not hasattr(state, f.name)]
     if missing:

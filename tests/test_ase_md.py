@@ -1,6 +1,7 @@
 """The ASE front gives the JAX integrator's trajectory; velocities cross the boundary correctly."""
 
 import numpy as np
+import pytest
 from ase import units as ase_units
 from ase.io import read
 
@@ -10,6 +11,7 @@ from jkstep.kstep import Guards, ballistic_jump, kstep_integrator
 from jkstep.rollout import runner
 
 
+@pytest.mark.slow
 def test_ase_front_matches_jax_integrator(ethanol, tmp_path):
     v0 = ethanol.thermal_velocities(300.0, seed=4)
     atoms = ethanol.to_atoms(velocities=v0)

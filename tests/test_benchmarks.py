@@ -9,6 +9,8 @@ import os
 import subprocess
 import sys
 
+import pytest
+
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 # One process for all scripts (one jax import): each is run as `python SCRIPT --help` would run it.
@@ -41,6 +43,7 @@ def _scripts(pattern):
     return found
 
 
+@pytest.mark.slow
 def test_every_benchmark_script_imports_and_prints_its_usage():
     scripts = [p for p in _scripts("*.py") if not os.path.basename(p).startswith("_")]
     result = subprocess.run([sys.executable, "-c", _HELP_ALL, *scripts], cwd=REPO, capture_output=True,

@@ -37,14 +37,25 @@ def test_run_verlet_writes_summary_and_trajectory(tmp_path, capsys):
     assert "xTB calls 81" in capsys.readouterr().out
 
 
-def test_run_langevin_has_no_drift(tmp_path):
-    summary = tmp_path / "run.json"
-    assert cli.main(["run", "--smiles", "CCO", "--integrator", "langevin", "--ps", "0.01",
-                     "--summary", str(summary)]) == 0
-    s = json.loads(summary.read_text())
+def test_run_langevin_exchanges_heat_with_the_bath_and_is_reproducible(tmp_path):
+    """`jkstep run --integrator langevin`: NVT, so no drift figure (null by design); the thermostat
+    moves energy in and out (total-energy spread far above NVE Verlet's from the same start), and
+    the same seed gives the same run."""
+    def run(name, integrator):
+        summary = tmp_path / f"{name}.json"
+        assert cli.main(["run", "--smiles", "CCO", "--integrator", integrator, "--ps", "0.01", "--dt", "0.25",
+                         "--summary", str(summary)]) == 0
+        return json.loads(summary.read_text())
+
+    s = run("langevin", "langevin")
     assert s["ensemble"] == "nvt" and s["drift_kj_mol_ps"] is None and s["xtb_calls"] == 41
+    nve = run("verlet", "verlet")
+    assert s["energy_std_kj_mol"] > 10 * nve["energy_std_kj_mol"], (s["energy_std_kj_mol"], nve["energy_std_kj_mol"])
+    again = run("again", "langevin")
+    assert (again["energy_std_kj_mol"], again["mean_temperature_k"]) == (s["energy_std_kj_mol"], s["mean_temperature_k"])
 
 
+@pytest.mark.slow
 def test_run_kstep_with_the_shipped_model_in_nvt(tmp_path):
     """`jkstep run --integrator kstep --model gfn2-k8 --ensemble nvt`: the API's summary keys, one
     macro-step per 2 fs, the calls accounted for, no drift figure outside NVE, and every
@@ -82,6 +93,7 @@ def test_models_lists_every_shipped_model_from_its_record(capsys, monkeypatch, t
     assert exc.value.code == 2 and "cannot be read" in capsys.readouterr().err
 
 
+@pytest.mark.slow
 def test_equilibrate_dt_starts_runs_of_different_steps_from_one_state(tmp_path):
     """--equilibrate-dt: Verlet at 0.5 fs starts where a 0.25 fs run with the same thermalisation
     does (the equal-cost comparison of `jkstep run` needs the same start); without it, not."""

@@ -21,13 +21,16 @@ def evaluation(tmp_path_factory):
     return json.loads((out / "eval.json").read_text()), out
 
 
+@pytest.mark.slow
 def test_summary_has_the_api_keys(evaluation):
     r, _ = evaluation
     assert {"molecule", "k", "simulated_fs", "n_replicas", "one_jump", "noise_floor", "contenders"} <= set(r)
     assert r["molecule"] == "CCO" and r["k"] == 8 and r["n_replicas"] == 2 and r["simulated_fs"] == 100.0
     assert set(r["noise_floor"]) == FLOOR_KEYS
-    assert set(r["contenders"]) == {"reference", "verlet_kdt", "corrector_only", "kstep"}
-    for name in ("reference", "verlet_kdt", "corrector_only"):
+    assert set(r["contenders"]) == {"reference", "verlet_kdt", "corrector_only", "kstep", "mmff_respa", "respa"}
+    assert r["contenders"]["respa"] is None          # no learned fast force given
+    assert r["contenders"]["mmff_respa"]["fallbacks"] == 0
+    for name in ("reference", "verlet_kdt", "corrector_only", "mmff_respa"):
         assert CONTENDER_KEYS <= set(r["contenders"][name]), name
     assert r["contenders"]["kstep"] is None and r["one_jump"] is None  # no model given
     # Verlet at k·dt's one-jump errors on the same windows, beside the model's when there is one
@@ -36,6 +39,7 @@ def test_summary_has_the_api_keys(evaluation):
     assert 1e-4 < base["position_rmse_a"] < 0.05 and base["bond_rmse_a"] > 0 and base["force_rmse_ev_a"] > 0
 
 
+@pytest.mark.slow
 def test_equal_cost_and_exact_call_counts(evaluation):
     c = evaluation[0]["contenders"]
     frames = 100.0 / 2.0  # 0.1 ps in frames k·dt = 2 fs apart
@@ -44,6 +48,7 @@ def test_equal_cost_and_exact_call_counts(evaluation):
     assert c["corrector_only"]["accepted"] == 2 * frames and c["corrector_only"]["fallbacks"] == 0
 
 
+@pytest.mark.slow
 def test_corrector_only_is_verlet_at_k_dt_and_reference_is_the_floor(evaluation):
     r, _ = evaluation
     c = r["contenders"]
@@ -58,6 +63,7 @@ def test_corrector_only_is_verlet_at_k_dt_and_reference_is_the_floor(evaluation)
     assert c["reference"]["flip_rate_ratio"] is None  # ethanol has no rotatable heavy-atom torsion
 
 
+@pytest.mark.slow
 def test_plots_are_written(evaluation):
     _, out = evaluation
     for name in ("energy.png", "spectra.png", "bonds.png"):
@@ -70,6 +76,7 @@ def _without_wall(x):
     return x
 
 
+@pytest.mark.slow
 def test_k_sweep_shares_one_reference_run():
     """evaluate_ks runs the reference once (frames every gcd(ks) steps) and reads every k/g-th
     frame: each k's summary equals a separate evaluation at that k, and the reference's calls
@@ -87,8 +94,8 @@ def test_k_sweep_shares_one_reference_run():
     config = EvalConfig(ps=0.04, n_replicas=2, equilibrate_ps=0.01)
     sweep = evaluate_ks(mol, factory, config, {8: None, 4: None})
     assert sorted(sweep) == [4, 8] and sweep[4]["k"] == 4 and sweep[8]["simulated_fs"] == 40.0
-    # thermalisation + one reference + (Verlet at k·dt + corrector) per k
-    assert len(made) == 1 + 1 + 2 * 2
+    # thermalisation + one reference + (Verlet at k·dt + corrector + mmff_respa) per k
+    assert len(made) == 1 + 1 + 3 * 2
     alone = evaluate(mol, lambda: jkstep.xtb_potential(mol), config)  # k = 8
     assert _without_wall(sweep[8]) == _without_wall(alone)
     assert sweep[4]["contenders"]["reference"]["xtb_calls"] == 2 * (1 + 160)
@@ -108,6 +115,7 @@ def test_equal_cost_time_step():
     assert equal_cost_dt(10**6, 2, 40.0, 0.25) == 0.25                 # dearer than the reference
 
 
+@pytest.mark.slow
 def test_a_contender_that_blows_up_reports_nulls():
     """At k = 32 plain Verlet at 8 fs cannot hold ethanol's O–H and C–H stretches: it is reported
     as blown up, with JSON null for every figure a broken trajectory cannot give, while the
@@ -128,6 +136,7 @@ def test_a_contender_that_blows_up_reports_nulls():
     assert c["corrector_only"]["fallbacks"] == 2 * 16 and c["corrector_only"]["accepted"] == 0
 
 
+@pytest.mark.slow
 def test_an_interrupted_evaluation_keeps_the_contenders_that_finished(tmp_path, monkeypatch, capsys):
     """Ctrl-C during a contender: the summary is still written, with the finished contenders'
     figures, null for the rest, ``"interrupted": true``, and exit status 130."""

@@ -56,6 +56,7 @@ def test_one_xtb_call_per_verlet_step_and_energy_conservation(ethanol):
     assert np.std(e_coarse) > 10 * np.std(e_fine)  # 2 fs Verlet fluctuates far more
 
 
+@pytest.mark.slow
 def test_batched_replicas_equal_single_runs_and_count_exactly(ethanol):
     pot = xtb_potential(ethanol)
     init, apply = jkstep.verlet(pot, ethanol.masses, dt=0.25)
@@ -86,6 +87,34 @@ def test_any_jax_energy_works_for_example_jax_md():
     assert int(state.force_calls) == 501
 
 
+def test_verlet_matches_jax_md_nve_step_for_step():
+    """Cross-check against jax-md's own velocity Verlet (``simulate.nve``) on the same LJ cluster:
+    jax-md has no units, so its energy is given in amu Å²/fs² (eV × ACCEL) and its dt in fs."""
+    from jax_md import simulate
+
+    displacement, shift = space.free()
+    lj = jmd_energy.lennard_jones_pair(displacement, sigma=3.4, epsilon=0.0104)
+    rng = np.random.default_rng(1)
+    grid = np.array([[i, j, k] for i in range(3) for j in range(3) for k in range(2)], float)[:13] * 3.8
+    x0 = grid + 0.05 * rng.normal(size=grid.shape)
+    v0 = 0.004 * rng.normal(size=(13, 3))
+    masses = np.full(13, 39.948)
+    init, apply = jkstep.verlet(lj, masses, dt=2.0)
+    _, frames = runner(apply, 200, 1)(init(x0, v0))
+    jmd_init, jmd_apply = simulate.nve(lambda r: units.ACCEL * lj(r), shift, dt=2.0)
+    state = jmd_init(jax.random.PRNGKey(0), jnp.asarray(x0), 0.0, mass=jnp.asarray(masses),
+                     momenta=jnp.asarray(masses[:, None] * v0))
+    positions = [np.asarray(state.position)]
+    for _ in range(200):
+        state = jmd_apply(state)
+        positions.append(np.asarray(state.position))
+    moved = np.abs(np.asarray(frames.positions[-1]) - x0).max()
+    assert moved > 0.5          # the atoms move, so agreement is not trivial
+    np.testing.assert_allclose(np.asarray(frames.positions), np.stack(positions[1:]), atol=1e-9)  # frames: after each step
+    np.testing.assert_allclose(np.asarray(frames.velocities[-1]), np.asarray(state.velocity), atol=1e-10)
+
+
+@pytest.mark.slow
 def test_langevin_reaches_the_right_temperature():
     """BAOAB on independent harmonic wells (cheap JAX energy): <KE> = 3N/2 kT within error."""
     n, temp = 24, 300.0

@@ -16,6 +16,7 @@ K, DT = 8, 0.25
 NF = fallback_step_count(K, DT)   # calls of a fallback macro-step by default (4 × 0.5 fs)
 
 
+@pytest.mark.slow
 def test_corrector_only_is_velocity_verlet_at_k_dt(ethanol):
     """Ballistic jump + corrector = Verlet at k·dt, one xTB call per macro-step."""
     v0 = ethanol.thermal_velocities(300.0, seed=0)
@@ -162,6 +163,7 @@ def test_scf_failure_rejects_the_jump(ethanol, monkeypatch):
     assert pot.calls == 1 + 2 + NF             # ... and as two tblite runs on the host
 
 
+@pytest.mark.slow
 def test_vmap_batch_makes_exactly_the_calls_of_single_runs(ethanol):
     """Members accept, retry and fall back at different macro-steps; masked calls cost nothing."""
     v0 = np.stack([ethanol.thermal_velocities(600.0, seed=s) for s in range(4)])
@@ -195,6 +197,7 @@ def harmonic(x):
     return 0.5 * 5.0 * jnp.sum((x - jnp.round(x)) ** 2)  # stiff wells at lattice points, eV/Å²
 
 
+@pytest.mark.slow
 def test_energy_rescale_restores_the_total_energy():
     masses = np.full(6, 12.0)
     x0 = np.arange(18, dtype=float).reshape(6, 3) * 3.0 + 0.05
@@ -223,6 +226,7 @@ def one_lattice_step(**options):
     return state, float(state.energy + analysis.kinetic_energy(state.velocities, masses))
 
 
+@pytest.mark.slow
 def test_energy_relaxation_takes_back_its_share_of_the_excursion():
     """Weak coupling: after an accepted jump the total energy's distance from its start shrinks
     by exactly kΔt/τ_E; positions are untouched; τ_E ≤ kΔt is the full rescale."""
@@ -238,6 +242,7 @@ def test_energy_relaxation_takes_back_its_share_of_the_excursion():
     np.testing.assert_allclose(full.velocities, rescaled.velocities, atol=1e-14)
 
 
+@pytest.mark.slow
 def test_energy_window_rescales_only_outside_the_window():
     """After an accepted jump whose total energy lies more than W from its start, the velocities
     bring it back to the window's edge; inside the window nothing changes."""
@@ -263,6 +268,7 @@ def test_energy_relaxation_bad_input(options, match):
         kstep_integrator(ballistic_jump(np.ones(2), K, DT), harmonic, [1, 1], np.ones(2), K, DT, **options)
 
 
+@pytest.mark.slow
 def test_nvt_thermalises():
     masses = np.full(30, 12.0)
     x0 = np.arange(90, dtype=float).reshape(30, 3) * 3.0
@@ -303,6 +309,7 @@ def test_guards_that_would_reject_every_jump_are_refused(options, match):
     Guards(max_energy_rise=float("inf"), max_energy_drift=None, clash_ratio=0.0)  # bounds off: allowed
 
 
+@pytest.mark.slow
 def test_kstep_names_what_it_needs(ethanol):
     bundle, pot = load_pretrained("gfn2-k8"), jkstep.mmff_potential(ethanol)
     with pytest.raises(InputError, match="kstep needs a loaded model"):
@@ -324,6 +331,7 @@ def verlet_jump(energy, masses, k, dt):
     return jump
 
 
+@pytest.mark.slow
 def test_exact_verlet_model_reproduces_verlet():
     masses = np.array([12.0, 1.0, 16.0, 1.0])
     x0 = np.array([[0.0, 0, 0], [1.1, 0, 0], [4.0, 0.3, 0], [5.0, 0.1, 0.2]])
@@ -350,10 +358,11 @@ def test_force_disagreement_escalates_to_real_steps(ethanol):
     assert pot.calls == int(state.force_calls) == 1 + 2 * (1 + NF)
 
 
+@pytest.mark.slow
 def test_learned_jumps_conserve_angular_momentum(ethanol):
     """A jump that adds a spurious rotation is given back the angular momentum it started with
     (and its linear momentum is untouched); with the option off the spin-up shows."""
-    from jkstep.kstep import angular_momentum
+    from jkstep.integrate import angular_momentum
 
     v0 = ethanol.thermal_velocities(300.0, seed=0)
     base = ballistic_jump(ethanol.masses, K, DT)
@@ -415,6 +424,7 @@ def springs(x):
     return 0.5 * 2.0 * jnp.sum(jnp.triu((d - 1.5) ** 2, 1))
 
 
+@pytest.mark.slow
 def test_exact_verlet_model_reproduces_verlet_with_default_options():
     """With a rotation-invariant potential the angular-momentum restore (on by default) changes
     an exact Verlet model's trajectory only at round-off."""
@@ -430,6 +440,7 @@ def test_exact_verlet_model_reproduces_verlet_with_default_options():
     np.testing.assert_allclose(state.velocities, ref.velocities, atol=1e-12)
 
 
+@pytest.mark.slow
 def test_run_summary_timeline_counts_every_call(ethanol):
     """``run_md`` records [fs, calls, fallbacks] after every chunk of a kstep run; the last point
     is the run's own count, and ``call_rates`` reads calls per ps off it."""
@@ -472,6 +483,7 @@ def test_an_interrupted_run_keeps_its_finished_chunks(ethanol):
     assert summary["timeline"][-1][0] == 40.0
 
 
+@pytest.mark.slow
 def test_run_md_starts_from_given_velocities(ethanol):
     """``velocities=`` replaces the thermal start (frame 0 holds them); a wrong shape or NaN is
     one InputError before any call."""

@@ -95,6 +95,7 @@ def test_mm_molecule_file_is_valid_diverse_and_free_of_qm_test_molecules():
 # -- padding ------------------------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_padded_potential_equals_unpadded_and_padded_atoms_feel_nothing():
     from rdkit import Chem
     from rdkit.Chem import rdForceFieldHelpers
@@ -168,6 +169,7 @@ def reference(tmp_path_factory):
     return cfg, results, totals, sum(done)
 
 
+@pytest.mark.slow
 def test_generation_writes_every_frame_in_the_shared_format(reference):
     cfg, results, totals, done = reference
     assert [r["status"] for r in results] == ["complete", "complete"]
@@ -200,14 +202,17 @@ def test_generation_writes_every_frame_in_the_shared_format(reference):
             # rigid motion removed at the start, and (NVE) kept at zero
             from jkstep.data.replicas import momentum
 
-            np.testing.assert_allclose(momentum(data["masses"], data["velocities"][-1]), 0.0, atol=1e-10)
+            np.testing.assert_allclose(momentum(data["velocities"][-1], data["masses"]), 0.0, atol=1e-10)
         assert not np.allclose(starts[0], starts[1])  # replicas are independent
     assert not glob.glob(os.path.join(cfg.output, "**", ".tmp-*"), recursive=True)
 
 
+@pytest.mark.slow
 def test_short_nve_run_conserves_energy(reference):
     cfg, *_ = reference
-    for path in mm.run_paths(cfg.output):
+    paths = mm.run_paths(cfg.output)
+    assert len(paths) == 4, paths                                    # two molecules, two replicas each
+    for path in paths:
         data = load(path)
         total = (data["energy"] + data["kinetic"]) / KJ_MOL
         kinetic = data["kinetic"] / KJ_MOL
@@ -218,6 +223,7 @@ def test_short_nve_run_conserves_energy(reference):
         assert 100 < temperature < 600, (path, temperature)         # thermalised, not frozen or hot
 
 
+@pytest.mark.slow
 def test_interrupted_generation_resumes_without_loss_or_duplication(tmp_path, reference):
     ref_cfg, *_ = reference
     cfg = _config(tmp_path)
@@ -280,6 +286,7 @@ def test_non_finite_frames_stop_that_run_only(tmp_path, monkeypatch):
     assert again[0]["status"] == "failed" and again[0]["wall_s"] == 0.0
 
 
+@pytest.mark.slow
 def test_windows_loader_reads_mm_data(reference):
     cfg, *_ = reference
     paths = mm.run_paths(cfg.output)
@@ -313,6 +320,7 @@ def test_shipped_config_loads_and_covers_every_molecule():
     assert cfg.replicas >= 2 and cfg.buckets[-1] >= 40
 
 
+@pytest.mark.slow
 def test_cli_generate_mm_runs_and_resumes(tmp_path, capsys):
     from jkstep import cli
 

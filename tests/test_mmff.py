@@ -116,6 +116,7 @@ def assert_forces(f, f_ref, err_msg=""):
     np.testing.assert_allclose(f, f_ref, rtol=0, atol=1e-6 * scale, err_msg=err_msg)
 
 
+@pytest.mark.slow
 def test_energy_forces_and_each_term_equal_rdkit():
     """37 molecules: charged, aromatic, sulfur, halogens (F, Cl, Br, I), phosphate, a linear
     nitrile, a solute with two waters."""
@@ -134,6 +135,7 @@ def test_energy_forces_and_each_term_equal_rdkit():
             assert_energy(terms[term], rdkit_reference(mol, x, only=term)[0])
 
 
+@pytest.mark.slow
 def test_interfragment_terms_are_included():
     mol, pot, atoms = system()
     x = mol.positions.copy()
@@ -180,6 +182,7 @@ def test_forces_are_minus_the_gradient_by_finite_differences():
         assert abs(fd - float(f[atom, axis])) < 1e-6, (atom, axis, fd, float(f[atom, axis]))
 
 
+@pytest.mark.slow
 def test_jit_vmap_give_the_unbatched_numbers_without_retracing():
     mol, pot, _ = system()
     batch = np.stack([perturbed(mol, seed=s) for s in range(3)])
@@ -216,6 +219,7 @@ def linear_system():
     return mol.with_positions(x), [c1, c2, h1]
 
 
+@pytest.mark.slow
 def test_finite_forces_at_exactly_linear_angles():
     mol, ethane_axis = linear_system()
     pot = mmff_potential(mol)

@@ -17,7 +17,7 @@ import pytest
 
 from jkstep import units
 from jkstep.errors import InputError
-from jkstep.model import KStepNet, ModelConfig, ballistic_jump, init_params, load_pretrained
+from jkstep.model import KStepNet, ModelConfig, ballistic_baseline, init_params, load_pretrained
 from jkstep.model import train as T
 from jkstep.model import transfer
 
@@ -245,7 +245,7 @@ def test_momentum_exact_and_bound_respected():
     com_shift = (m[:, None] * (np.asarray(pos) - x)).sum(0) / m.sum()
     np.testing.assert_allclose(com_shift, p0 / m.sum() * K * DT, atol=1e-12)
     assert np.abs(np.asarray(frc).sum(0)).max() < 1e-10
-    xb, vb = ballistic_jump(m[None], ALL9[None], x[None], v[None], f[None], K, DT)
+    xb, vb = ballistic_baseline(m[None], ALL9[None], x[None], v[None], f[None], K, DT)
     dx = np.linalg.norm(np.asarray(pos) - np.asarray(xb[0]), axis=-1)
     dv = np.linalg.norm(np.asarray(vel) - np.asarray(vb[0]), axis=-1)
     assert dx.max() <= cfg.max_correction_a * (1 + 1e-9) and dx.max() > 0.5 * cfg.max_correction_a
@@ -267,6 +267,7 @@ def trained(data, tmp_path_factory):
     return result, out, logged
 
 
+@pytest.mark.slow
 def test_training_reduces_loss_ema_and_checkpoints(trained, data):
     result, out, logged = trained
     _, val = data
@@ -302,6 +303,7 @@ def test_early_stopping_and_no_overwrite(data, tmp_path):
         T.train(dataclasses.replace(SMALL, k=4), cfg, T.ArrayBatches(train, 8), val, tmp_path / "run")
 
 
+@pytest.mark.slow
 def test_load_pretrained_roundtrip(trained):
     result, out, _ = trained
     bundle = load_pretrained(str(out))
@@ -325,6 +327,7 @@ def test_load_pretrained_roundtrip(trained):
         load_pretrained(str(out.parent))
 
 
+@pytest.mark.slow
 def test_transfer_conversion(trained):
     _, mm_dir, _ = trained
     mm = load_pretrained(str(mm_dir))
@@ -347,13 +350,13 @@ def test_transfer_conversion(trained):
     v, f = 0.2 * v, 0.2 * f
     mm_out = forward(mm.params, z, ALL9, m, x, v, f)
     qm_out = jax.jit(KStepNet(qm_cfg).apply)({"params": params}, z, ALL9, m, x, v, f)
-    xb, _ = ballistic_jump(m[None], ALL9[None], x[None], v[None], f[None], K, DT)
+    xb, _ = ballistic_baseline(m[None], ALL9[None], x[None], v[None], f[None], K, DT)
     mm_dx = np.asarray(mm_out[0]) - np.asarray(xb[0])
     assert np.abs(mm_dx).max() > 1e-4
     np.testing.assert_allclose(np.asarray(qm_out[0]) - np.asarray(xb[0]), mm_dx, atol=0.05 * np.abs(mm_dx).max())
     reinit, _ = transfer.load_converted_params(str(mm_dir), qm_cfg, heads="reinit")
     assert float(jnp.abs(reinit["head_dx"]["gate_out"]["kernel"]).max()) == 0.0
-    state0 = transfer.transfer_state(str(mm_dir), qm_cfg, TRAIN, freeze=FREEZE)
+    state0 = T.transfer_state(str(mm_dir), qm_cfg, TRAIN, freeze=FREEZE)
     assert int(state0.step) == 0
     for a, b in zip(jax.tree.leaves(state0.params), jax.tree.leaves(params)):
         np.testing.assert_array_equal(a, b)
@@ -363,6 +366,7 @@ def test_transfer_conversion(trained):
         transfer.convert_params(mm.params, SMALL, ModelConfig(features=32, layers=2, n_rbf=8))
 
 
+@pytest.mark.slow
 def test_transfer_to_another_k_keeps_the_input_layers_exact(trained):
     """A model converted to twice the k (and bound) gives the input layers the same
     pre-activations for the same physical velocities and forces (inputs v·T/b and ½aT²/b)."""
@@ -388,6 +392,7 @@ def test_transfer_to_another_k_keeps_the_input_layers_exact(trained):
 FREEZE = ("embedding", "interaction_0")
 
 
+@pytest.mark.slow
 def test_finetune_freezes_layers_and_resumes_exactly(trained, data, tmp_path):
     """Fine-tune from the MM checkpoint with frozen layers: 20 steps straight, and 15 steps, a
     crash, a resume from the step-10 checkpoint and 10 more: identical weights."""
@@ -395,7 +400,7 @@ def test_finetune_freezes_layers_and_resumes_exactly(trained, data, tmp_path):
     train, val = data
     mm = load_pretrained(str(mm_dir))
     cfg = dataclasses.replace(TRAIN, checkpoint_every=10)
-    straight = transfer.finetune(str(mm_dir), SMALL, cfg, T.ArrayBatches(train, 8, seed=1), val,
+    straight = T.finetune(str(mm_dir), SMALL, cfg, T.ArrayBatches(train, 8, seed=1), val,
                                  tmp_path / "a", freeze=FREEZE, max_steps=20)
 
     class Crash(Exception):
@@ -406,10 +411,10 @@ def test_finetune_freezes_layers_and_resumes_exactly(trained, data, tmp_path):
             raise Crash
 
     with pytest.raises(Crash):
-        transfer.finetune(str(mm_dir), SMALL, cfg, T.ArrayBatches(train, 8, seed=1), val,
+        T.finetune(str(mm_dir), SMALL, cfg, T.ArrayBatches(train, 8, seed=1), val,
                           tmp_path / "b", freeze=FREEZE, callback=crash)
     assert sorted(p.name for p in (tmp_path / "b" / "latest").iterdir()) == ["10"]
-    resumed = transfer.finetune(str(mm_dir), SMALL, cfg, T.ArrayBatches(train, 8, seed=1), val,
+    resumed = T.finetune(str(mm_dir), SMALL, cfg, T.ArrayBatches(train, 8, seed=1), val,
                                 tmp_path / "b", freeze=FREEZE, max_steps=20)
     assert resumed.steps == straight.steps == 20
     for tree in ("params", "ema_params", "opt_state"):
@@ -432,12 +437,13 @@ def test_finetune_freezes_layers_and_resumes_exactly(trained, data, tmp_path):
     assert meta["learning_rate"] == TRAIN.finetune_learning_rate
     assert meta["pretrained_from"]["pretrained_from"] is None      # the MM model was trained from scratch
     # a second transfer keeps the chain: c <- b <- the MM model
-    transfer.finetune(str(tmp_path / "b"), SMALL, cfg, T.ArrayBatches(train, 8, seed=1), val,
+    T.finetune(str(tmp_path / "b"), SMALL, cfg, T.ArrayBatches(train, 8, seed=1), val,
                       tmp_path / "c", max_steps=1)
     chain = load_pretrained(str(tmp_path / "c")).meta["pretrained_from"]
     assert chain["path"] == meta["path"] and chain["pretrained_from"] == meta["pretrained_from"]
 
 
+@pytest.mark.slow
 def test_ctrl_c_saves_the_step_it_interrupts_and_training_resumes_exactly(data, tmp_path, ctrl_c_possible):
     """A Ctrl-C at step 13 (checkpoints every 10) saves latest at 13 before the KeyboardInterrupt;
     resuming to 20 gives the weights of an uninterrupted run. A second Ctrl-C acts at once."""
@@ -512,6 +518,7 @@ def test_energy_error_and_corrector_velocity():
     np.testing.assert_allclose(vc - v, np.broadcast_to(0.5 * K * DT * units.ACCEL * 0.3 / m[:, None], v.shape), rtol=1e-12)
 
 
+@pytest.mark.slow
 def test_energy_loss_and_reversal_train(data, tmp_path):
     """The energy loss, corrector velocity and time reversal train end to end and lower the loss."""
     train, val = data
@@ -523,6 +530,7 @@ def test_energy_loss_and_reversal_train(data, tmp_path):
     assert after["loss"] < before["loss"] and after["loss_energy"] < before["loss_energy"]
 
 
+@pytest.mark.slow
 def test_reversal_corrected_loss_trains_the_integrators_jump(data):
     """With reversal_correction α the loss is that of kstep.reversal_corrected's jump (what the
     hybrid integrator makes), its gradient is finite on padded batches (water padded to 9 atoms:
@@ -582,6 +590,7 @@ def path_windows(z, x0, steps, seed, jumps, stride=8):
     return out
 
 
+@pytest.mark.slow
 def test_multi_jump_loss_is_the_mean_over_a_rollout():
     """jumps = J averages every term over J consecutive jumps, each starting where the last one
     landed with the corrector's velocity and the stored force; J = 1 is the one-jump loss exactly,
@@ -633,6 +642,7 @@ def test_multi_jump_time_reversal_runs_the_path_backwards():
         np.testing.assert_array_equal(again[key], batch[key])
 
 
+@pytest.mark.slow
 def test_multi_jump_training_lowers_the_rollout_loss(tmp_path):
     """jumps = 2 trains end to end (time reversal included) and lowers its own validation loss."""
     train = {k: np.concatenate([path_windows(ETHANOL_Z, ETHANOL_X, 200, s, jumps=2, stride=4)[k]

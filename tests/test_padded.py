@@ -16,6 +16,7 @@ def molecules():
     return [jkstep.Molecule.from_smiles(s, seed=0) for s in ("CCO", "O", "C=O")]
 
 
+@pytest.mark.slow
 def test_padded_batch_equals_single_runs(molecules):
     bundle = jkstep.load_pretrained("gfn2-k8")
     # a tight energy window: some members fall back to Verlet while others accept (measured: 2, 0, 2)

@@ -10,6 +10,9 @@ from test_evaluate import CONTENDER_KEYS
 from jkstep import cli
 from jkstep.data import generate as gen
 
+#: end to end: xTB data -> training -> run -> evaluate (the module fixture alone trains a model)
+pytestmark = pytest.mark.slow
+
 
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory):
@@ -41,9 +44,7 @@ def test_ctrl_c_during_cli_training_saves_the_step_and_the_same_command_resumes(
                                                                               ctrl_c_possible):
     import signal
 
-    from jkstep.model import train as T
-
-    class CtrlCAtStep2(T.ProgressBar):
+    class CtrlCAtStep2(cli.ProgressBar):
         def __call__(self, step, metrics):
             super().__call__(step, metrics)
             if step == 2 and "loss" in metrics:
@@ -51,7 +52,7 @@ def test_ctrl_c_during_cli_training_saves_the_step_and_the_same_command_resumes(
 
     argv = ["train", "--model-config", str(trained / "model.yaml"), "--train-config", str(trained / "train.yaml"),
             "--out", str(trained / "ckpt_int")]
-    monkeypatch.setattr(T, "ProgressBar", CtrlCAtStep2)
+    monkeypatch.setattr(cli, "ProgressBar", CtrlCAtStep2)
     assert cli.main(argv) == 130
     assert "stopped at step 2" in capsys.readouterr().err
     assert sorted(p.name for p in (trained / "ckpt_int" / "latest").iterdir()) == ["2"]

@@ -36,6 +36,7 @@ def run(integrator, n_macro):
     return state, np.array(totals), np.array(dmin)
 
 
+@pytest.mark.slow
 def test_split_and_coupling_are_mmff_interfragment_terms():
     system, qm_atoms, qs = droplet()
     assert len(qs.qm) == 12 and len(qs.mm) == 90 and qs.environment.formula == "H60O30"
@@ -50,6 +51,7 @@ def test_split_and_coupling_are_mmff_interfragment_terms():
     assert abs(float(qs.coupling_energy(xq, far) - qs.wall_energy(xq))) < 1e-4
 
 
+@pytest.mark.slow
 def test_verlet_respa_conserves_energy_and_hybrid_holds_it_with_far_fewer_calls():
     system, _, qs = droplet()
     pot = jkstep.xtb_potential(qs.solute)

@@ -91,6 +91,7 @@ def test_momenta_conserved(ethanol, mm):
                                angular_momentum(s0.positions, s0.velocities, masses), rtol=0, atol=1e-10)
 
 
+@pytest.mark.slow
 def test_energy_conserved_better_than_verlet_at_tau(ethanol, mm):
     """A stiff fast part inside (MMFF) and a soft slow difference: RESPA at τ = 2 fs holds the
     energy of the slow potential far better than Verlet at 2 fs."""
@@ -156,6 +157,7 @@ def test_failed_slow_call_freezes_state_without_more_calls(ethanol, mm):
     assert int(s.force_calls) == 1 + 1 + fallback_step_count(8, 0.25) and not calls
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("thermostat", ["macro", "inner"])
 def test_nvt_holds_the_temperature(ethanol, mm, thermostat):
     masses = jnp.asarray(ethanol.masses)
@@ -193,6 +195,7 @@ def test_bad_input(ethanol, mm):
         jkstep.mmff_potential(jkstep.Molecule.from_smiles("C[Se]C", seed=0))
 
 
+@pytest.mark.slow
 def test_mmff_inner_step_is_cheap_against_xtb():
     """The classical fast force per inner step costs a small fraction of one xTB call
     (benchmarks/bench_respa.py prints the ratios; here only a loose bound on a 22-atom molecule)."""

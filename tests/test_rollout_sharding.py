@@ -57,6 +57,7 @@ def test_verlet_batch_is_one_callback_per_step_with_all_members(ethanol, callbac
         np.testing.assert_allclose(states.velocities[r], single.velocities, atol=1e-10)
 
 
+@pytest.mark.slow
 def test_kstep_batch_makes_the_calls_of_single_runs(ethanol, callbacks):
     """Members accept and fall back at different macro-steps; every callback carries the batch."""
     b = 4
@@ -80,6 +81,7 @@ def test_kstep_batch_makes_the_calls_of_single_runs(ethanol, callbacks):
         assert int(states.fallbacks[r]) == int(single.fallbacks)
 
 
+@pytest.mark.slow
 def test_keys_reach_a_stochastic_init():
     masses = np.full(4, 12.0)
     x0 = np.arange(12, dtype=float).reshape(4, 3) * 3.0
@@ -196,6 +198,7 @@ SHARDED = textwrap.dedent("""
 """)
 
 
+@pytest.mark.slow
 def test_sharded_batch_makes_one_callback_per_device():
     """In a fresh process with 2 fake CPU devices (the flag must precede the JAX import)."""
     env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=2"}

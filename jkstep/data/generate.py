@@ -13,19 +13,19 @@ atomically; running the same configuration again continues each run from its las
 frame and skips finished molecules. An SCF failure (the potential's NaN + ``failed`` flag)
 stops that run at its last good chunk, is recorded in meta.json, and the job moves on.
 
-Molecules run in parallel in ``spawn`` worker processes (one molecule per process at a time,
-``OMP_NUM_THREADS=1``); progress comes back to the parent through a queue.
+Molecules run in parallel as tasks of the Dask execution layer (``jkstep.parallel``: an
+embedded LocalCluster of processes with ``OMP_NUM_THREADS=1``, or an existing scheduler), one
+task per molecule; a task resumes from its stores, so a retried one (its worker died) continues
+where the stores end and never duplicates frames. Steps come back to the client as Dask events.
 
 Units: Å, fs, eV, amu, K; lengths of runs in ps; friction in 1/fs.
 """
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import json
 import os
-import queue as queue_module
 import re
 import time
 import traceback
@@ -456,7 +456,7 @@ def _thermalise(molecule, pot, cfg: GenerateConfig, job: Job, progress):
             return (f"SCF failed during the Langevin thermalisation (steps {done - n}-{done} of {n_steps}); "
                     "no frames written")
         positions, velocities = np.asarray(state.positions), np.asarray(state.velocities)
-    return positions, remove_rigid_motion(molecule.masses, positions, velocities)
+    return positions, remove_rigid_motion(positions, velocities, molecule.masses)
 
 
 @dataclasses.dataclass
@@ -639,14 +639,16 @@ def check_molecule(smiles: str, name: str, cfg: GenerateConfig) -> None:
 
 def generate(cfg: GenerateConfig, progress: Callable[[int], None] | None = None,
              on_total: Callable[[int], None] | None = None, processes: bool = True,
-             max_chunks: int | None = None, potential_factory=None) -> list[dict]:
+             max_chunks: int | None = None, potential_factory=None, scheduler: str | None = None,
+             executor=None) -> list[dict]:
     """Generate (or continue) every molecule of ``cfg``; returns one summary per molecule.
 
     ``on_total(n)`` is told the base steps still to run (for a progress bar) and ``progress(n)``
-    of every n steps done. With ``processes`` molecules run in up to ``cfg.workers`` spawned
-    processes; without, one after the other in this process (``max_chunks`` and
-    ``potential_factory`` only apply then). A molecule whose worker fails is reported with
-    status "error" and the others go on."""
+    of every n steps done. With ``processes`` each molecule is one task of the Dask execution
+    layer (``jkstep.parallel``): on ``executor`` if given, else an embedded cluster of
+    ``cfg.workers`` processes (default: one per core) or the Dask scheduler at ``scheduler``;
+    without, one after the other in this process (``max_chunks`` and ``potential_factory`` only
+    apply then). A molecule whose task fails is reported with status "error" and the others go on."""
     jobs = plan(cfg)
     for job in jobs:  # settings that changed under existing data: bad input, before any work
         for run in [PRODUCTION] + [replica_name(r) for r in range(1, job.replicas + 1)]:
@@ -664,7 +666,7 @@ def generate(cfg: GenerateConfig, progress: Callable[[int], None] | None = None,
     elif max_chunks is not None or potential_factory is not None:
         raise ValueError("max_chunks and potential_factory need processes=False")
     else:
-        results = dict(zip([job.name for job in todo], _run_in_processes(todo, cfg, progress, planned)))
+        results = dict(zip([job.name for job in todo], _run_as_tasks(todo, cfg, progress, executor, scheduler)))
     results.update(finished)
     return [results[job.name] for job in jobs]
 
@@ -682,88 +684,43 @@ def _stored_summary(job: Job, cfg: GenerateConfig) -> dict:
         "wall_s": 0.0}
 
 
-def _run_in_processes(jobs: list[Job], cfg: GenerateConfig, progress, planned) -> list[dict]:
-    import multiprocessing as mp
+def _molecule_task(job: Job, cfg: GenerateConfig) -> dict:
+    """One molecule as a Dask task (``jkstep.parallel``): its runs continued from what its stores
+    hold (so a retried task resumes, never duplicates), steps reported to the client; an error
+    is this molecule's summary (status "error"), never the job's end."""
+    from jkstep.parallel import flush_steps, step_reporter
 
-    workers = cfg.workers or len(os.sched_getaffinity(0))
-    ctx = mp.get_context("spawn")
-    messages = ctx.Queue()
-    pending = list(jobs)
-    running: dict[str, object] = {}
-    results: dict[str, dict] = {}
-    reported = {job.name: 0 for job in jobs}
-
-    def handle(msg):
-        kind, name, payload = msg
-        if kind == "steps":
-            reported[name] += payload
-            progress(payload)
-        elif kind in ("done", "error"):
-            results[name] = payload if kind == "done" else {"name": name, "status": "error", "error": payload}
-
+    report = step_reporter()
     try:
-        while pending or running:
-            while pending and len(running) < workers:
-                job = pending.pop(0)
-                proc = ctx.Process(target=_worker, args=(job, cfg, messages), name=f"jkstep-gen-{job.name}",
-                                   daemon=True)
-                with _single_threaded_env():
-                    proc.start()
-                running[job.name] = proc
-            try:
-                handle(messages.get(timeout=0.5))
-            except queue_module.Empty:
-                pass
-            for name, proc in list(running.items()):
-                if name in results:
-                    proc.join()
-                    del running[name]
-                elif not proc.is_alive():
-                    _drain(messages, handle)
-                    proc.join()
-                    del running[name]
-                    if name not in results:
-                        results[name] = {"name": name, "status": "error",
-                                         "error": f"worker process exited with code {proc.exitcode}"}
-    finally:
-        for proc in running.values():
-            proc.terminate()
-        for proc in running.values():
-            proc.join()
-    return [results[job.name] for job in jobs]
-
-
-def _drain(messages, handle):
-    while True:
-        try:
-            handle(messages.get_nowait())
-        except queue_module.Empty:
-            return
-
-
-@contextlib.contextmanager
-def _single_threaded_env():
-    """OMP_NUM_THREADS=1 in the environment a spawned worker inherits (restored after)."""
-    old = os.environ.get("OMP_NUM_THREADS")
-    os.environ["OMP_NUM_THREADS"] = "1"
-    try:
-        yield
-    finally:
-        if old is None:
-            os.environ.pop("OMP_NUM_THREADS", None)
-        else:
-            os.environ["OMP_NUM_THREADS"] = old
-
-
-def _worker(job: Job, cfg: GenerateConfig, messages) -> None:
-    """Entry point of a spawned worker: one molecule, progress and result through ``messages``."""
-    os.environ["OMP_NUM_THREADS"] = "1"  # before tblite (and its OpenMP runtime) is loaded
-    try:
-        import jkstep  # noqa: F401  (float64 mode)
-
-        summary = run_molecule(job, cfg, lambda n: messages.put(("steps", job.name, int(n))))
-        messages.put(("done", job.name, summary))
+        return run_molecule(job, cfg, report)
     except InputError as exc:
-        messages.put(("error", job.name, str(exc)))
-    except BaseException as exc:  # report, never hang the parent
-        messages.put(("error", job.name, f"{type(exc).__name__}: {exc}\n{traceback.format_exc(limit=5)}"))
+        return {"name": job.name, "status": "error", "error": str(exc)}
+    except Exception as exc:  # report it with the others; the other molecules go on
+        return {"name": job.name, "status": "error",
+                "error": f"{type(exc).__name__}: {exc}\n{traceback.format_exc(limit=5)}"}
+    finally:
+        flush_steps(report)
+
+
+def _run_as_tasks(jobs: list[Job], cfg: GenerateConfig, progress, executor=None, scheduler=None) -> list[dict]:
+    """Every job as one task of the Dask execution layer (``jkstep.parallel``): on ``executor``,
+    else on a cluster opened here (``cfg.workers`` processes, or the scheduler at ``scheduler``)."""
+    from jkstep import parallel
+
+    # absolute paths: a worker of an external cluster has another working directory
+    cfg = dataclasses.replace(cfg, output=os.path.abspath(cfg.output), molecules=os.path.abspath(cfg.molecules),
+                              splits=os.path.abspath(cfg.splits))
+    tasks = [parallel.Task(parallel.task_key(f"generate-{job.name}", cfg.output, job.name),
+                           _molecule_task, job, cfg) for job in jobs]
+
+    def failed(key, exc):
+        name = jobs[[t.key for t in tasks].index(key)].name
+        return {"name": name, "status": "error", "error": f"{type(exc).__name__}: {exc}"}
+
+    options = dict(on_steps=lambda key, n: progress(n), on_error=failed)
+    if executor is not None:
+        results = executor.run(tasks, **options)
+    else:
+        results = parallel.run_tasks(tasks, workers=None if scheduler else cfg.workers, scheduler=scheduler,
+                                     **options)
+    return [results[t.key] for t in tasks]

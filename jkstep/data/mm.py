@@ -494,7 +494,7 @@ def run_molecule(job: MMJob, cfg: MMConfig, sizes: dict, progress: Callable[[int
                                       "the Langevin thermalisation; no frames written"))
                 continue
             stores[r].create(meta)
-            starts[r] = (x0[r], remove_rigid_motion(masses, x0[r], v0[r]), 0)
+            starts[r] = (x0[r], remove_rigid_motion(x0[r], v0[r], masses), 0)
 
     # 2. every run that still needs frames continues from its start or its last stored frame
     active = []
@@ -618,12 +618,20 @@ def _run_summary(store: TrajectoryStore) -> dict:
 
 
 def generate_mm(cfg: MMConfig, progress: Callable[[int], None] | None = None,
-                on_total: Callable[[int], None] | None = None, max_chunks: int | None = None) -> list[dict]:
-    """Generate (or continue) every molecule of ``cfg`` in this process; one summary per molecule.
+                on_total: Callable[[int], None] | None = None, max_chunks: int | None = None,
+                processes: bool = False, workers: int | None = None, scheduler: str | None = None,
+                executor=None) -> list[dict]:
+    """Generate (or continue) every molecule of ``cfg``; one summary per molecule.
 
     ``on_total(n)`` is told the base steps (of replica batches) still to run, ``progress(n)`` of
-    every n done. ``max_chunks`` stops after writing that many chunks in all (the molecule in
-    progress and the rest are reported "interrupted"; rerun to continue)."""
+    every n done. By default the molecules run one after the other in this process;
+    ``max_chunks`` then stops after writing that many chunks in all (the molecule in progress and
+    the rest are reported "interrupted"; rerun to continue). With ``processes`` (what ``jkstep
+    generate-mm`` does) each molecule is one task of the Dask execution layer
+    (``jkstep.parallel``): on ``executor``, else an embedded cluster of ``workers`` processes
+    (default one per core) or the scheduler at ``scheduler``. A task computes what the
+    sequential loop computes (the padded sizes come from the whole job), so the data are the
+    same bit for bit either way."""
     jobs, sizes = plan(cfg)
     stores = {job.name: [TrajectoryStore(os.path.join(cfg.output, job.name, run)) for run in cfg.runs]
               for job in jobs}
@@ -634,6 +642,13 @@ def generate_mm(cfg: MMConfig, progress: Callable[[int], None] | None = None,
     planned = {job.name: planned_steps(job, cfg) for job in jobs}
     if on_total:
         on_total(sum(planned.values()))
+    if processes:
+        if max_chunks is not None:
+            raise ValueError("max_chunks needs processes=False")
+        todo = [job for job in jobs if planned[job.name] > 0]
+        done = _run_as_tasks(todo, cfg, sizes, progress or (lambda n: None), workers, scheduler, executor)
+        return [done[job.name] if job.name in done else _finished_summary(job, cfg, stores[job.name])
+                for job in jobs]
     budget = [np.inf if max_chunks is None else int(max_chunks)]
     results = []
     for job in jobs:
@@ -642,13 +657,56 @@ def generate_mm(cfg: MMConfig, progress: Callable[[int], None] | None = None,
                             "status": "interrupted", "runs": {}})
             continue
         if planned[job.name] == 0:  # finished (or failed): nothing to compile or run
-            runs = {run: _run_summary(s) for run, s in zip(cfg.runs, stores[job.name])}
-            results.append({"name": job.name, "n_atoms": len(job.molecule), "bucket": job.bucket, "runs": runs,
-                            "status": "failed" if any(s["status"] == "failed" for s in runs.values())
-                            else "complete", "wall_s": 0.0})
+            results.append(_finished_summary(job, cfg, stores[job.name]))
             continue
         results.append(run_molecule(job, cfg, sizes, progress, budget))
     return results
+
+
+def _finished_summary(job: MMJob, cfg: MMConfig, stores) -> dict:
+    runs = {run: _run_summary(s) for run, s in zip(cfg.runs, stores)}
+    return {"name": job.name, "n_atoms": len(job.molecule), "bucket": job.bucket, "runs": runs,
+            "status": "failed" if any(s["status"] == "failed" for s in runs.values()) else "complete",
+            "wall_s": 0.0}
+
+
+def _molecule_task(smiles: str, name: str, bucket: int, cfg: MMConfig, sizes: dict) -> dict:
+    """One molecule as a Dask task: its molecule and MMFF potential built here from the SMILES
+    (plain data crosses the wire), then ``run_molecule``, which continues from the stores (a
+    retried task resumes, bit for bit, and never duplicates frames)."""
+    from jkstep.molecule import Molecule
+    from jkstep.parallel import flush_steps, step_reporter
+    from jkstep.potentials.mmff import mmff_potential
+
+    molecule = Molecule.from_smiles(smiles, seed=cfg.conformer_seed)
+    job = MMJob(smiles, name, molecule, mmff_potential(molecule, variant=cfg.method), bucket)
+    report = step_reporter()
+    try:
+        return run_molecule(job, cfg, sizes, report)
+    finally:
+        flush_steps(report)
+
+
+def _run_as_tasks(jobs: list[MMJob], cfg: MMConfig, sizes: dict, progress, workers, scheduler, executor) -> dict:
+    from jkstep import parallel
+
+    sizes = {int(b): {k: int(v) for k, v in counts.items()} for b, counts in sizes.items()}
+    # absolute paths: a worker of an external cluster has another working directory
+    cfg = dataclasses.replace(cfg, output=os.path.abspath(cfg.output), molecules=os.path.abspath(cfg.molecules))
+    tasks = [parallel.Task(parallel.task_key(f"generate-mm-{job.name}", cfg.output, job.name),
+                           _molecule_task, job.smiles, job.name, job.bucket, cfg, sizes) for job in jobs]
+
+    def failed(key, exc):
+        job = jobs[[t.key for t in tasks].index(key)]
+        return {"name": job.name, "n_atoms": len(job.molecule), "bucket": job.bucket, "runs": {},
+                "status": "error", "error": f"{type(exc).__name__}: {exc}"}
+
+    options = dict(on_steps=lambda key, n: progress(n), on_error=failed)
+    if executor is not None:
+        results = executor.run(tasks, **options)
+    else:
+        results = parallel.run_tasks(tasks, workers=workers, scheduler=scheduler, **options)
+    return {job.name: results[t.key] for job, t in zip(jobs, tasks)}
 
 
 def run_paths(output, runs=None, complete_only: bool = True) -> list[str]:

@@ -32,6 +32,9 @@ import dataclasses
 import math
 import os
 import time
+import types
+import uuid
+from collections.abc import MutableMapping
 from typing import Callable
 
 import jax
@@ -49,7 +52,7 @@ from jkstep.kstep import (REVERSAL_CORRECTION, Guards, ballistic_jump, fallback_
 from jkstep.molecule import Molecule, check_seed
 from jkstep.potentials.mmff import mmff_potential
 from jkstep.respa import respa
-from jkstep.rollout import concat, frames_of, runner
+from jkstep.rollout import Frames, concat, frames_of, runner
 
 CONTENDERS = ("reference", "verlet_kdt", "corrector_only", "kstep", "mmff_respa", "respa")
 VARIANTS = ("verlet_equal_cost", "kstep_rescaled", "kstep_relaxed", "kstep_windowed")   # reported beside kstep
@@ -155,15 +158,20 @@ def thermalised_starts(molecule: Molecule, potential, config: EvalConfig):
 
 
 def run_contender(init, apply, applies_per_frame: int, starts, config: EvalConfig, calls: Callable[[], int],
-                  progress: Callable[[int], None] | None = None) -> dict:
-    """Run a contender from all start states at once (vmap); frames every ``applies_per_frame``."""
+                  progress: Callable[[int], None] | None = None, runners: dict | None = None) -> dict:
+    """Run a contender from all start states at once (vmap); frames every ``applies_per_frame``.
+    ``runners`` keeps the jitted chunk runners (one per chunk length) for the next call with the
+    same ``apply``; each is compiled once, not once per chunk."""
+    runners = {} if runners is None else runners
     t0, calls0 = time.perf_counter(), calls()
     state = jax.vmap(init)(*starts)
     first = jax.tree.map(lambda x: jnp.asarray(x)[:, None], frames_of(state))
     chunks, done = [first], 0
     while done < config.n_frames:
         n = min(config.chunk_frames, config.n_frames - done)
-        state, fr = runner(apply, n, applies_per_frame, batched=True)(state)
+        if (n, applies_per_frame) not in runners:
+            runners[n, applies_per_frame] = runner(apply, n, applies_per_frame, batched=True)
+        state, fr = runners[n, applies_per_frame](state)
         chunks.append(fr)
         done += n
         if progress:
@@ -242,21 +250,27 @@ def one_jump(jump_fn, reference, terms) -> dict:
 
 
 def evaluate(molecule: Molecule, potential_factory: Callable[[], object], config: EvalConfig, bundle=None,
-             plots: str | os.PathLike | None = None, progress: Callable[[str, int, int], None] | None = None) -> dict:
+             plots: str | os.PathLike | None = None, progress: Callable[[str, int, int], None] | None = None,
+             executor=None, results=None) -> dict:
     """Evaluate the hybrid against the baselines on ``molecule``; returns the summary dict.
 
-    ``potential_factory()`` makes a fresh xTB potential (one per contender, so its call counter
-    is that contender's). ``bundle`` is a loaded model (``load_pretrained``); without one the
-    ``kstep`` contender and ``one_jump`` are None and k comes from ``config.k``.
+    ``potential_factory()`` makes a fresh xTB potential (one per contender and replica, so its
+    call counter is that run's). ``bundle`` is a loaded model (``load_pretrained``); without one the
+    ``kstep`` contender and ``one_jump`` are None and k comes from ``config.k``. The runs are
+    tasks of ``executor`` (``jkstep.parallel``: the thermalisation, then one task per contender
+    and replica; default: the same tasks one after the other in this process); ``results`` (a
+    ``jkstep.parallel.ResultCache``) keeps finished tasks for a rerun. ``progress(name, 1,
+    tasks)`` is told of every finished task.
     """
     if bundle is not None:
         config = dataclasses.replace(config, k=bundle.k, dt=bundle.dt)
-    return evaluate_ks(molecule, potential_factory, config, {config.k: bundle}, plots, progress)[config.k]
+    return evaluate_ks(molecule, potential_factory, config, {config.k: bundle}, plots, progress, executor,
+                       results)[config.k]
 
 
 def evaluate_ks(molecule: Molecule, potential_factory: Callable[[], object], config: EvalConfig,
                 models: dict, plots: str | os.PathLike | None = None,
-                progress: Callable[[str, int, int], None] | None = None) -> dict:
+                progress: Callable[[str, int, int], None] | None = None, executor=None, results=None) -> dict:
     """The k sweep: one summary per k of ``models`` ({k: bundle or None}), all from the same
     starting states and **one** reference run.
 
@@ -265,8 +279,11 @@ def evaluate_ks(molecule: Molecule, potential_factory: Callable[[], object], con
     that a separate evaluation at that k would have stored. Each k then gets its own Verlet at
     k·dt, zero-network corrector and (where its model is given) ``kstep``. A bundle's k and dt
     must match its key and ``config.dt``. Returns {k: summary}, each as ``evaluate``'s; with
-    several ks, plots go to ``plots``/k{k}.
+    several ks, plots go to ``plots``/k{k}. ``executor``, ``results``: as ``evaluate``'s.
     """
+    from jkstep import parallel
+
+    executor = parallel.SerialExecutor() if executor is None else executor
     ks = sorted(models)
     if not ks or min(ks) < 1:
         raise InputError(f"the k sweep needs ks ≥ 1, got {ks}")
@@ -279,20 +296,36 @@ def evaluate_ks(molecule: Molecule, potential_factory: Callable[[], object], con
                              f"the evaluation runs dt = {config.dt} fs: give each model under its own k")
     base = math.gcd(*ks)
     dt, masses = config.dt, molecule.masses
-    starts = thermalised_starts(molecule, potential_factory(), config)
+    # every task's key digests what its result depends on (jkstep.parallel.task_key); without a
+    # result cache the keys need only be unique to this evaluation (no potential is made for them)
+    pot_identity = uuid.uuid4().hex if results is None else _potential_identity(potential_factory())
+    identity = (molecule, pot_identity, {k: _bundle_identity(b) for k, b in sorted(models.items())})
+    submitted = [0]
+
+    def submit(name, key, fn, *args):
+        submitted[0] += 1
+        done = (lambda _: progress(name, 1, submitted[0])) if progress else None
+        return executor.submit(parallel.Task(key, fn, *args, cache=True), results=results, on_done=done)
+
+    therm = {"temperature": config.temperature, "friction": config.friction, "equilibrate_ps": config.equilibrate_ps,
+             "seed": config.seed, "n_replicas": config.n_replicas}
+    start = submit("thermalisation", parallel.task_key("evaluate-thermalise", identity[:2], therm),
+                   _thermalise_task, molecule, potential_factory, config).result()
+    starts = (start["positions"], start["velocities"])
     terms = metrics.internal_coordinates(molecule.numbers, starts[0][0], molecule.mol_block)
     rotatable = metrics.rotatable_dihedrals(molecule.numbers, starts[0][0], molecule.mol_block)
 
-    def tick(name, cfg):
-        return (lambda n: progress(name, n, cfg.n_frames)) if progress else None
-
     def run(name, cfg, build, per_frame):
-        pot = potential_factory()
-        init, apply = build(pot)
-        return run_contender(init, apply, per_frame, starts, cfg, lambda: pot.calls, tick(name, cfg))
+        """The contender's replicas as tasks (one each), under way: a _Pending."""
+        built = parallel.task_key(f"build-{name}", identity, cfg, per_frame)
+        handles = [submit(name, parallel.task_key(f"evaluate-{name}-r{r}", built, starts[0][r], starts[1][r]),
+                          _contender_task, build, potential_factory, per_frame, cfg, starts[0][r:r + 1],
+                          starts[1][r:r + 1], built)
+                   for r in range(config.n_replicas)]
+        return _Pending(handles)
 
     ref_config = dataclasses.replace(config, k=base)
-    reference = run("reference", ref_config, lambda pot: integrate.verlet(pot, masses, dt), base)
+    reference = run("reference", ref_config, lambda pot: integrate.verlet(pot, masses, dt), base).resolve()
     out, interrupted = {}, False
     for k in ks:
         cfg = dataclasses.replace(config, k=k)
@@ -301,10 +334,17 @@ def evaluate_ks(molecule: Molecule, potential_factory: Callable[[], object], con
         if not interrupted:
             try:
                 _k_runs(molecule, cfg, models[k], lambda name, build, c=cfg: run(name, c, build, 1), runs)
+                for r in runs.values():
+                    if isinstance(r, _Pending):
+                        r.resolve()
             except BaseException as exc:  # an interrupt keeps the contenders that finished
                 if not is_interrupt(exc):
                     raise
                 interrupted = True
+                for name, r in list(runs.items()):   # the unfinished are cancelled (their finished tasks kept)
+                    if isinstance(r, _Pending) and not r.resolved:
+                        executor.cancel(r.handles)
+                        del runs[name]
         directory = None if not plots else plots if len(ks) == 1 else os.path.join(plots, f"k{k}")
         out[k] = _summary(molecule, cfg, models[k], runs, starts, terms, rotatable, directory)
         if interrupted:
@@ -430,3 +470,95 @@ def _plots(directory, runs, spectra, masses, frame_fs, terms):
 
 def _num(x):
     return float(x) if x is not None and np.isfinite(x) else None
+
+
+# -- the evaluation as tasks of the execution layer (jkstep.parallel) ----------------------------
+
+
+def _potential_identity(pot) -> dict:
+    """What makes two potentials compute the same (for the task keys): type and settings."""
+    keys = ("method", "accuracy", "restart", "fallback_method", "max_iter", "electronic_temperature")
+    return {"type": type(pot).__name__, **{k: getattr(pot, k) for k in keys if hasattr(pot, k)}}
+
+
+def _bundle_identity(bundle):
+    """A model's identity for the task keys: k, dt and its weights."""
+    if bundle is None:
+        return None
+    return {"k": bundle.k, "dt": bundle.dt, "params": [np.asarray(a) for a in jax.tree.leaves(bundle.params)]}
+
+
+def _thermalise_task(molecule: Molecule, potential_factory, config: EvalConfig) -> dict:
+    """The thermalisation as a task: {"positions": (R, N, 3), "velocities": (R, N, 3)}."""
+    x, v = thermalised_starts(molecule, potential_factory(), config)
+    return {"positions": np.asarray(x, np.float64), "velocities": np.asarray(v, np.float64)}
+
+
+def _contender_task(build, potential_factory, per_frame: int, config: EvalConfig, positions, velocities,
+                    identity: str) -> dict:
+    """One contender on one replica (positions, velocities: (1, N, 3)) as a task. The integrator
+    (``build(potential)``) and its chunk runners are made once per worker process for
+    ``identity`` (``jkstep.parallel.built``); the potential is renewed for every task
+    (``fresh_potential``: new tblite calculators, counters at zero), as a new one would be.
+    Returns plain arrays: frames, the state's counters, xtb_calls, wall_s."""
+    from jkstep import parallel
+
+    def make():
+        pot = potential_factory()
+        init, apply = build(pot)
+        return pot, init, apply, {}
+
+    pot, init, apply, runners = parallel.built(identity, make)
+    parallel.fresh_potential(pot)
+    report = parallel.step_reporter()
+    try:
+        out = run_contender(init, apply, per_frame, (positions, velocities), config, lambda: pot.calls, report,
+                            runners=runners)
+    finally:
+        parallel.flush_steps(report)
+    state = out["state"]   # its per-replica scalars (counters, flags) travel back; positions etc. do not
+    fields = [f.name for f in dataclasses.fields(state)] if dataclasses.is_dataclass(state) else []
+    counters = {name: np.asarray(getattr(state, name)) for name in fields
+                if np.ndim(getattr(state, name)) <= 1 and np.asarray(getattr(state, name)).dtype != object}
+    frames = {f.name: np.asarray(getattr(out["frames"], f.name)) for f in dataclasses.fields(Frames)}
+    return {"frames": frames, "state": counters, "xtb_calls": int(out["xtb_calls"]), "wall_s": float(out["wall_s"])}
+
+
+class _Pending(MutableMapping):
+    """A contender's run while its replica tasks are under way: reading or writing any key
+    waits for all of them and joins the replicas (the dict ``run_contender`` returns: frames
+    (R, F, ...), the counters' state, xtb_calls and wall_s summed over the replicas)."""
+
+    def __init__(self, handles):
+        self.handles, self._data = handles, None
+
+    @property
+    def resolved(self) -> bool:
+        return self._data is not None
+
+    def resolve(self) -> "_Pending":
+        if self._data is None:
+            parts = [h.result() for h in self.handles]
+            frames = Frames(**{f.name: np.concatenate([p["frames"][f.name] for p in parts])
+                               for f in dataclasses.fields(Frames)})
+            names = set.intersection(*(set(p["state"]) for p in parts))
+            state = types.SimpleNamespace(**{n: np.concatenate([np.atleast_1d(p["state"][n]) for p in parts])
+                                             for n in sorted(names)})
+            self._data = {"frames": frames, "state": state, "xtb_calls": sum(p["xtb_calls"] for p in parts),
+                          "wall_s": float(sum(p["wall_s"] for p in parts))}
+        return self
+
+    def __getitem__(self, key):
+        return self.resolve()._data[key]
+
+    def __setitem__(self, key, value):
+        self.resolve()._data[key] = value
+
+    def __delitem__(self, key):
+        del self.resolve()._data[key]
+
+    def __iter__(self):
+        return iter(self.resolve()._data)
+
+    def __len__(self):
+        return len(self.resolve()._data)

@@ -74,8 +74,9 @@ def internal_coordinates(numbers, positions_ref, mol_block=None):
     """Bonds (nb, 2), angles (na, 3) and proper dihedrals (nd, 4) as int index arrays.
 
     The topology comes from an RDKit mol block (same atom order) when given, else from
-    covalent radii at the reference geometry (Å). Angles i-j-k have j at the centre; dihedrals
-    i-j-k-l run around each bond j-k (3-rings, i == l, left out).
+    covalent radii at the reference geometry ``positions_ref`` (N, 3) Å; ``numbers`` (N,).
+    Angles i-j-k have j at the centre; dihedrals i-j-k-l run around each bond j-k (3-rings,
+    i == l, left out).
     """
     bonds = _bonds(numbers, positions_ref, mol_block)
     nb = _neighbours(len(numbers), bonds)
@@ -262,8 +263,8 @@ def vibrational_spectrum(velocities, masses, dt_fs, smoothing_cm1=15.0, max_cm1=
     Equals the Fourier transform of the mass-weighted VACF (Wiener–Khinchin); summed over atoms
     and components, zero-padded (FFT grid ≤ ``step_cm1``), smoothed by a Gaussian of
     ``smoothing_cm1`` FWHM, put on the grid 0, step, ... up to min(max_cm1, Nyquist
-    1/(2·dt·c)) and normalised to unit area. velocities (F, N, 3) Å/fs, ``dt_fs`` the frame
-    spacing. None with fewer than 2 frames or non-finite velocities.
+    1/(2·dt·c)) and normalised to unit area. velocities (F, N, 3) Å/fs, masses (N,) amu,
+    ``dt_fs`` the frame spacing (fs); both returned arrays have the grid's length. None with fewer than 2 frames or non-finite velocities.
     """
     v = np.asarray(velocities, np.float64)
     m = np.asarray(masses, np.float64)
@@ -398,7 +399,8 @@ def flip_rate_ratio(counts_a, time_a_ps, counts_b, time_b_ps, confidence=0.95) -
 
 
 def mean_temperature(velocities, masses, dof=None) -> float | None:
-    """Mean kinetic temperature in K over frames (..., N, 3) Å/fs; dof defaults to 3N − 3."""
+    """Mean kinetic temperature in K over frames (..., N, 3) Å/fs with masses (N,) amu; dof
+    defaults to 3N − 3."""
     t = np.asarray(temperature(np.asarray(velocities, np.float64), np.asarray(masses, np.float64), dof))
     return float(np.mean(t)) if t.size and np.all(np.isfinite(t)) else None
 
@@ -422,7 +424,8 @@ def blew_up(positions, bonds, ref_positions=None, max_stretch=2.0, min_distance=
 
 def kabsch_align(positions, reference, masses=None) -> np.ndarray:
     """Frames (F, N, 3) optimally rotated and translated (proper rotations only) onto the
-    reference (N, 3), mass-weighted."""
+    reference (N, 3), weighted by ``masses`` (N,) amu (None: equal weights); Å in, Å out,
+    shape (F, N, 3)."""
     p, r = np.asarray(positions, np.float64), np.asarray(reference, np.float64)
     w = np.ones(r.shape[0]) if masses is None else np.asarray(masses, np.float64)
     w = w / w.sum()
@@ -437,8 +440,8 @@ def kabsch_align(positions, reference, masses=None) -> np.ndarray:
 
 
 def rmsd_to_start(positions, masses=None) -> np.ndarray:
-    """Mass-weighted RMSD in Å of every frame (F, N, 3) to frame 0 after Kabsch superposition
-    (NaN for non-finite frames)."""
+    """Mass-weighted RMSD in Å of every frame (F, N, 3) to frame 0 after Kabsch superposition:
+    shape (F,), NaN for non-finite frames; ``masses`` (N,) amu, None for equal weights."""
     p = np.asarray(positions, np.float64)
     w = np.ones(p.shape[1]) if masses is None else np.asarray(masses, np.float64)
     ok = np.all(np.isfinite(p), axis=(1, 2))

@@ -6,7 +6,7 @@ Units: Å, fs, eV, amu (velocities Å/fs, forces eV/Å).
 """
 
 from jkstep.model.network import (  # noqa: F401
-    UNITS, KStepNet, ModelConfig, ballistic_jump, default_max_correction, init_params)
+    UNITS, KStepNet, ModelConfig, ballistic_baseline, default_max_correction, init_params)
 
 _LAZY = {"ModelBundle", "load_pretrained", "shipped_names"}  # pull in Orbax only when used
 
@@ -18,5 +18,5 @@ def __getattr__(name):
     raise AttributeError(f"module 'jkstep.model' has no attribute {name!r}")
 
 
-__all__ = ["UNITS", "KStepNet", "ModelBundle", "ModelConfig", "ballistic_jump",
+__all__ = ["UNITS", "KStepNet", "ModelBundle", "ModelConfig", "ballistic_baseline",
            "default_max_correction", "init_params", "load_pretrained", "shipped_names"]

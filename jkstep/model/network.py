@@ -141,8 +141,10 @@ def remove_net_force(forces, mask):
     return (forces - net) * maskf
 
 
-def ballistic_jump(masses, mask, positions, velocities, forces, k: int, dt_fs: float):
-    """The network-free baseline jump over T = k·dt fs: (positions Å, velocities Å/fs), float64.
+def ballistic_baseline(masses, mask, positions, velocities, forces, k: int, dt_fs: float):
+    """The network-free baseline of a padded batch over T = k·dt fs: the arrays (positions Å,
+    velocities Å/fs), float64, that the network's correction is measured against (not a jump
+    function: that is ``jkstep.kstep.ballistic_jump``, which keeps the net force).
 
     x + v T + ½ a T², v + a T with a = ACCEL·(F − F̄)/m (net force removed, so total momentum is
     conserved exactly). Shapes (B, N) / (B, N, 3); padding (mask False) comes back as zeros.
@@ -194,10 +196,36 @@ def bounded_momentum_free(u, bound, masses, mask):
 # Network blocks (float32). Shapes: scalars s (B, N, F), vectors V (B, N, 3, F).
 
 
+def pair_features(x, mask, cutoff: float, n_rbf: int):
+    """Edge features of all pairs of real atoms within ``cutoff`` Å: (rbf (B, N, N, n_rbf),
+    envelope (B, N, N), unit vectors x̂_j − x̂_i (B, N, N, 3)), float32 from float64 positions
+    x (B, N, 3). The cosine envelope ½(cos(πr/r_c) + 1) and its slope vanish at the cutoff, so
+    anything it multiplies is continuous with a continuous gradient there (shared by ``KStepNet``
+    and the energy network of ``jkstep.model.potential``)."""
+    f32 = jnp.float32
+    n = x.shape[-2]
+    rij = (x[:, None, :, :] - x[:, :, None, :])                            # x_j − x_i (B,N,N,3)
+    r2 = jnp.sum(rij * rij, axis=-1)
+    pair = mask[:, :, None] & mask[:, None, :] & ~jnp.eye(n, dtype=bool)[None]
+    pair = pair & (r2 < cutoff**2)
+    r = jnp.sqrt(jnp.where(pair, r2, 1.0))
+    unit = jnp.where(pair[..., None], rij / r[..., None], 0.0).astype(f32)
+    r32 = r.astype(f32)
+    envelope = jnp.where(pair, 0.5 * (jnp.cos(jnp.pi * r32 / cutoff) + 1.0), 0.0)
+    centers = jnp.linspace(0.0, cutoff, n_rbf, dtype=f32)
+    width = cutoff / max(n_rbf - 1, 1)
+    rbf = jnp.exp(-((r32[..., None] - centers) / width) ** 2)
+    return rbf, envelope, unit
+
+
 class Message(nn.Module):
-    """PaiNN message block: filters from the radial basis, messages from neighbours j to atom i."""
+    """PaiNN message block: filters from the radial basis, messages from neighbours j to atom i.
+
+    ``einsum``: contract over neighbours with einsum (cheaper under ``jax.grad``, as the energy
+    network of ``jkstep.model.potential`` needs; the broadcast sum is faster forward only)."""
 
     features: int
+    einsum: bool = False
 
     @nn.compact
     def __call__(self, s, V, rbf, envelope, unit):
@@ -209,7 +237,10 @@ class Message(nn.Module):
         ds = xs.sum(axis=2)
         # Σ_j (xvv_ij V_j + xvr_ij r̂_ij) as a broadcast product and sum: XLA fuses it (an einsum
         # here lowers to transposed batched dots and ran twice as slow on CPU)
-        dV = (xvv[:, :, :, None, :] * V[:, None, :, :, :] + xvr[:, :, :, None, :] * unit[..., None]).sum(axis=2)
+        if self.einsum:
+            dV = jnp.einsum("bijf,bjdf->bidf", xvv, V) + jnp.einsum("bijf,bijd->bidf", xvr, unit)
+        else:
+            dV = (xvv[:, :, :, None, :] * V[:, None, :, :, :] + xvr[:, :, :, None, :] * unit[..., None]).sum(axis=2)
         return s + ds, V + dV
 
 
@@ -232,10 +263,11 @@ class Update(nn.Module):
 
 class Interaction(nn.Module):
     features: int
+    einsum: bool = False
 
     @nn.compact
     def __call__(self, s, V, rbf, envelope, unit, atom_mask):
-        s, V = Message(self.features, name="message")(s, V, rbf, envelope, unit)
+        s, V = Message(self.features, self.einsum, name="message")(s, V, rbf, envelope, unit)
         s, V = s * atom_mask, V * atom_mask[..., None]
         s, V = Update(self.features, name="update")(s, V)
         return s * atom_mask, V * atom_mask[..., None]
@@ -301,19 +333,7 @@ class KStepNet(nn.Module):
         atom_mask = mask.astype(f32)[..., None]
         s, V = s * atom_mask, V * atom_mask[..., None]
 
-        # Edges: all pairs of real atoms in the same molecule within the cutoff.
-        n = numbers.shape[-1]
-        rij = (x[:, None, :, :] - x[:, :, None, :])                            # x_j − x_i (B,N,N,3)
-        r2 = jnp.sum(rij * rij, axis=-1)
-        pair = mask[:, :, None] & mask[:, None, :] & ~jnp.eye(n, dtype=bool)[None]
-        pair = pair & (r2 < cfg.cutoff**2)
-        r = jnp.sqrt(jnp.where(pair, r2, 1.0))
-        unit = jnp.where(pair[..., None], rij / r[..., None], 0.0).astype(f32)
-        r32 = r.astype(f32)
-        envelope = jnp.where(pair, 0.5 * (jnp.cos(jnp.pi * r32 / cfg.cutoff) + 1.0), 0.0)
-        centers = jnp.linspace(0.0, cfg.cutoff, cfg.n_rbf, dtype=f32)
-        width = cfg.cutoff / max(cfg.n_rbf - 1, 1)
-        rbf = jnp.exp(-((r32[..., None] - centers) / width) ** 2)
+        rbf, envelope, unit = pair_features(x, mask, cfg.cutoff, cfg.n_rbf)
 
         for i in range(cfg.layers):
             s, V = Interaction(cfg.features, name=f"interaction_{i}")(s, V, rbf, envelope, unit, atom_mask)

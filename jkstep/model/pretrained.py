@@ -151,6 +151,9 @@ def read_checkpoint(name_or_path, which: str = "best") -> tuple[Any, dict, Model
     directory, step = resolve_checkpoint(name_or_path, which)
     step_dir = directory / str(step)
     meta = dict(_restore(step_dir, meta=ocp.args.JsonRestore())["meta"])
+    if meta.get("kind") == "potential":
+        raise InputError(f"{step_dir} is a learned fast force (a potential), not a k-step model: use it with "
+                         "jkstep.learned_potential(name, mol) or --integrator respa --fast NAME")
     if "model_config" not in meta:
         raise InputError(f"{step_dir} has no model config in its metadata")
     config = ModelConfig.from_dict(meta["model_config"])
@@ -160,6 +163,16 @@ def read_checkpoint(name_or_path, which: str = "best") -> tuple[Any, dict, Model
     params = jax.tree.map(lambda a: jnp.asarray(np.asarray(a)), params)   # uncommitted: no re-jit
     meta["path"] = os.fspath(step_dir)
     return params, meta, config
+
+
+def _read_any(name_or_path, which: str = "best"):
+    """``read_checkpoint`` of a k-step model, or ``potential.read_potential_checkpoint`` of a learned
+    fast force (both export the same way)."""
+    if read_meta(name_or_path, which).get("kind") == "potential":
+        from jkstep.model.potential import read_potential_checkpoint
+
+        return read_potential_checkpoint(name_or_path, which)
+    return read_checkpoint(name_or_path, which)
 
 
 @dataclasses.dataclass(frozen=True, eq=False)
@@ -189,6 +202,10 @@ class ModelBundle:
     meta: dict
 
     def apply(self, params, numbers, mask, masses, positions, velocities, forces):
+        """The jump of ``KStepNet`` with ``params`` (None: the bundle's): numbers (B, N) int,
+        mask (B, N) bool, masses (B, N) amu, positions Å, velocities Å/fs, forces eV/Å (B, N, 3)
+        at t → (positions, velocities, forces) at t + k·dt, each (B, N, 3), same units (one
+        molecule: (N,) / (N, 3) in and out)."""
         params = self.params if params is None else params
         return self.model.apply({"params": params}, numbers, mask, masses, positions, velocities, forces)
 
@@ -228,7 +245,7 @@ def _same_weights(step_dir: Path, params) -> bool:
     if not (step_dir / "ema").is_dir():
         return False
     try:
-        old = read_checkpoint(step_dir)[0]
+        old = _read_any(step_dir)[0]
     except InputError:
         return False
     a, b = jax.tree.leaves(old), jax.tree.leaves(params)
@@ -272,7 +289,7 @@ def export_checkpoint(name_or_path, destination, extra_meta: dict | None = None,
     import shutil
 
     check_export_destination(destination)
-    params, meta, _ = read_checkpoint(name_or_path, which)
+    params, meta, _ = _read_any(name_or_path, which)
     meta.pop("path", None)
     meta.update(extra_meta or {})
     step = int(meta.get("step", resolve_checkpoint(name_or_path, which)[1]))

@@ -15,14 +15,13 @@ inputs to the same physical outputs:
   scale: b for δx (Å), the velocity bound for δv (Å/fs), ``force_scale_ev_a`` for forces — exact
   while the corrections are small against the bounds (the tanh bound itself is not linear).
 
-With equal k, dt and bounds the conversion is the identity. Fine-tuning then runs at the train
-config's ``finetune_learning_rate``, optionally with named layers frozen (``train.frozen_mask``:
+With equal k, dt and bounds the conversion is the identity. This module only converts weights;
+fine-tuning from them is ``jkstep.model.train.finetune`` (at the train config's
+``finetune_learning_rate``, optionally with named layers frozen: ``state.frozen_mask``,
 ``optax.multi_transform`` with ``set_to_zero``; frozen weights and their EMA stay bitwise fixed).
 """
 
 from __future__ import annotations
-
-from typing import Any, Callable, Iterable, Mapping, Sequence
 
 import jax
 import jax.numpy as jnp
@@ -93,33 +92,3 @@ def load_converted_params(checkpoint, model_config: ModelConfig, *, heads: str =
             "data": (meta.get("data_provenance") or {}).get("data"),
             "pretrained_from": meta.get("pretrained_from")}
     return params, info
-
-
-def transfer_state(checkpoint, model_config: ModelConfig, train_config, *, freeze: Sequence[str] = (),
-                   heads: str = "map", rescale: bool = True, which: str = "best"):
-    """A fresh QM ``TrainState`` (step 0, EMA = weights, new optimizer state at the fine-tune
-    learning rate, frozen layers masked) holding the converted weights of ``checkpoint``."""
-    from jkstep.model import train as train_lib
-
-    params, _ = load_converted_params(checkpoint, model_config, heads=heads, rescale=rescale,
-                                      seed=train_config.seed, which=which)
-    fns = train_lib._compile(model_config, train_config, float(train_config.finetune_learning_rate),
-                             tuple(freeze))
-    return train_lib.create_train_state(params, fns.tx)
-
-
-def finetune(checkpoint, model_config: ModelConfig, train_config, batches_train: Iterable[Mapping],
-             batches_val, out_dir, *, freeze: Sequence[str] = (), heads: str = "map",
-             rescale: bool = True, which: str = "best", callback: Callable[[int, dict], Any] | None = None,
-             resume: bool = True, max_steps: int | None = None, extra_meta: dict | None = None):
-    """Fine-tune a QM model from an MM checkpoint (``train.train`` with the converted weights, the
-    fine-tune learning rate and ``freeze``). Returns ``train.TrainResult``."""
-    from jkstep.model import train as train_lib
-
-    params, info = load_converted_params(checkpoint, model_config, heads=heads, rescale=rescale,
-                                         seed=train_config.seed, which=which)
-    return train_lib.train(model_config, train_config, batches_train, batches_val, out_dir,
-                           init_params=params, freeze=freeze,
-                           learning_rate=train_config.finetune_learning_rate, callback=callback,
-                           resume=resume, max_steps=max_steps,
-                           extra_meta={**dict(extra_meta or {}), "pretrained_from": info})

@@ -1,0 +1,223 @@
+"""The learned fast force (jkstep.model.potential): invariance, conservative forces, a smooth
+cutoff, jit/vmap, padded batches, energy conservation in NVE, checkpoints and errors."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+import jkstep
+from jkstep.errors import InputError
+from jkstep.model.potential import (EnergyNet, LearnedPotential, PotentialConfig, energy_and_forces,
+                                    fit_element_energies, init_params, learned_potential, save_potential)
+
+CFG = PotentialConfig(features=16, layers=2, cutoff=4.0, n_rbf=8,
+                      element_energies=(-10.0, -48.0, -71.0, -103.0, -90.0), energy_scale=0.3)
+
+
+def _randomised(params, seed=1, scale=0.3):
+    """Random non-zero weights everywhere (a fresh net has some zero biases): a stronger test."""
+    leaves, tree = jax.tree.flatten(params)
+    keys = jax.random.split(jax.random.PRNGKey(seed), len(leaves))
+    return jax.tree.unflatten(tree, [l + scale * jax.random.normal(k, l.shape, l.dtype) / np.sqrt(max(l.shape[0], 1))
+                                     for l, k in zip(leaves, keys)])
+
+
+@pytest.fixture(scope="module")
+def mol():
+    return jkstep.Molecule.from_smiles("CC(=O)NCCS", seed=0)
+
+
+@pytest.fixture(scope="module")
+def pot(mol):
+    return LearnedPotential(_randomised(init_params(CFG)), CFG, mol.numbers)
+
+
+def _rotation(seed):
+    q, r = np.linalg.qr(np.random.default_rng(seed).standard_normal((3, 3)))
+    return q * np.sign(np.diag(r))
+
+
+def test_invariance_and_equivariance(pot, mol):
+    x = np.asarray(mol.positions)
+    e0, f0 = pot(x)
+    for seed in range(3):
+        rot = _rotation(seed)   # a rotation or a reflection
+        shift = np.random.default_rng(seed).normal(size=3) * 5
+        e1, f1 = pot(x @ rot.T + shift)
+        assert abs(float(e1 - e0)) < 1e-5 * max(1.0, abs(float(e0)))
+        np.testing.assert_allclose(np.asarray(f1), np.asarray(f0) @ rot.T, atol=2e-4)
+    perm = np.random.default_rng(0).permutation(len(mol))
+    p2 = LearnedPotential(pot.params, CFG, mol.numbers[perm])
+    e2, f2 = p2(x[perm])
+    assert abs(float(e2 - e0)) < 1e-5 * max(1.0, abs(float(e0)))
+    np.testing.assert_allclose(np.asarray(f2), np.asarray(f0)[perm], atol=2e-4)
+
+
+def test_forces_are_minus_gradient(pot, mol):
+    x = np.asarray(mol.positions)
+    e, f = pot(x)
+    assert e.dtype == jnp.float64 and f.dtype == jnp.float64 and f.shape == x.shape
+    assert float(jnp.abs(f).max()) > 1e-3   # not a trivially flat potential
+    np.testing.assert_allclose(np.asarray(f), -np.asarray(jax.grad(pot.energy)(jnp.asarray(x))), rtol=1e-6, atol=1e-8)
+    rng = np.random.default_rng(0)
+    h = 1e-3
+    for _ in range(3):   # central differences along random directions (float32 inside: loose)
+        d = rng.standard_normal(x.shape)
+        d /= np.linalg.norm(d)
+        fd = -(float(pot.energy(x + h * d)) - float(pot.energy(x - h * d))) / (2 * h)
+        assert abs(fd - float(np.sum(np.asarray(f) * d))) < 2e-3 + 1e-2 * abs(fd)
+
+
+def test_smooth_at_cutoff():
+    """Energy and forces are continuous as an atom crosses the cutoff; beyond it nothing acts."""
+    cfg = PotentialConfig(features=16, layers=2, cutoff=3.0, n_rbf=8)
+    p = LearnedPotential(_randomised(init_params(cfg), seed=3, scale=1.0), cfg, np.array([6, 8, 1]))
+    base = np.array([[0.0, 0, 0], [1.2, 0, 0]])
+
+    def at(r):
+        x = np.concatenate([base, [[-r, 0.3, 0.0]]])
+        e, f = p(x)
+        return float(e), np.asarray(f)
+
+    rc = np.sqrt(3.0**2 - 0.3**2)   # H at this x is exactly 3 Å from C
+    for delta in (1e-3, 1e-4):
+        e_in, f_in = at(rc - delta)
+        e_out, f_out = at(rc + delta)
+        assert abs(e_in - e_out) < 50 * delta**2 + 1e-6
+        assert np.abs(f_in - f_out).max() < 100 * delta + 1e-4
+    e_far, f_far = at(rc + 0.5)
+    assert abs(e_far - at(rc + 1.0)[0]) < 1e-6   # H beyond the cutoff of C and O: fixed energy
+    assert np.abs(f_far[2]).max() < 1e-6
+    # inside the cutoff the H feels a force (the test above is not about a dead network)
+    assert np.abs(at(rc - 0.5)[1][2]).max() > 1e-3
+
+
+def test_jit_vmap_and_padding(pot, mol):
+    x = np.asarray(mol.positions)
+    rng = np.random.default_rng(1)
+    batch = x + 0.05 * rng.standard_normal((4,) + x.shape)
+    e_v, f_v = jax.jit(jax.vmap(pot))(jnp.asarray(batch))
+    e_b, f_b = pot(batch)
+    for i in range(4):
+        e_i, f_i = jax.jit(pot)(batch[i])
+        np.testing.assert_allclose(float(e_v[i]), float(e_i), rtol=1e-6)
+        np.testing.assert_allclose(np.asarray(f_v[i]), np.asarray(f_i), atol=1e-5)
+        np.testing.assert_allclose(float(e_b[i]), float(e_i), rtol=1e-6)
+    # padded batch of two different molecules: padding changes nothing
+    other = jkstep.Molecule.from_smiles("CO", seed=0)
+    n = len(mol)
+    z = np.zeros((2, n), np.int32)
+    pos = np.zeros((2, n, 3))
+    z[0], pos[0] = mol.numbers, x
+    z[1, :len(other)], pos[1, :len(other)] = other.numbers, other.positions
+    pos[1, len(other):] = rng.normal(size=(n - len(other), 3))   # junk on padding
+    mask = z > 0
+    e, f = energy_and_forces(EnergyNet(CFG), pot.params, z, mask, pos)
+    e_other, f_other = LearnedPotential(pot.params, CFG, other.numbers)(other.positions)
+    np.testing.assert_allclose(float(e[0]), float(pot(x)[0]), rtol=1e-6)
+    np.testing.assert_allclose(float(e[1]), float(e_other), rtol=1e-6)
+    np.testing.assert_allclose(np.asarray(f[1, :len(other)]), np.asarray(f_other), atol=1e-5)
+    assert np.all(np.asarray(f[1, len(other):]) == 0)
+
+
+def test_nve_verlet_conserves_energy(pot, mol):
+    init, apply = jkstep.verlet(pot, mol.masses, dt=0.25)
+    state = init(jnp.asarray(mol.positions), jnp.asarray(mol.thermal_velocities(300.0, seed=0)))
+
+    def body(state, _):
+        state = apply(state)
+        kin = 0.5 * jkstep.units.KINETIC * jnp.sum(jnp.asarray(mol.masses)[:, None] * state.velocities**2)
+        return state, (state.energy + kin, kin)
+
+    _, (total, kin) = jax.jit(lambda s: jax.lax.scan(body, s, None, length=800))(state)
+    total, kin = np.asarray(total), np.asarray(kin)
+    assert np.all(np.isfinite(total))
+    assert np.std(kin) > 10 * np.std(total)         # the atoms move, the total stays
+    assert np.std(total) < 2e-3 and abs(total[-1] - total[0]) < 5e-3   # eV, 200 fs
+
+
+def test_checkpoint_round_trip_and_errors(tmp_path, mol, pot):
+    save_potential(tmp_path / "fast", pot.params, CFG, step=7, note="test")
+    loaded = jkstep.learned_potential(tmp_path / "fast", mol)
+    x = np.asarray(mol.positions)
+    np.testing.assert_allclose(np.asarray(loaded(x)[1]), np.asarray(pot(x)[1]), atol=1e-6)
+    assert loaded.meta["note"] == "test" and loaded.config == CFG
+    step_dir = learned_potential(tmp_path / "fast" / "7", mol)   # one step directory works too
+    assert step_dir.n_atoms == len(mol)
+    with pytest.raises(InputError, match=r"atom 0 \(Cl"):
+        learned_potential(tmp_path / "fast", jkstep.Molecule.from_smiles("ClCC", seed=0))
+    with pytest.raises(InputError, match="no pretrained model"):
+        learned_potential(tmp_path / "missing", mol)
+    with pytest.raises(InputError, match="no pretrained model"):
+        learned_potential("no-such-fast-force", mol)
+    with pytest.raises(InputError, match="not a learned potential"):
+        learned_potential("gfn2-k8", mol)
+    with pytest.raises(InputError, match=f"for {len(mol)} atoms"):
+        loaded(np.zeros((3, 3)))
+
+
+def test_config_errors_and_offsets():
+    with pytest.raises(InputError, match="features"):
+        PotentialConfig(features=0)
+    with pytest.raises(InputError, match="element_energies"):
+        PotentialConfig(elements=(1, 6), element_energies=(1.0,))
+    # per-element offsets recover exact per-element energies
+    mols = [np.array([6, 1, 1, 1, 1]), np.array([6, 6, 1, 1, 1, 1, 1, 1]), np.array([8, 1, 1]), np.array([6, 8, 1, 1])]
+    truth = {1: -10.0, 6: -48.0, 8: -103.0}
+    energies = [sum(truth[z] for z in m) for m in mols]
+    fitted = fit_element_energies(mols, energies, (1, 6, 8))
+    np.testing.assert_allclose(fitted, [-10.0, -48.0, -103.0], atol=1e-3)
+
+
+def _mm_frames(smiles, n, seed):
+    mol = jkstep.Molecule.from_smiles(smiles, seed=0)
+    mm = jkstep.mmff_potential(mol)
+    x = np.asarray(mol.positions) + 0.05 * np.random.default_rng(seed).standard_normal((n, len(mol), 3))
+    e, f = jax.vmap(mm)(jnp.asarray(x))
+    return {"name": smiles, "numbers": np.asarray(mol.numbers), "positions": x, "mmff_energy": np.asarray(e),
+            "mmff_forces": np.asarray(f), "xtb_energy": np.asarray(e), "xtb_forces": np.asarray(f)}
+
+
+def test_training_through_the_package_loop(tmp_path):
+    """Energy-and-force matching with the package's train loop: the loss falls, the best
+    checkpoint loads with learned_potential, a resumed run continues, fine-tuning restores it."""
+    from jkstep.model.config import TrainConfig
+    from jkstep.model.potential import PotentialBatches
+    from jkstep.model.train import train
+
+    mols = [_mm_frames("CCO", 64, 0), _mm_frames("CN", 64, 1)]
+    val_mol = _mm_frames("CCO", 16, 2)
+    cfg = dataclasses_replace(CFG, element_energies=fit_element_energies(
+        [m["numbers"] for m in mols], [m["mmff_energy"].mean() for m in mols], CFG.elements))
+    tc = TrainConfig(learning_rate=3e-3, warmup_steps=5, total_steps=60, w_force=1.0, w_energy=0.05,
+                     val_every=30, log_every=10, checkpoint_every=30, patience=None, ema_decay=0.9,
+                     clip_norm=10.0)
+    batches = PotentialBatches(mols, "mmff", 16, seed=0)
+    val = PotentialBatches([val_mol], "mmff", 16, shuffle=False).once()
+    out = tmp_path / "run"
+    first = train(cfg, tc, batches, val, out, max_steps=30)
+    assert first.steps == 30
+    resumed = train(cfg, tc, PotentialBatches(mols, "mmff", 16, seed=0), val, out)
+    assert resumed.steps == 60 and len(resumed.history) == 2
+    h0 = resumed.history
+    assert h0[-1]["rmse_force"] < h0[0]["rmse_force"] or h0[0]["rmse_force"] < 0.5
+    mol = jkstep.Molecule.from_smiles("CCO", seed=0)
+    pot = learned_potential(out, mol)
+    f_ref = jkstep.mmff_potential(mol)(mol.positions)[1]
+    rmse = float(np.sqrt(np.mean((np.asarray(pot(mol.positions)[1]) - np.asarray(f_ref)) ** 2)))
+    assert rmse < float(np.sqrt(np.mean(np.asarray(f_ref) ** 2))) + 1.0   # a sane force field, not NaN
+    assert pot.meta["kind"] == "potential" and pot.meta["step"] in (30, 60)
+    # fine-tuning starts from the restored weights
+    from jkstep.model.potential import read_potential_checkpoint
+
+    params, _, _ = read_potential_checkpoint(out)
+    tune = train(cfg, dataclasses_replace(tc, total_steps=2, val_every=1), PotentialBatches(mols, "xtb", 16),
+                 val, tmp_path / "tune", init_params=params, learning_rate=1e-6)
+    assert tune.steps == 2
+
+
+def dataclasses_replace(obj, **changes):
+    import dataclasses
+
+    return dataclasses.replace(obj, **changes)
