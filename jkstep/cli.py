@@ -737,8 +737,14 @@ def cmd_models(args) -> int:
     names = shipped_names()
     if not names:
         raise InputError(f"no shipped models in {PRETRAINED_DIR}: reinstall jkstep")
-    for name in names:
-        record = shipped_record(name)
+    from jkstep.model.pretrained import shipped_fast_forces
+
+    for name in names + shipped_fast_forces():
+        if name in names:
+            record = shipped_record(name)
+        else:
+            with open(PRETRAINED_DIR / name / "provenance.json") as fh:
+                record = json.load(fh)
         if record.get("kind") == "potential":   # a learned fast force for respa (--fast NAME)
             cfg = record["potential_config"]
             elements = " ".join(chemical_symbols[z] for z in cfg["elements"])

@@ -122,7 +122,9 @@ def _call(fn: Callable, key: str, cache_dir: str | None, args: tuple, kwargs: di
     cache ``cache_dir`` (where given and reachable) before it is returned."""
     if worker:
         os.environ.setdefault("OMP_NUM_THREADS", "1")  # before tblite's OpenMP runtime is loaded
-        import jkstep  # noqa: F401  (float64 mode)
+        import jax
+
+        jax.config.update("jax_enable_x64", True)   # as `import jkstep` does: float64 before any task runs
 
         enable_compilation_cache()
     _CURRENT.key = key
@@ -551,7 +553,9 @@ def open_executor(workers: int | None = None, scheduler: str | None = None):
             old = os.environ.get("OMP_NUM_THREADS")
             os.environ["OMP_NUM_THREADS"] = "1"   # inherited by the worker processes
             try:
+                # no dashboard; the scheduler's small HTTP server (health checks) on a free local port
                 cluster = LocalCluster(n_workers=n, threads_per_worker=1, processes=True, dashboard_address=None,
+                                       scheduler_kwargs={"dashboard": False, "dashboard_address": "127.0.0.1:0"},
                                        silence_logs=logging.CRITICAL, host="127.0.0.1",
                                        env={"OMP_NUM_THREADS": "1", "DASK_LOGGING__DISTRIBUTED": "critical"})
             finally:

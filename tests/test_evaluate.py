@@ -140,17 +140,26 @@ def test_a_contender_that_blows_up_reports_nulls():
 def test_an_interrupted_evaluation_keeps_the_contenders_that_finished(tmp_path, monkeypatch, capsys):
     """Ctrl-C during a contender: the summary is still written, with the finished contenders'
     figures, null for the rest, ``"interrupted": true``, and exit status 130."""
+    import contextlib
+
+    from jkstep import parallel
     from jkstep.evaluate import compare
 
     real, started = compare.run_contender, []
 
-    def interrupted_at_the_third(*args, **kwargs):  # reference, verlet_kdt, then Ctrl-C
+    def interrupted_at_the_fifth(*args, **kwargs):  # one call per replica: reference ×2, verlet_kdt ×2, then Ctrl-C
         started.append(1)
-        if len(started) == 3:
+        if len(started) == 5:
             raise KeyboardInterrupt
         return real(*args, **kwargs)
 
-    monkeypatch.setattr(compare, "run_contender", interrupted_at_the_third)
+    @contextlib.contextmanager
+    def in_this_process(workers=None, scheduler=None):   # the same tasks, here, so that the patch reaches them
+        yield parallel.SerialExecutor()
+
+    monkeypatch.setenv("JKSTEP_RESULTS", str(tmp_path / "results"))
+    monkeypatch.setattr(parallel, "open_executor", in_this_process)
+    monkeypatch.setattr(compare, "run_contender", interrupted_at_the_fifth)
     summary = tmp_path / "eval.json"
     rc = cli.main(["evaluate", "--smiles", "CCO", "--ps", "0.04", "--replicas", "2", "--equilibrate-ps", "0.01",
                    "--summary", str(summary)])

@@ -224,6 +224,7 @@ def xtb_reference(tmp_path_factory):
     return cfg
 
 
+@pytest.mark.slow
 def test_cli_generate_on_two_workers_equals_one_after_the_other(tmp_path, capsys, xtb_reference):
     from jkstep import cli
 
@@ -281,6 +282,7 @@ def test_cli_generate_on_an_external_scheduler_gives_the_same_data(tmp_path, cap
 # -- jkstep run --replicas N ------------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_cli_run_replicas_seeds_mean_and_reuse(tmp_path, capsys, monkeypatch):
     from jkstep import cli
 
@@ -316,16 +318,14 @@ def test_cli_run_replicas_0_is_one_line(capsys):
 
 
 @pytest.mark.slow
-def test_ctrl_c_cancels_and_a_rerun_reuses_the_finished_replicas(tmp_path):
+def test_ctrl_c_cancels_and_a_rerun_reuses_the_finished_replicas(tmp_path, ctrl_c_possible):
     results = tmp_path / "results"
     env = dict(os.environ, JKSTEP_RESULTS=str(results), OMP_NUM_THREADS="1")
     jkstep_command = os.path.join(os.path.dirname(sys.executable), "jkstep")
     argv = [jkstep_command, "run", "--smiles", "O", "--integrator", "verlet", "--ps", "0.5", "--replicas", "3",
             "--workers", "1", "--summary", str(tmp_path / "runs.json")]
-    # Ctrl-C reaches the command as in a terminal, also where this test runs with SIGINT ignored
-    default_sigint = lambda: signal.signal(signal.SIGINT, signal.SIG_DFL)  # noqa: E731
-    proc = subprocess.Popen(argv, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                            preexec_fn=default_sigint)
+    # ctrl_c_possible: SIGINT is not ignored here, so the command (a child) gets Ctrl-C as in a terminal
+    proc = subprocess.Popen(argv, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     deadline = time.monotonic() + 240
     while time.monotonic() < deadline and not glob.glob(str(results / "*.json")) and proc.poll() is None:
         time.sleep(0.05)

@@ -29,11 +29,32 @@ from jkstep.model.network import KStepNet, ModelConfig, init_params
 PRETRAINED_DIR = Path(__file__).resolve().parent.parent / "pretrained"
 
 
-def shipped_names() -> list[str]:
-    """Names of the checkpoints shipped in ``jkstep/pretrained/``."""
+def _shipped_dirs() -> list[Path]:
     if not PRETRAINED_DIR.is_dir():
         return []
-    return sorted(p.name for p in PRETRAINED_DIR.iterdir() if p.is_dir() and not p.name.startswith((".", "_")))
+    return sorted(p for p in PRETRAINED_DIR.iterdir() if p.is_dir() and not p.name.startswith((".", "_")))
+
+
+def _is_fast_force(directory: Path) -> bool:
+    """Whether a shipped directory holds a learned fast force (its record says kind: potential)."""
+    import json
+
+    try:
+        with open(directory / "provenance.json") as fh:
+            return json.load(fh).get("kind") == "potential"
+    except (OSError, ValueError, AttributeError):
+        return False
+
+
+def shipped_names() -> list[str]:
+    """Names of the k-step models shipped in ``jkstep/pretrained/`` (the learned fast forces
+    shipped beside them: ``shipped_fast_forces``)."""
+    return [p.name for p in _shipped_dirs() if not _is_fast_force(p)]
+
+
+def shipped_fast_forces() -> list[str]:
+    """Names of the learned fast forces (potentials for ``jkstep.respa``) shipped in ``jkstep/pretrained/``."""
+    return [p.name for p in _shipped_dirs() if _is_fast_force(p)]
 
 
 def shipped_record(name: str) -> dict:
