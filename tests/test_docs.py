@@ -88,7 +88,7 @@ def test_named_files_exist():
     assert not missing, f"files named in the docs that do not exist: {missing}"
 
 
-@pytest.mark.parametrize("name, page", [("gfn2-k8", "README.md"), ("gfn2-k8-mm", "docs/results.md")])
+@pytest.mark.parametrize("name, page", [("gfn2-k8", "docs/results.md"), ("gfn2-k8-mm", "docs/results.md")])
 def test_an_equal_cost_table_is_the_shipped_record(name, page):
     """The per-molecule tables at equal cost are what benchmarks/record_table.py prints from the
     shipped model's record, figure for figure (a re-recorded model shows in a failing test)."""
@@ -97,3 +97,23 @@ def test_an_equal_cost_table_is_the_shipped_record(name, page):
     script = runpy.run_path(str(ROOT / "benchmarks" / "record_table.py"))
     table = script["table"](script["read_record"](name))
     assert table in (ROOT / page).read_text(encoding="utf-8")
+
+
+def test_the_readme_headline_table_is_the_records():
+    """The README's table at equal cost is what ``record_table.py gfn2-k8 --headline`` prints from
+    gfn2-k8's record and the committed RESPA evaluations (benchmarks/records/mmff_respa_k8)."""
+    import runpy
+
+    script = runpy.run_path(str(ROOT / "benchmarks" / "record_table.py"))
+    table = script["headline"](script["read_record"]("gfn2-k8"))
+    assert table.count("\n") >= 3      # header, rule and at least two molecules
+    assert table in (ROOT / "README.md").read_text(encoding="utf-8")
+
+
+def test_the_readme_is_a_users_page():
+    """At most 150 lines, the two commands first, no link outside the repository."""
+    readme = (ROOT / "README.md").read_text(encoding="utf-8")
+    assert len(readme.splitlines()) <= 150
+    blocks = re.findall(r"```bash\n(.*?)\n```", readme, re.S)
+    assert "jkstep run" in blocks[0] and "pytest" in blocks[1]
+    assert "../" not in readme
