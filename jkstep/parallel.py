@@ -365,6 +365,11 @@ class Handle:
                     self._results.save(self.key, self._value)
         return self._value
 
+    @property
+    def finished(self) -> bool:
+        """The task has its result (here, in the result cache or on a worker), with no error."""
+        return self._value is not Handle._MISSING or (self.future is not None and self.future.status == "finished")
+
     def cancel(self) -> None:
         if self.future is not None and not self.future.done():
             with contextlib.suppress(Exception):

@@ -343,8 +343,11 @@ def evaluate_ks(molecule: Molecule, potential_factory: Callable[[], object], con
                 interrupted = True
                 for name, r in list(runs.items()):   # the unfinished are cancelled (their finished tasks kept)
                     if isinstance(r, _Pending) and not r.resolved:
-                        executor.cancel(r.handles)
-                        del runs[name]
+                        if all(h.finished for h in r.handles):
+                            r.resolve()
+                        else:
+                            executor.cancel(r.handles)
+                            del runs[name]
         directory = None if not plots else plots if len(ks) == 1 else os.path.join(plots, f"k{k}")
         out[k] = _summary(molecule, cfg, models[k], runs, starts, terms, rotatable, directory)
         if interrupted:
