@@ -21,7 +21,6 @@ import sys
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 
 import jkstep  # float64 on
 from jkstep.integrate import kinetic_energy

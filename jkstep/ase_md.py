@@ -18,7 +18,7 @@ from ase.md.md import MolecularDynamics
 
 from jkstep import units
 from jkstep.errors import InputError, SimulationError
-from jkstep.kstep import check_model, check_options, kstep_integrator, model_jump
+from jkstep.kstep import KStepOptions, check_model, kstep_integrator, model_jump
 from jkstep.molecule import Molecule
 from jkstep.potentials.xtb import xtb_potential
 
@@ -33,13 +33,15 @@ class KStepMD(MolecularDynamics):
             bundle give ``jump``, ``k`` and ``dt`` (fs), e.g. ``jkstep.kstep.ballistic_jump``.
         potential: energy-and-forces function; default GFN2-xTB of the atoms.
         trajectory, logfile, loginterval: as for every ASE MD class.
-        options: passed to ``jkstep.kstep.kstep_integrator`` (guards, ensemble, ...).
+        options, changes: a ``jkstep.kstep.KStepOptions`` and keyword changes of its fields
+            (guards, ensemble, ...).
 
     ``dyn.state`` is the integrator's ``KStepState`` (counters included).
     """
 
     def __init__(self, atoms, bundle=None, *, potential=None, jump=None, k: int | None = None,
-                 dt: float | None = None, trajectory=None, logfile=None, loginterval: int = 1, **options):
+                 dt: float | None = None, trajectory=None, logfile=None, loginterval: int = 1,
+                 options: KStepOptions | None = None, **changes):
         molecule = Molecule.from_atoms(atoms)
         if atoms.constraints:
             raise InputError("KStepMD cannot honour ASE constraints (FixAtoms, ...): the learned jump moves "
@@ -54,11 +56,11 @@ class KStepMD(MolecularDynamics):
             jump, k, dt = model_jump(bundle, molecule.numbers, molecule.masses), bundle.k, bundle.dt
         elif jump is None or k is None or dt is None:
             raise InputError("KStepMD needs a model bundle, or a jump function with its k and dt")
-        check_options(options, "KStepMD")
+        options = KStepOptions.of(options, "KStepMD", **changes)
         _check_file_argument("trajectory", trajectory)
         _check_file_argument("logfile", logfile)
         self.potential = xtb_potential(molecule) if potential is None else potential
-        init, apply = kstep_integrator(jump, self.potential, molecule.numbers, molecule.masses, k, dt, **options)
+        init, apply = kstep_integrator(jump, self.potential, molecule.numbers, molecule.masses, k, dt, options)
         self._init, self._apply = jax.jit(init), jax.jit(apply)
         self.k, self.base_dt = k, dt
         super().__init__(atoms, timestep=k * dt / units.ASE_TIME_FS, trajectory=trajectory, logfile=logfile,

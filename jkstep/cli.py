@@ -48,10 +48,82 @@ def _add_parallel_args(p, tasks: str):
                         "(docs/cluster.md); the results do not depend on which")
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = _Parser(prog="jkstep", description="Learned k-step molecular dynamics with GFN-xTB.")
-    sub = parser.add_subparsers(dest="command", parser_class=_Parser)
+def _add_xtb_args(p, fallback_method: bool = False):
+    """The xTB flags of every command that calls xTB."""
+    p.add_argument("--method", default="GFN2-xTB", choices=["GFN2-xTB", "GFN1-xTB", "IPEA1-xTB"])
+    p.add_argument("--accuracy", type=float, default=None, help="tblite SCF accuracy (default 0.01)")
+    if fallback_method:
+        p.add_argument("--fallback-method", default=None, choices=["GFN1-xTB"],
+                       help="method tried when an SCF fails twice (default: none, the run stops)")
 
+
+def _add_hybrid_args(p, what: str):
+    """The k-step flags that ``run`` and ``evaluate`` share (``what``: whose fallback it is)."""
+    from jkstep.kstep import REVERSAL_CORRECTION
+
+    p.add_argument("--fallback-steps", type=int, default=None, metavar="N",
+                   help=f"{what} fallback macro-step is N Verlet steps of k·dt/N (N xTB calls; default: steps "
+                        "of at most 0.5 fs, 4 at k = 8; N = k gives steps of dt)")
+    p.add_argument("--reversal-correction", type=float, default=None,
+                   help="share of the model's time-reversal error removed from each jump, 0-1 (one more network "
+                        f"call, no xTB call; default {REVERSAL_CORRECTION}, 0 = off)")
+
+
+def _add_guard_args(p):
+    """``jkstep run``'s flags of ``jkstep.kstep.KStepOptions`` and ``Guards``; unset ones keep the
+    defaults written there."""
+    from jkstep.kstep import Guards, KStepOptions
+
+    g, o = Guards(), KStepOptions()
+    kg = p.add_argument_group("kstep acceptance and options (jkstep.kstep.Guards, KStepOptions)")
+    kg.add_argument("--delta-scale", type=float, default=None,
+                    help=f"scale of the learned correction on the first attempt, halved per retry ({o.delta_scale})")
+    kg.add_argument("--max-attempts", type=int, default=None,
+                    help=f"attempts per jump before the Verlet fallback ({g.max_attempts})")
+    kg.add_argument("--max-displacement", type=float, default=None, help="Å per atom per jump (default 0.025·k)")
+    kg.add_argument("--max-energy-rise", type=float, default=None,
+                    help=f"total-energy rise per jump, eV ({g.max_energy_rise})")
+    kg.add_argument("--max-energy-drift", type=float, default=None,
+                    help=f"NVE: keep the total energy within this many eV of its start ({g.max_energy_drift}; "
+                         "<0 turns it off)")
+    kg.add_argument("--max-kinetic-rise", type=float, default=None,
+                    help=f"kinetic-energy rise per jump, eV ({g.max_kinetic_rise})")
+    kg.add_argument("--clash-ratio", type=float, default=None,
+                    help=f"reject if any pair is closer than this x the sum of covalent radii ({g.clash_ratio})")
+    kg.add_argument("--max-force-error", type=float, default=None,
+                    help="escalate to real steps when the model's force estimate misses the xTB forces by "
+                         "more than this RMS, eV/Å (default off)")
+    kg.add_argument("--energy-rescale", action="store_true",
+                    help="FlashMD-style velocity rescale to the initial total energy (off by default)")
+    kg.add_argument("--energy-relaxation", type=float, default=None, metavar="FS",
+                    help="NVE: after each accepted jump, take kΔt/FS of the total energy's excursion "
+                         "back by a velocity rescale (weak coupling; default off)")
+    kg.add_argument("--energy-window", type=float, default=None, metavar="EV",
+                    help="NVE: rescale the velocities when the total energy leaves its start by more than "
+                         "EV, back to the window's edge (use with --max-energy-drift -1; default off)")
+    kg.add_argument("--no-angular-momentum", action="store_true",
+                    help="do not restore the angular momentum after a learned jump (it is restored by "
+                         "default: an isolated molecule conserves it)")
+
+
+def _kstep_options(args):
+    """``jkstep run``'s ``KStepOptions``: the flags given, the dataclasses' defaults for the rest."""
+    from jkstep.kstep import Guards, KStepOptions
+
+    given = {name: getattr(args, name) for name in ("max_displacement", "clash_ratio", "max_energy_rise",
+                                                   "max_kinetic_rise", "max_attempts", "max_force_error",
+                                                   "max_energy_drift") if getattr(args, name) is not None}
+    if given.get("max_energy_drift", 0.0) < 0:
+        given["max_energy_drift"] = None
+    options = dict(guards=Guards(**given), energy_rescale=args.energy_rescale,
+                   energy_relaxation=args.energy_relaxation, energy_window=args.energy_window,
+                   fallback_steps=args.fallback_steps, conserve_angular_momentum=not args.no_angular_momentum)
+    if args.delta_scale is not None:
+        options["delta_scale"] = args.delta_scale
+    return KStepOptions(**options)
+
+
+def _run_parser(sub):
     run = sub.add_parser("run", help="one MD run; prints a summary (and writes it as JSON with --summary)")
     _add_molecule_args(run)
     run.add_argument("--integrator", default=None, choices=["verlet", "langevin", "kstep", "respa"],
@@ -67,38 +139,10 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--model", help=f"kstep: a shipped model name (`jkstep models` lists them) or the path of an "
                                      f"Orbax checkpoint directory (default {DEFAULT_MODEL})")
     run.add_argument("--ensemble", default=None, choices=["nve", "nvt"],
-                     help="kstep: nve, or nvt with a velocity thermostat step per jump (default nve)")
-    kg = run.add_argument_group("kstep acceptance (defaults: jkstep.kstep.Guards)")
-    kg.add_argument("--delta-scale", type=float, default=1.0,
-                    help="scale of the learned correction on the first attempt, halved per retry (default 1)")
-    kg.add_argument("--max-attempts", type=int, default=3, help="attempts per jump before the Verlet fallback")
-    kg.add_argument("--fallback-steps", type=int, default=None, metavar="N",
-                    help="a fallback macro-step is N Verlet steps of k·dt/N (N xTB calls; default: steps "
-                         "of at most 0.5 fs, 4 at k = 8; N = k gives steps of dt)")
-    kg.add_argument("--max-displacement", type=float, default=None, help="Å per atom per jump (default 0.025·k)")
-    kg.add_argument("--max-energy-rise", type=float, default=0.1, help="total-energy rise per jump, eV (0.1)")
-    kg.add_argument("--max-energy-drift", type=float, default=0.05,
-                    help="NVE: keep the total energy within this many eV of its start (0.05; <0 turns it off)")
-    kg.add_argument("--max-kinetic-rise", type=float, default=0.5, help="kinetic-energy rise per jump, eV (0.5)")
-    kg.add_argument("--clash-ratio", type=float, default=0.6,
-                    help="reject if any pair is closer than this x the sum of covalent radii (0.6)")
-    kg.add_argument("--max-force-error", type=float, default=None,
-                    help="escalate to real steps when the model's force estimate misses the xTB forces by "
-                         "more than this RMS, eV/Å (default off)")
-    kg.add_argument("--energy-rescale", action="store_true",
-                    help="FlashMD-style velocity rescale to the initial total energy (off by default)")
-    kg.add_argument("--energy-relaxation", type=float, default=None, metavar="FS",
-                    help="NVE: after each accepted jump, take kΔt/FS of the total energy's excursion "
-                         "back by a velocity rescale (weak coupling; default off)")
-    kg.add_argument("--energy-window", type=float, default=None, metavar="EV",
-                    help="NVE: rescale the velocities when the total energy leaves its start by more than "
-                         "EV, back to the window's edge (use with --max-energy-drift -1; default off)")
-    kg.add_argument("--reversal-correction", type=float, default=None,
-                    help="share of the jump's time-reversal error removed, 0-1 (one more network call, "
-                         "no xTB call; default 0.5, 0 = off)")
-    kg.add_argument("--no-angular-momentum", action="store_true",
-                    help="do not restore the angular momentum after a learned jump (it is restored by "
-                         "default: an isolated molecule conserves it)")
+                     help="kstep and respa: nve, or nvt with a Langevin thermostat step per macro-step "
+                          "(default nve)")
+    _add_hybrid_args(run, "kstep and respa: a")
+    _add_guard_args(run)
     run.add_argument("--dt", type=float, default=None,
                      help="time step in fs (default 0.25; kstep uses its model's base step)")
     run.add_argument("--ps", type=float, default=0.5, help="simulated time in ps (default 0.5)")
@@ -107,15 +151,12 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--friction", type=float, default=0.01, help="Langevin friction in 1/fs (default 0.01)")
     run.add_argument("--equilibrate-ps", type=float, default=None,
                      help="Langevin thermalisation before production, ps; an NVE run then rescales the "
-                          "velocities until its mean temperature is within 2 %% of --temperature (default 0.5; "
-                          "0 with --keep-velocities)")
+                          "velocities until its mean temperature is within 2 %% of --temperature (default "
+                          f"{DEFAULT_EQUILIBRATE_PS}; 0 with --keep-velocities)")
     run.add_argument("--equilibrate-dt", type=float, default=None, metavar="FS",
                      help="time step of that thermalisation, fs (default: the run's dt; the same value "
                           "starts runs of different time steps from the same state)")
-    run.add_argument("--method", default="GFN2-xTB", choices=["GFN2-xTB", "GFN1-xTB", "IPEA1-xTB"])
-    run.add_argument("--accuracy", type=float, default=None, help="tblite SCF accuracy (default 0.01)")
-    run.add_argument("--fallback-method", default=None, choices=["GFN1-xTB"],
-                     help="method tried when an SCF fails twice (default: none, the run stops)")
+    _add_xtb_args(run, fallback_method=True)
     run.add_argument("--save-every", type=int, default=4, help="record a frame every N steps (default 4)")
     run.add_argument("--seed", type=int, default=0, help="seed of the velocities and the thermostat")
     run.add_argument("--keep-velocities", action="store_true",
@@ -129,6 +170,8 @@ def build_parser() -> argparse.ArgumentParser:
     _add_parallel_args(run, "one task per replica")
     run.set_defaults(handler=cmd_run)
 
+
+def _evaluate_parser(sub):
     ev = sub.add_parser("evaluate", help="the hybrid against the equal-cost baselines on any molecule, "
                                          "from the same thermalised states, with a noise floor")
     _add_molecule_args(ev)
@@ -139,11 +182,9 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--replicas", type=int, default=4, help="same-energy replicas (default 4, at least 2)")
     ev.add_argument("--temperature", type=float, default=300.0, help="thermalisation temperature, K (default 300)")
     ev.add_argument("--equilibrate-ps", type=float, default=1.0, help="Langevin thermalisation, ps (default 1)")
-    ev.add_argument("--method", default="GFN2-xTB", choices=["GFN2-xTB", "GFN1-xTB", "IPEA1-xTB"])
-    ev.add_argument("--accuracy", type=float, default=None, help="tblite SCF accuracy (default 0.01)")
+    _add_xtb_args(ev)
     ev.add_argument("--seed", type=int, default=0)
-    ev.add_argument("--reversal-correction", type=float, default=None,
-                    help="the model's time-reversal correction, 0-1 (default 0.5, as jkstep run)")
+    _add_hybrid_args(ev, "every hybrid contender's")
     ev.add_argument("--energy-rescale", action="store_true",
                     help="also run kstep_rescaled: the model with the FlashMD-style velocity rescale to the "
                          "initial total energy (reported beside kstep, never instead of it)")
@@ -156,9 +197,6 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--energy-window", type=float, default=None, metavar="EV",
                     help="also run kstep_windowed: the model without the excursion guard, its total energy "
                          "held within EV of its start by a rescale at the edges (jkstep run --energy-window)")
-    ev.add_argument("--fallback-steps", type=int, default=None, metavar="N",
-                    help="every hybrid contender's fallback macro-step is N Verlet steps of k·dt/N "
-                         "(default: steps of at most 0.5 fs; as jkstep run --fallback-steps)")
     ev.add_argument("--equal-cost", action=argparse.BooleanOptionalAction, default=True,
                     help="with --model, also run verlet_equal_cost: Verlet at the time step that makes as many "
                          "xTB calls as kstep made (default on; --no-equal-cost skips it)")
@@ -170,6 +208,8 @@ def build_parser() -> argparse.ArgumentParser:
     _add_parallel_args(ev, "one task per contender and replica")
     ev.set_defaults(handler=cmd_evaluate)
 
+
+def _train_parser(sub):
     tr = sub.add_parser("train", help="train a k-step model from YAML configs (resumes from OUT/latest)")
     tr.add_argument("--model-config", default="configs/model_qm_k8.yaml", help="model YAML (default QM k = 8)")
     tr.add_argument("--train-config", default="configs/train_qm_k8.yaml",
@@ -184,6 +224,8 @@ def build_parser() -> argparse.ArgumentParser:
     tr.add_argument("--max-steps", type=int, default=None, help="stop after this many steps (default: config)")
     tr.set_defaults(handler=cmd_train)
 
+
+def _export_parser(sub):
     ex = sub.add_parser("export", help="ship a trained checkpoint (EMA weights + metadata) as a named model "
                                        "in jkstep/pretrained/NAME, with its data provenance")
     ex.add_argument("--from", dest="source", required=True, help="training run directory (its best/ is used)")
@@ -198,15 +240,19 @@ def build_parser() -> argparse.ArgumentParser:
     ex.add_argument("--to", help="target directory (default jkstep/pretrained/NAME)")
     ex.set_defaults(handler=cmd_export)
 
-    gen = sub.add_parser("generate", help="xTB reference trajectories for training from a YAML config "
-                                          "(chunked, resumable: rerun the same command to continue)")
-    gen.add_argument("--config", default="configs/qm.yaml", help="YAML config (default configs/qm.yaml)")
-    _add_parallel_args(gen, "one task per molecule (default: the config's workers, else one per core)")
+
+def _generate_parser(sub, name: str, config: str, tasks: str, help_: str, handler):
+    """generate and generate-mm: trajectories from a YAML config, one Dask task per molecule."""
+    gen = sub.add_parser(name, help=help_)
+    gen.add_argument("--config", default=config, help=f"YAML config (default {config})")
+    _add_parallel_args(gen, tasks)
     gen.add_argument("--only", nargs="+", metavar="NAME", default=None,
                      help="generate only these molecules (names from the molecules file)")
     gen.add_argument("--summary", help="write the per-molecule summaries as JSON to this path")
-    gen.set_defaults(handler=cmd_generate)
+    gen.set_defaults(handler=handler)
 
+
+def _dataset_parser(sub):
     ds = sub.add_parser("dataset", help="k-step window files (frames + window indices, .npz without pickle) "
                                         "from generated trajectories; rerun to finish an interrupted build")
     ds.add_argument("--data", default="data/qm", help="trajectory root (default data/qm)")
@@ -219,15 +265,8 @@ def build_parser() -> argparse.ArgumentParser:
     ds.add_argument("--overwrite", action="store_true", help="rebuild files that exist")
     ds.set_defaults(handler=cmd_dataset)
 
-    mm = sub.add_parser("generate-mm", help="classical MMFF94 trajectories for pretraining from a YAML config "
-                                            "(replicas vmap'd, chunked, resumable: rerun to continue)")
-    mm.add_argument("--config", default="configs/mm.yaml", help="YAML config (default configs/mm.yaml)")
-    _add_parallel_args(mm, "one task per molecule")
-    mm.add_argument("--only", nargs="+", metavar="NAME", default=None,
-                    help="generate only these molecules (names from the molecules file)")
-    mm.add_argument("--summary", help="write the per-molecule summaries as JSON to this path")
-    mm.set_defaults(handler=cmd_generate_mm)
 
+def _generate_fast_parser(sub):
     ff = sub.add_parser("generate-fast", help="labelled frames (xTB and MMFF94 energies and forces) for the "
                                               "learned fast force; resumable: rerun to continue")
     ff.add_argument("--config", default="configs/fast/data.yaml", help="YAML config (default configs/fast/data.yaml)")
@@ -236,6 +275,24 @@ def build_parser() -> argparse.ArgumentParser:
                          "file (e.g. data/fast_frames.npz) with a provenance file beside it")
     ff.set_defaults(handler=cmd_generate_fast)
 
+
+def build_parser() -> argparse.ArgumentParser:
+    """The ``jkstep`` parser: one builder per subcommand."""
+    parser = _Parser(prog="jkstep", description="Learned k-step molecular dynamics with GFN-xTB.")
+    sub = parser.add_subparsers(dest="command", parser_class=_Parser)
+    _run_parser(sub)
+    _evaluate_parser(sub)
+    _train_parser(sub)
+    _export_parser(sub)
+    _generate_parser(sub, "generate", "configs/qm.yaml",
+                     "one task per molecule (default: the config's workers, else one per core)",
+                     "xTB reference trajectories for training from a YAML config (chunked, resumable: "
+                     "rerun the same command to continue)", cmd_generate)
+    _dataset_parser(sub)
+    _generate_parser(sub, "generate-mm", "configs/mm.yaml", "one task per molecule",
+                     "classical MMFF94 trajectories for pretraining from a YAML config (replicas vmap'd, "
+                     "chunked, resumable: rerun to continue)", cmd_generate_mm)
+    _generate_fast_parser(sub)
     md = sub.add_parser("models", help="the shipped models: name, jump, elements and what each is for "
                                        "(from jkstep/pretrained/NAME/provenance.json)")
     md.set_defaults(handler=cmd_models)
@@ -269,6 +326,7 @@ def cmd_run(args) -> int:
     from jkstep.md import RunConfig, run_md, write_trajectory
     from jkstep.potentials.xtb import DEFAULT_ACCURACY, xtb_potential
 
+    options = _kstep_options(args)   # bad option values fail here, before any molecule or model is loaded
     molecule = load_molecule(args)
     velocities = None
     if args.keep_velocities:
@@ -301,12 +359,6 @@ def cmd_run(args) -> int:
         fast = _fast_force(args.fast or "mmff", molecule)
     elif args.fast or args.k is not None:
         raise InputError("--fast and --k are only used with --integrator respa")
-    from jkstep.kstep import Guards
-
-    guards = Guards(max_displacement=args.max_displacement, clash_ratio=args.clash_ratio,
-                    max_energy_rise=args.max_energy_rise, max_kinetic_rise=args.max_kinetic_rise,
-                    max_attempts=args.max_attempts, max_force_error=args.max_force_error,
-                    max_energy_drift=None if args.max_energy_drift < 0 else args.max_energy_drift)
     if args.integrator == "langevin" and args.ensemble == "nve":
         raise InputError("--integrator langevin is NVT (a thermostat); for NVE use verlet or kstep")
     ensemble = args.ensemble or ("nvt" if args.integrator == "langevin" else "nve")
@@ -316,12 +368,7 @@ def cmd_run(args) -> int:
                                        else 0.0 if args.keep_velocities else DEFAULT_EQUILIBRATE_PS),
                        equilibrate_dt=args.equilibrate_dt,
                        save_every=args.save_every, seed=args.seed, fast=args.fast or "mmff",
-                       kstep_options=dict(guards=guards, delta_scale=args.delta_scale,
-                                          energy_rescale=args.energy_rescale,
-                                          energy_relaxation=args.energy_relaxation,
-                                          energy_window=args.energy_window,
-                                          fallback_steps=args.fallback_steps,
-                                          conserve_angular_momentum=not args.no_angular_momentum))
+                       kstep_options=options)
     if args.replicas != 1 or args.workers is not None or args.scheduler is not None:
         return _run_replicas(args, molecule, config, k, velocities)
     pot = xtb_potential(molecule, method=args.method, fallback_method=args.fallback_method,

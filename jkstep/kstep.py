@@ -52,8 +52,8 @@ Units: Å, fs, eV, amu, K.
 from __future__ import annotations
 
 import dataclasses
-import inspect
-from typing import Callable
+import functools
+from typing import Callable, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -61,7 +61,7 @@ from ase.data import covalent_radii
 from flax import struct
 
 from jkstep import units
-from jkstep.errors import InputError, is_finite_number
+from jkstep.errors import InputError, is_finite_number, is_integer
 from jkstep.integrate import (FALLBACK_DT, angular_momentum, evaluator, fallback_step_count, inverse_mass,  # noqa: F401
                               kinetic_energy, verlet_span)
 from jkstep.molecule import Molecule
@@ -167,180 +167,288 @@ def with_angular_momentum(positions, velocities, masses, target):
     return velocities + jnp.cross(omega, r) * real
 
 
+ENSEMBLES = ("nve", "nvt")
+
+
+@dataclasses.dataclass(frozen=True)
+class KStepOptions:
+    """Every option of the hybrid integrator, validated once (``kstep_integrator`` and all its
+    fronts: ``jkstep.kstep``, ``padded_kstep``, ``KStepMD``, ``md.run_md``, ``jkstep evaluate``
+    and ``jkstep run`` take these names and defaults, written only here).
+
+    ``guards``: the acceptance thresholds (``Guards``). ``delta_scale``: scale of the learned
+    correction on the first attempt, in (0, 1], halved on each retry. ``kick_weight`` w in fs
+    (None: k·dt/2). ``energy_rescale``: FlashMD-style rescale of the velocities after each
+    accepted jump to the total energy at init. ``energy_relaxation`` τ_E in fs (NVE only; None =
+    off): after each accepted jump the velocities are scaled so that the total energy moves
+    min(1, kΔt/τ_E) of the way back to its value at init (``energy_rescale`` is the τ_E ≤ kΔt
+    case). ``energy_window`` W in eV (NVE only; None = off): after an accepted jump that leaves
+    the total energy more than W from its value at init, the velocities are scaled to bring it
+    back to the window's edge (use it with ``Guards(max_energy_drift=None)``, which would reject
+    those jumps instead). ``conserve_angular_momentum``: the velocity after each learned jump and
+    its corrector kick gets back the angular momentum it had before the jump, by the smallest
+    rigid-rotation change (``with_angular_momentum``; the zero network's jump is left alone, so
+    it stays exactly Verlet at τ). The network conserves linear momentum by construction but not
+    angular momentum; exact dynamics conserve it (the xTB forces exert no net torque).
+    ``fallback_steps`` n: a macro-step whose attempts all fail is made of n velocity-Verlet steps
+    of k·dt/n fs (n xTB calls; None: ``fallback_step_count``, steps of at most ``FALLBACK_DT`` =
+    0.5 fs). ``ensemble``: "nve" or "nvt" (a Langevin O half-step over kΔt/2 before and after
+    each macro-step, at ``temperature`` K with ``friction`` 1/fs).
+    """
+
+    guards: Guards = Guards()
+    delta_scale: float = 1.0
+    kick_weight: float | None = None
+    energy_rescale: bool = False
+    energy_relaxation: float | None = None
+    energy_window: float | None = None
+    conserve_angular_momentum: bool = True
+    fallback_steps: int | None = None
+    ensemble: str = "nve"
+    temperature: float = 300.0
+    friction: float = 0.01
+
+    def __post_init__(self):
+        if self.ensemble not in ENSEMBLES:
+            raise InputError(f"ensemble must be 'nve' or 'nvt', got {self.ensemble!r}")
+        if not isinstance(self.guards, Guards):
+            raise InputError(f"guards must be a jkstep.kstep.Guards, got {type(self.guards).__name__}")
+        if not (is_finite_number(self.delta_scale) and 0 < self.delta_scale <= 1):
+            raise InputError(f"delta_scale must be in (0, 1], got {self.delta_scale!r}")
+        if self.kick_weight is not None and not is_finite_number(self.kick_weight):
+            raise InputError(f"kick_weight is a time in fs (or None: k·dt/2), got {self.kick_weight!r}")
+        for name, unit in (("temperature", "K"), ("friction", "1/fs")):
+            if not (is_finite_number(getattr(self, name)) and getattr(self, name) >= 0):
+                raise InputError(f"{name} must be a finite value ≥ 0 {unit}, got {getattr(self, name)!r}")
+        if self.fallback_steps is not None and not is_integer(self.fallback_steps, 1):
+            raise InputError(f"fallback_steps must be an integer ≥ 1 (Verlet steps per fallback macro-step) "
+                             f"or None, got {self.fallback_steps!r}")
+        relaxation, window = self.energy_relaxation, self.energy_window
+        if relaxation is not None and not (is_finite_number(relaxation) and relaxation > 0):
+            raise InputError(f"energy_relaxation is a time constant in fs and must be > 0, got {relaxation!r}")
+        if relaxation is not None and self.energy_rescale:
+            raise InputError("energy_rescale is the full rescale and energy_relaxation its weak form: give one of them")
+        if window is not None and not (is_finite_number(window) and window > 0):
+            raise InputError(f"energy_window is a total-energy distance in eV and must be > 0, got {window!r}")
+        if window is not None and (self.energy_rescale or relaxation is not None or self.ensemble != "nve"):
+            raise InputError("energy_window bounds the NVE total energy by a rescale at its edges: not with "
+                             "energy_rescale, energy_relaxation or NVT")
+        if relaxation is not None and self.ensemble != "nve":
+            raise InputError("energy_relaxation pulls the total energy back to its start: NVE only "
+                             "(in NVT the thermostat sets the energy); leave it out")
+
+    @classmethod
+    def of(cls, options: "KStepOptions | None" = None, caller: str = "kstep_integrator",
+           **changes) -> "KStepOptions":
+        """``options`` (default: all defaults) with the keyword ``changes``; an unknown keyword is
+        one InputError that names ``caller`` and lists the known ones."""
+        if options is not None and not isinstance(options, cls):
+            raise InputError(f"{caller}: options must be a jkstep.kstep.KStepOptions, got {type(options).__name__}")
+        known = [f.name for f in dataclasses.fields(cls)]
+        unknown = sorted(set(changes) - set(known))
+        if unknown:
+            raise InputError(f"unknown option(s) {unknown}: {caller} takes the options of "
+                             f"jkstep.kstep.KStepOptions ({', '.join(known)})")
+        return dataclasses.replace(options or cls(), **changes)
+
+
+class Prediction(NamedTuple):
+    """One jump's candidate before scaling (each (N, 3)): the ballistic baseline's positions (Å)
+    and pre-kick velocities (Å/fs), the jump's own, and its force estimate F̂' (eV/Å). The
+    pre-kick velocity is u' = v' − w·F'/m; the corrector's kick w·F/m completes it."""
+
+    base_positions: jax.Array
+    base_prekick: jax.Array
+    positions: jax.Array
+    prekick: jax.Array
+    forces: jax.Array
+
+    def scaled(self, scale):
+        """(positions, pre-kick velocities) with the learned part scaled by ``scale``."""
+        return (self.base_positions + scale * (self.positions - self.base_positions),
+                self.base_prekick + scale * (self.prekick - self.base_prekick))
+
+    def is_learned(self):
+        """True where the jump differs from the ballistic baseline beyond round-off (halving a
+        correction that is zero gives the same jump again, so the zero network gets no retry;
+        its u' = v + aτ − w·a differs from v + a(τ − w) in the last bit)."""
+        return (jnp.any(jnp.abs(self.positions - self.base_positions) > 1e-12)
+                | jnp.any(jnp.abs(self.prekick - self.base_prekick) > 1e-14))
+
+
+@struct.dataclass
+class _Setup:
+    """What one hybrid integrator needs besides the state: the molecule's constants (arrays,
+    possibly traced for padded batches) and its options (static)."""
+
+    masses: jax.Array          # (N,) amu
+    inv_m: jax.Array           # (N, 1) ACCEL/m: eV/Å → Å/fs² per amu
+    real_masses: jax.Array     # (N,) amu, 0 on padding atoms
+    min_dist: jax.Array        # (N, N) Å: closest allowed pair distance
+    c1: jax.Array              # Ornstein–Uhlenbeck velocity factor over kΔt/2
+    sigma: jax.Array           # (N, 1) Å/fs: its noise amplitude
+    k: int = struct.field(pytree_node=False)
+    tau: float = struct.field(pytree_node=False)            # fs
+    kick: float = struct.field(pytree_node=False)           # w, fs
+    max_displacement: float = struct.field(pytree_node=False)   # Å
+    relax: float | None = struct.field(pytree_node=False)   # share of the energy excursion taken back
+    n_fallback: int = struct.field(pytree_node=False)
+    options: KStepOptions = struct.field(pytree_node=False)
+
+
+def _setup(numbers, masses, k: int, dt: float, options: KStepOptions) -> _Setup:
+    tau = k * dt
+    masses = jnp.asarray(masses, jnp.float64)
+    numbers = jnp.asarray(numbers)                 # may be traced (padded batches: 0 = padding)
+    radii = jnp.where(numbers > 0, jnp.asarray(covalent_radii)[numbers], 0.0)   # padding clashes with nothing
+    c1 = jnp.exp(-options.friction * 0.5 * tau)
+    sigma = jnp.sqrt((1.0 - c1**2) * units.KB * options.temperature * units.ACCEL / masses)[:, None]
+    guards = options.guards
+    relax = (1.0 if options.energy_rescale else
+             None if options.energy_relaxation is None else min(1.0, tau / options.energy_relaxation))
+    return _Setup(masses=masses, inv_m=units.ACCEL / masses[:, None],
+                  real_masses=jnp.where(numbers > 0, masses, 0.0),
+                  min_dist=guards.clash_ratio * (radii[:, None] + radii[None, :]),
+                  c1=c1, sigma=sigma * (numbers > 0)[:, None],           # padding atoms get no noise
+                  k=int(k), tau=tau, kick=0.5 * tau if options.kick_weight is None else float(options.kick_weight),
+                  max_displacement=0.025 * k if guards.max_displacement is None else guards.max_displacement,
+                  relax=relax, n_fallback=fallback_step_count(k, dt, options.fallback_steps), options=options)
+
+
 def kstep_integrator(jump: JumpFn, potential, numbers, masses, k: int, dt: float,
-                     guards: Guards = Guards(), delta_scale: float = 1.0, kick_weight: float | None = None,
-                     energy_rescale: bool = False, energy_relaxation: float | None = None,
-                     energy_window: float | None = None,
-                     conserve_angular_momentum: bool = True, fallback_steps: int | None = None,
-                     ensemble: str = "nve", temperature: float = 300.0, friction: float = 0.01):
+                     options: KStepOptions | None = None, **changes):
     """``init_fn, apply_fn`` of the hybrid integrator around any jump function.
 
     ``init_fn(positions, velocities, key=None) -> KStepState`` (one xTB call);
-    ``apply_fn(state) -> KStepState`` advances one macro-step of k base steps.
-    ``dt`` in fs; ``delta_scale``: scale of the learned correction on the first attempt (halved
-    on each retry); ``kick_weight`` w in fs (default k·dt/2); ``temperature`` K and
-    ``friction`` 1/fs are used with ``ensemble="nvt"``. ``energy_relaxation`` τ_E in fs (NVE
-    only; None = off): after each accepted jump the velocities are scaled so that the total
-    energy moves min(1, kΔt/τ_E) of the way back to its value at init (``energy_rescale`` is
-    the τ_E ≤ kΔt case). ``energy_window`` W in eV (NVE only; None = off): after an accepted
-    jump that leaves the total energy more than W from its value at init, the velocities are
-    scaled to bring it back to the window's edge (inside the window nothing is touched; use it
-    with ``Guards(max_energy_drift=None)``, which would reject those jumps instead).
-    ``fallback_steps`` n: a macro-step whose attempts all fail is made of n velocity-Verlet
-    steps of k·dt/n fs (n xTB calls; None: ``fallback_step_count``, steps of at most
-    ``FALLBACK_DT`` = 0.5 fs).
-    ``conserve_angular_momentum``: the
-    velocity after each learned jump and its corrector kick gets the angular momentum it had
-    before the jump, by the smallest rigid-rotation change (``with_angular_momentum``); the zero
-    network's jump is left alone, so it stays exactly Verlet at τ. The network
-    conserves linear momentum by construction but not angular momentum; uncorrected, a model
-    spins a molecule up over hundreds of jumps, which reads as heating (docs/results.md). Exact
-    dynamics conserve it (the xTB forces exert no net torque), and plain Verlet does to round-off.
+    ``apply_fn(state) -> KStepState`` advances one macro-step of k base steps of ``dt`` fs.
+    ``numbers`` (N,) atomic numbers (0 = padding), ``masses`` (N,) amu. ``options``: a
+    ``KStepOptions`` (default: its defaults); keyword ``changes`` are its fields
+    (``guards=Guards(...)``, ``ensemble="nvt"``, ...) and replace those of ``options``.
     """
-    if ensemble not in ("nve", "nvt"):
-        raise InputError(f"ensemble must be 'nve' or 'nvt', got {ensemble!r}")
-    if int(k) != k or k < 1 or not dt > 0:
+    options = KStepOptions.of(options, "kstep_integrator", **changes)
+    if not is_integer(k, 1) or not (is_finite_number(dt) and dt > 0):
         raise InputError(f"k must be an integer ≥ 1 and dt > 0 fs, got k={k}, dt={dt}")
-    if not 0 < delta_scale <= 1:
-        raise InputError(f"delta_scale must be in (0, 1], got {delta_scale}")
-    if not isinstance(guards, Guards):
-        raise InputError(f"guards must be a jkstep.kstep.Guards, got {type(guards).__name__}")
-    n_fallback = fallback_step_count(k, dt, fallback_steps)
-    if energy_relaxation is not None and not energy_relaxation > 0:
-        raise InputError(f"energy_relaxation is a time constant in fs and must be > 0, got {energy_relaxation}")
-    if energy_relaxation is not None and energy_rescale:
-        raise InputError("energy_rescale is the full rescale and energy_relaxation its weak form: give one of them")
-    if energy_window is not None and not (is_finite_number(energy_window) and energy_window > 0):
-        raise InputError(f"energy_window is a total-energy distance in eV and must be > 0, got {energy_window!r}")
-    if energy_window is not None and (energy_rescale or energy_relaxation is not None or ensemble != "nve"):
-        raise InputError("energy_window bounds the NVE total energy by a rescale at its edges: not with "
-                         "energy_rescale, energy_relaxation or NVT")
-    if energy_relaxation is not None and ensemble != "nve":
-        raise InputError("energy_relaxation pulls the total energy back to its start: NVE only "
-                         "(in NVT the thermostat sets the energy); leave it out")
+    setup = _setup(numbers, masses, k, dt, options)
     evaluate = evaluator(potential)
-    masses = jnp.asarray(masses, jnp.float64)
-    inv_m = units.ACCEL / masses[:, None]
-    tau = k * dt
-    # share of the total energy's excursion taken back after an accepted jump (None: none)
-    relax = 1.0 if energy_rescale else (None if energy_relaxation is None else min(1.0, tau / energy_relaxation))
-    max_displacement = 0.025 * k if guards.max_displacement is None else guards.max_displacement
-    w = 0.5 * tau if kick_weight is None else float(kick_weight)
-    numbers = jnp.asarray(numbers)                 # may be traced (padded batches: 0 = padding)
-    radii = jnp.where(numbers > 0, jnp.asarray(covalent_radii)[numbers], 0.0)   # padding clashes with nothing
-    min_dist = guards.clash_ratio * (radii[:, None] + radii[None, :])
-    off_diag = ~jnp.eye(len(radii), dtype=bool)
-    c1 = jnp.exp(-friction * 0.5 * k * dt)  # O half-step over kΔt/2
-    sigma = jnp.sqrt((1.0 - c1**2) * units.KB * temperature * units.ACCEL / masses)[:, None]
-    sigma = sigma * (numbers > 0)[:, None]          # padding atoms get no thermostat noise
-    real_masses = jnp.where(numbers > 0, masses, 0.0)
+    return functools.partial(_init, setup, evaluate), functools.partial(_apply, setup, jump, evaluate)
 
-    def init_fn(positions, velocities, key=None) -> KStepState:
-        x = jnp.asarray(positions, jnp.float64)
-        v = jnp.asarray(velocities, jnp.float64)
-        e, f, ok = evaluate(x, jnp.ones((), bool))
-        zero = jnp.zeros((), jnp.int32)
-        return KStepState(x, v, f, e, force_calls=jnp.ones((), jnp.int32), step=zero, accepted=zero,
-                          rejected=zero, fallbacks=zero, failed=~ok,
-                          reference_energy=e + kinetic_energy(v, masses), escalations=zero,
-                          key=jax.random.PRNGKey(0) if key is None else jnp.asarray(key))
 
-    def clash_free(x):
-        d = jnp.linalg.norm(x[:, None] - x[None, :] + jnp.eye(len(radii))[..., None], axis=-1)
-        return jnp.all(jnp.where(off_diag, d >= min_dist, True))
+def _init(setup: _Setup, evaluate, positions, velocities, key=None) -> KStepState:
+    x = jnp.asarray(positions, jnp.float64)
+    v = jnp.asarray(velocities, jnp.float64)
+    e, f, ok = evaluate(x, jnp.ones((), bool))
+    zero = jnp.zeros((), jnp.int32)
+    return KStepState(x, v, f, e, force_calls=jnp.ones((), jnp.int32), step=zero, accepted=zero,
+                      rejected=zero, fallbacks=zero, failed=~ok,
+                      reference_energy=e + kinetic_energy(v, setup.masses), escalations=zero,
+                      key=jax.random.PRNGKey(0) if key is None else jnp.asarray(key))
 
-    def attempt(state: KStepState, prediction, scale, active, learned):
-        """Scaled jump + one xTB call (for active members) → candidate and its verdict."""
-        x0, v0 = state.positions, state.velocities
-        bx, bu, px, pu, pf = prediction
-        x = bx + scale * (px - bx)
-        u = bu + scale * (pu - bu)
-        geometry_ok = (jnp.max(jnp.linalg.norm(x - x0, axis=-1)) <= max_displacement) & clash_free(x)
-        call = active & geometry_ok
-        e, f, ok = evaluate(x, call)
-        v = u + w * f * inv_m
-        if conserve_angular_momentum:   # (the zero network is Verlet at τ: left exactly as it is)
-            v = jnp.where(learned, with_angular_momentum(x, v, real_masses, angular_momentum(x0, v0, real_masses)), v)
-        ke0, ke = kinetic_energy(v0, masses), kinetic_energy(v, masses)
-        # the guards judge the jump itself, before any rescale (a rescale would hide its error)
-        good = (call & ok & jnp.isfinite(e)
-                & (e + ke - state.energy - ke0 <= guards.max_energy_rise)
-                & (ke - ke0 <= guards.max_kinetic_rise))
-        if guards.max_energy_drift is not None and ensemble == "nve":
-            good = good & (jnp.abs(e + ke - state.reference_energy) <= guards.max_energy_drift)
-        target = None   # kinetic energy after a rescale of the velocities (None: no rescale)
-        if relax is not None:
-            target = ke + relax * (state.reference_energy - e - ke)
-        elif energy_window is not None:
-            excess = e + ke - state.reference_energy
-            target = ke - (excess - jnp.clip(excess, -energy_window, energy_window))
-        if target is not None:
-            good = good & (target > 0)
-            v = v * jnp.sqrt(jnp.maximum(target, 0.0) / jnp.maximum(ke, 1e-30))
-        escalate = jnp.zeros((), bool)
-        if guards.max_force_error is not None:
-            force_error = jnp.sqrt(jnp.mean(jnp.sum((f - pf) ** 2, axis=-1)))
-            escalate = call & ok & (force_error > guards.max_force_error)
-            good = good & ~escalate
-        return (x, v, f, e), good, call, escalate
 
-    def fallback(state: KStepState, active):
-        """n_fallback velocity-Verlet steps over k·dt for active members (inactive ones cost nothing)."""
-        return verlet_span(evaluate, state.positions, state.velocities, state.forces, state.energy, inv_m,
-                           tau, n_fallback, active)
+def _clash_free(setup: _Setup, x) -> jax.Array:
+    """True if every atom pair is at least ``setup.min_dist`` apart."""
+    n = x.shape[0]
+    d = jnp.linalg.norm(x[:, None] - x[None, :] + jnp.eye(n)[..., None], axis=-1)
+    return jnp.all(jnp.where(~jnp.eye(n, dtype=bool), d >= setup.min_dist, True))
 
-    def thermostat(state: KStepState) -> KStepState:
-        """Exact Ornstein–Uhlenbeck velocity half-step over kΔt/2 (NVT only; no xTB call)."""
-        if ensemble != "nvt":
-            return state
-        key, sub = jax.random.split(state.key)
-        v = c1 * state.velocities + sigma * jax.random.normal(sub, state.velocities.shape, jnp.float64)
-        return state.replace(velocities=v, key=key)
 
-    def apply_fn(state: KStepState) -> KStepState:
-        state = thermostat(state)
-        x0, v0, a0 = state.positions, state.velocities, state.forces * inv_m
-        px, pv, pf = jump(x0, v0, state.forces)
-        prediction = (x0 + v0 * tau + 0.5 * a0 * tau**2, v0 + a0 * (tau - w), px, pv - w * pf * inv_m, pf)
+def _attempt(setup: _Setup, evaluate, state: KStepState, prediction: Prediction, scale, active, learned):
+    """Scaled jump + one xTB call (for active members) → ((x, v, F, E), good, called, escalate)."""
+    options, guards = setup.options, setup.options.guards
+    x0, v0 = state.positions, state.velocities
+    x, u = prediction.scaled(scale)
+    geometry_ok = (jnp.max(jnp.linalg.norm(x - x0, axis=-1)) <= setup.max_displacement) & _clash_free(setup, x)
+    call = active & geometry_ok
+    e, f, ok = evaluate(x, call)
+    v = u + setup.kick * f * setup.inv_m
+    if options.conserve_angular_momentum:   # (the zero network is Verlet at τ: left exactly as it is)
+        target = angular_momentum(x0, v0, setup.real_masses)
+        v = jnp.where(learned, with_angular_momentum(x, v, setup.real_masses, target), v)
+    ke0, ke = kinetic_energy(v0, setup.masses), kinetic_energy(v, setup.masses)
+    # the guards judge the jump itself, before any rescale (a rescale would hide its error)
+    good = (call & ok & jnp.isfinite(e)
+            & (e + ke - state.energy - ke0 <= guards.max_energy_rise)
+            & (ke - ke0 <= guards.max_kinetic_rise))
+    if guards.max_energy_drift is not None and options.ensemble == "nve":
+        good = good & (jnp.abs(e + ke - state.reference_energy) <= guards.max_energy_drift)
+    target = None   # kinetic energy after a rescale of the velocities (None: no rescale)
+    if setup.relax is not None:
+        target = ke + setup.relax * (state.reference_energy - e - ke)
+    elif options.energy_window is not None:
+        excess = e + ke - state.reference_energy
+        target = ke - (excess - jnp.clip(excess, -options.energy_window, options.energy_window))
+    if target is not None:
+        good = good & (target > 0)
+        v = v * jnp.sqrt(jnp.maximum(target, 0.0) / jnp.maximum(ke, 1e-30))
+    escalate = jnp.zeros((), bool)
+    if guards.max_force_error is not None:
+        force_error = jnp.sqrt(jnp.mean(jnp.sum((f - prediction.forces) ** 2, axis=-1)))
+        escalate = call & ok & (force_error > guards.max_force_error)
+        good = good & ~escalate
+    return (x, v, f, e), good, call, escalate
 
-        # halving a correction that is zero (the zero network) gives the same jump again: no retry
-        # (beyond round-off: the zero network's u' = v + aτ − w·a differs from v + a(τ − w) in the last bit)
-        learned = (jnp.any(jnp.abs(prediction[2] - prediction[0]) > 1e-12)
-                   | jnp.any(jnp.abs(prediction[3] - prediction[1]) > 1e-14))
 
-        def cond(c):
-            n, done, *_ = c
-            return (n < guards.max_attempts) & ~done & ((n == 0) | learned)
+def _fallback(setup: _Setup, evaluate, state: KStepState, active):
+    """n_fallback velocity-Verlet steps over k·dt for active members (inactive ones cost nothing)."""
+    return verlet_span(evaluate, state.positions, state.velocities, state.forces, state.energy, setup.inv_m,
+                       setup.tau, setup.n_fallback, active)
 
-        def body(c):
-            n, done, accepted, escalated, calls, cand = c
-            scale = delta_scale * 0.5 ** n.astype(jnp.float64)
-            new, good, called, escalate = attempt(state, prediction, scale, ~done, learned)
-            cand = jax.tree.map(lambda a, b: jnp.where(good, a, b), new, cand)
-            return (n + 1, done | good | escalate, accepted | good, escalated | escalate,
-                    calls + called.astype(jnp.int32), cand)
 
-        start = (state.positions, state.velocities, state.forces, state.energy)
-        no = jnp.zeros((), bool)
-        zero = jnp.zeros((), jnp.int32)
-        # a trajectory that failed for good stays frozen and makes no calls
-        n, _, accepted, escalated, calls, (x, v, f, e) = jax.lax.while_loop(
-            cond, body, (zero, state.failed, no, no, zero, start))
-        need = ~accepted & ~state.failed
-        fx, fv, ff, fe, fok = jax.lax.cond(need, fallback, lambda s, a: (*start, jnp.ones((), bool)),
-                                           state, need)
-        pick = lambda a, b: jnp.where(need, a, b)  # noqa: E731
-        new = state.replace(
-            positions=pick(fx, x), velocities=pick(fv, v), forces=pick(ff, f), energy=pick(fe, e),
-            force_calls=state.force_calls + calls + need.astype(jnp.int32) * n_fallback,
-            step=state.step + k, accepted=state.accepted + accepted.astype(jnp.int32),
-            rejected=state.rejected + n - accepted.astype(jnp.int32),
-            fallbacks=state.fallbacks + need.astype(jnp.int32),
-            escalations=state.escalations + escalated.astype(jnp.int32),
-            failed=state.failed | (need & ~fok))
-        return jax.tree.map(lambda a, b: jnp.where(state.failed, a, b), state, thermostat(new))
+def _thermostat(setup: _Setup, state: KStepState) -> KStepState:
+    """Exact Ornstein–Uhlenbeck velocity half-step over kΔt/2 (NVT only; no xTB call)."""
+    if setup.options.ensemble != "nvt":
+        return state
+    key, sub = jax.random.split(state.key)
+    v = setup.c1 * state.velocities + setup.sigma * jax.random.normal(sub, state.velocities.shape, jnp.float64)
+    return state.replace(velocities=v, key=key)
 
-    return init_fn, apply_fn
+
+def _predict(setup: _Setup, jump: JumpFn, state: KStepState) -> Prediction:
+    """The jump from ``state`` beside its ballistic baseline, as pre-kick velocities."""
+    x0, v0, a0 = state.positions, state.velocities, state.forces * setup.inv_m
+    px, pv, pf = jump(x0, v0, state.forces)
+    tau, w = setup.tau, setup.kick
+    return Prediction(x0 + v0 * tau + 0.5 * a0 * tau**2, v0 + a0 * (tau - w), px, pv - w * pf * setup.inv_m, pf)
+
+
+def _apply(setup: _Setup, jump: JumpFn, evaluate, state: KStepState) -> KStepState:
+    """One macro-step: thermostat half-step, attempts (retries halve the correction), the
+    fallback where none was accepted, thermostat half-step."""
+    state = _thermostat(setup, state)
+    prediction = _predict(setup, jump, state)
+    learned = prediction.is_learned()
+    max_attempts, delta_scale = setup.options.guards.max_attempts, setup.options.delta_scale
+
+    def cond(c):
+        n, done, *_ = c
+        return (n < max_attempts) & ~done & ((n == 0) | learned)
+
+    def body(c):
+        n, done, accepted, escalated, calls, cand = c
+        scale = delta_scale * 0.5 ** n.astype(jnp.float64)
+        new, good, called, escalate = _attempt(setup, evaluate, state, prediction, scale, ~done, learned)
+        cand = jax.tree.map(lambda a, b: jnp.where(good, a, b), new, cand)
+        return (n + 1, done | good | escalate, accepted | good, escalated | escalate,
+                calls + called.astype(jnp.int32), cand)
+
+    start = (state.positions, state.velocities, state.forces, state.energy)
+    no = jnp.zeros((), bool)
+    zero = jnp.zeros((), jnp.int32)
+    # a trajectory that failed for good stays frozen and makes no calls
+    n, _, accepted, escalated, calls, (x, v, f, e) = jax.lax.while_loop(
+        cond, body, (zero, state.failed, no, no, zero, start))
+    need = ~accepted & ~state.failed
+    fx, fv, ff, fe, fok = jax.lax.cond(need, functools.partial(_fallback, setup, evaluate),
+                                       lambda s, a: (*start, jnp.ones((), bool)), state, need)
+    pick = lambda a, b: jnp.where(need, a, b)  # noqa: E731
+    new = state.replace(
+        positions=pick(fx, x), velocities=pick(fv, v), forces=pick(ff, f), energy=pick(fe, e),
+        force_calls=state.force_calls + calls + need.astype(jnp.int32) * setup.n_fallback,
+        step=state.step + setup.k, accepted=state.accepted + accepted.astype(jnp.int32),
+        rejected=state.rejected + n - accepted.astype(jnp.int32),
+        fallbacks=state.fallbacks + need.astype(jnp.int32),
+        escalations=state.escalations + escalated.astype(jnp.int32),
+        failed=state.failed | (need & ~fok))
+    return jax.tree.map(lambda a, b: jnp.where(state.failed, a, b), state, _thermostat(setup, new))
 
 
 #: Default share of the round-trip error removed from a learned jump (``reversal_corrected``).
@@ -360,9 +468,9 @@ def reversal_corrected(jump: JumpFn, alpha: float = REVERSAL_CORRECTION) -> Jump
     (x', v', F̂'), the same shapes and units; so is the corrected jump. Its effect on fallbacks and
     temperature: docs/results.md, "What the hybrid integrator's defaults rest on".
     """
+    if not (is_finite_number(alpha) and 0.0 <= alpha <= 1.0):
+        raise InputError(f"the reversal correction must be a number in [0, 1], got {alpha!r}")
     alpha = float(alpha)
-    if not 0.0 <= alpha <= 1.0:
-        raise InputError(f"the reversal correction must be in [0, 1], got {alpha}")
     if alpha == 0.0:
         return jump
 
@@ -382,16 +490,6 @@ def check_model(bundle, caller: str) -> None:
                          f"got {type(bundle).__name__} {bundle!r:.60}")
 
 
-def check_options(options: dict, caller: str, extra: tuple[str, ...] = ()) -> None:
-    """InputError for keyword options that ``kstep_integrator`` (or ``extra``) does not take."""
-    known = {name for name, p in inspect.signature(kstep_integrator).parameters.items()
-             if p.default is not inspect.Parameter.empty}
-    unknown = sorted(set(options) - known - set(extra))
-    if unknown:
-        raise InputError(f"unknown option(s) {unknown}: {caller} takes {', '.join(extra) + ' and ' if extra else ''}"
-                         f"the options of jkstep.kstep.kstep_integrator ({', '.join(sorted(known))})")
-
-
 def model_jump(bundle, numbers, masses, reversal_correction: float = REVERSAL_CORRECTION) -> JumpFn:
     """The jump of a loaded model (``load_pretrained``) for one molecule, with the
     time-reversal correction ``reversal_correction`` (α of ``reversal_corrected``; 0 = off)."""
@@ -405,25 +503,26 @@ def model_jump(bundle, numbers, masses, reversal_correction: float = REVERSAL_CO
     return reversal_corrected(jump, reversal_correction)
 
 
-def kstep(bundle, potential, molecule, k: int | None = None, dt: float | None = None, **options):
+def kstep(bundle, potential, molecule, k: int | None = None, dt: float | None = None,
+          options: KStepOptions | None = None, reversal_correction: float = REVERSAL_CORRECTION, **changes):
     """Hybrid integrator of ``molecule`` with a loaded model and a potential (jax-md style).
 
     ``init_fn, apply_fn = kstep(bundle, pot, mol)``; ``state = init_fn(positions, velocities)``;
     ``state = apply_fn(state)`` advances one macro-step of ``bundle.k`` base steps of
-    ``bundle.dt`` fs. ``options``: ``reversal_correction`` (α, default 0.5, see
-    ``reversal_corrected``; 0 turns it off) and those of ``kstep_integrator`` (guards,
-    kick_weight, energy_rescale, energy_relaxation, energy_window, fallback_steps, conserve_angular_momentum,
-    ensemble, temperature, friction). ``k`` and ``dt``, if given, must be the
-    model's own: a model trained for one jump length cannot make another.
+    ``bundle.dt`` fs. ``reversal_correction``: α of ``reversal_corrected`` (default 0.5; 0 turns
+    it off). ``options`` (a ``KStepOptions``) and keyword ``changes`` (its fields: guards,
+    kick_weight, energy_rescale, energy_relaxation, energy_window, fallback_steps,
+    conserve_angular_momentum, ensemble, temperature, friction) as for ``kstep_integrator``.
+    ``k`` and ``dt``, if given, must be the model's own: a model trained for one jump length
+    cannot make another.
     """
     check_model(bundle, "kstep")
-    check_options(options, "kstep", extra=("reversal_correction",))
+    options = KStepOptions.of(options, "kstep", **changes)
     if not isinstance(molecule, Molecule):
         raise InputError(f"kstep needs a jkstep.Molecule (e.g. Molecule.from_smiles('CCO')), "
                          f"got {type(molecule).__name__} {molecule!r:.60}")
     if (k is not None and k != bundle.k) or (dt is not None and abs(dt - bundle.dt) > 1e-12):
         raise InputError(f"the model jumps k = {bundle.k} steps of dt = {bundle.dt} fs; "
                          f"it cannot run k = {k}, dt = {dt}")
-    jump = model_jump(bundle, molecule.numbers, molecule.masses,
-                      options.pop("reversal_correction", REVERSAL_CORRECTION))
-    return kstep_integrator(jump, potential, molecule.numbers, molecule.masses, bundle.k, bundle.dt, **options)
+    jump = model_jump(bundle, molecule.numbers, molecule.masses, reversal_correction)
+    return kstep_integrator(jump, potential, molecule.numbers, molecule.masses, bundle.k, bundle.dt, options)

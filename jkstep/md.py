@@ -21,7 +21,7 @@ from jkstep import analysis, integrate
 from jkstep.errors import (MAX_STEPS, MAX_TEMPERATURE_K, InputError, SimulationError, is_finite_number,
                            is_integer, is_interrupt)
 from jkstep.integrate import fallback_step_count
-from jkstep.kstep import kstep_integrator
+from jkstep.kstep import KStepOptions, kstep_integrator
 from jkstep.respa import respa
 from jkstep.molecule import Molecule, check_seed
 from jkstep.rollout import Frames, concat, frames_of, runner
@@ -45,6 +45,8 @@ class RunConfig:
     over the last ``SETTLE_WINDOW_FS`` is within ``SETTLE_TOLERANCE`` of ``temperature``
     (``settle_temperature``): one canonical sample's NVE temperature spreads by ±10–15 % for
     20 atoms, so a Langevin start alone does not give an NVE run at the temperature asked for.
+    ``kstep_options``: the hybrid's ``KStepOptions`` (a dict of its fields is converted); its
+    ensemble, temperature and friction are the run's. respa takes its ``fallback_steps``.
     """
 
     integrator: str = "verlet"
@@ -59,7 +61,7 @@ class RunConfig:
     save_every: int = 4
     seed: int = 0
     chunk_frames: int = 100
-    kstep_options: dict = dataclasses.field(default_factory=dict)  # guards, delta_scale, energy_rescale
+    kstep_options: KStepOptions = KStepOptions()
     fast: str = "mmff"
 
     def __post_init__(self):
@@ -82,6 +84,10 @@ class RunConfig:
                                                     and self.equilibrate_dt > 0):
             raise InputError(f"equilibrate_dt must be a finite value > 0 fs, got {self.equilibrate_dt!r}")
         check_seed(self.seed)
+        if isinstance(self.kstep_options, dict):
+            self.kstep_options = KStepOptions.of(None, "RunConfig.kstep_options", **self.kstep_options)
+        elif not isinstance(self.kstep_options, KStepOptions):
+            raise InputError(f"kstep_options must be a jkstep.kstep.KStepOptions, got {type(self.kstep_options).__name__}")
         if self.integrator == "respa" and not (isinstance(self.fast, str) and self.fast):
             raise InputError(f"fast must name the fast force (mmff, a shipped name or a checkpoint path), "
                              f"got {self.fast!r}")
@@ -227,12 +233,12 @@ def run_md(molecule: Molecule, potential: Callable, config: RunConfig, jump=None
     elif config.integrator == "respa":
         init, apply = respa(fast, potential, masses, k, config.dt, ensemble=config.ensemble,
                             temperature=config.temperature, friction=config.friction,
-                            fallback_steps=config.kstep_options.get("fallback_steps"))
+                            fallback_steps=config.kstep_options.fallback_steps)
         state = init(positions, velocities, key)
     else:
         init, apply = kstep_integrator(jump, potential, molecule.numbers, masses, k, config.dt,
-                                       ensemble=config.ensemble, temperature=config.temperature,
-                                       friction=config.friction, **config.kstep_options)
+                                       config.kstep_options, ensemble=config.ensemble,
+                                       temperature=config.temperature, friction=config.friction)
         state = init(positions, velocities, key)
     integrate.check_start(state, molecule.name)
     frames = [jax.tree.map(lambda x: jnp.asarray(x)[None], frames_of(state))]
@@ -299,7 +305,7 @@ def run_md(molecule: Molecule, potential: Callable, config: RunConfig, jump=None
     if config.integrator == "respa":
         summary["fast"] = config.fast
     if hybrid:
-        summary["fallback_steps"] = fallback_step_count(k, config.dt, config.kstep_options.get("fallback_steps"))
+        summary["fallback_steps"] = fallback_step_count(k, config.dt, config.kstep_options.fallback_steps)
         # [simulated fs, integrator calls, fallbacks] so far, every chunk_frames frames: over long
         # runs the fallbacks (and so the cost) need not stay at the rate of the first picoseconds
         summary["timeline"] = timeline

@@ -31,8 +31,8 @@ from typing import Sequence
 import jax.numpy as jnp
 import numpy as np
 
-from jkstep.errors import InputError, is_finite_number, is_integer
-from jkstep.kstep import REVERSAL_CORRECTION, check_model, check_options, kstep_integrator, reversal_corrected
+from jkstep.errors import InputError, is_integer
+from jkstep.kstep import REVERSAL_CORRECTION, KStepOptions, check_model, kstep_integrator, reversal_corrected
 from jkstep.molecule import Molecule
 from jkstep.potentials import xtb as xtb_module
 
@@ -180,16 +180,19 @@ def padded_xtb_potential(molecules: Sequence[Molecule], **kwargs) -> PaddedXTBPo
     return PaddedXTBPotential(molecules, **kwargs)
 
 
-def padded_kstep(bundle, potential, batch: Padded, **options):
+def padded_kstep(bundle, potential, batch: Padded, options: KStepOptions | None = None,
+                 reversal_correction: float = REVERSAL_CORRECTION, **changes):
     """``init_fn, apply_fn`` of the hybrid integrator for the members of a padded batch.
 
     Each call runs member i's integrator (its atoms, masses and padding mask; the model
     ``bundle`` with the mask) where i is the traced member index (``batched_rollout`` sets it).
     ``potential`` is a ``PaddedXTBPotential`` (or anything with ``evaluate(positions, active)``
-    that reads the member index the same way). ``options``: ``reversal_correction`` (as in
-    ``jkstep.kstep``) and those of ``kstep_integrator``.
+    that reads the member index the same way). ``reversal_correction`` as in ``jkstep.kstep``;
+    ``options`` (a ``KStepOptions``) and keyword ``changes`` (its fields) as for
+    ``kstep_integrator``.
     """
     check_model(bundle, "padded_kstep")
+    options = KStepOptions.of(options, "padded_kstep", **changes)
     if not isinstance(batch, Padded):
         raise InputError(f"batch must be a Padded batch (jkstep.padded.pad(molecules)), got {type(batch).__name__}")
     own = getattr(potential, "batch", None)
@@ -198,14 +201,11 @@ def padded_kstep(bundle, potential, batch: Padded, **options):
         raise InputError(f"the potential was built for other molecules (or another order or padding) than "
                          f"batch: atomic numbers {own.numbers.shape} vs {batch.numbers.shape}; build both from "
                          f"the same list, e.g. batch = potential.batch")
-    check_options(options, "padded_kstep", extra=("reversal_correction",))
     bundle.check_elements(batch.numbers)
-    alpha = options.pop("reversal_correction", REVERSAL_CORRECTION)
-    if not is_finite_number(alpha):
-        raise InputError(f"reversal_correction must be a number in [0, 1], got {alpha!r}")
-    # build member 0's integrator once now, so that bad option values fail here, not at rollout time
+    alpha = reversal_correction
+    # build member 0's integrator once now, so that bad values fail here, not at rollout time
     kstep_integrator(reversal_corrected(lambda x, v, f: (x, v, f), alpha), potential, batch.numbers[0],
-                     batch.masses[0], bundle.k, bundle.dt, **options)
+                     batch.masses[0], bundle.k, bundle.dt, options)
     numbers, masses, mask = (jnp.asarray(a) for a in (batch.numbers, batch.masses, batch.mask))
 
     def member():
@@ -217,7 +217,7 @@ def padded_kstep(bundle, potential, batch: Padded, **options):
             keep = real[:, None]
             return jnp.where(keep, px, x), jnp.where(keep, pv, v), jnp.where(keep, pf, f)
 
-        return kstep_integrator(reversal_corrected(jump, alpha), potential, z, m, bundle.k, bundle.dt, **options)
+        return kstep_integrator(reversal_corrected(jump, alpha), potential, z, m, bundle.k, bundle.dt, options)
 
     def init_fn(positions, velocities, key=None):
         return member()[0](positions, velocities, key)

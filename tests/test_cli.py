@@ -17,6 +17,7 @@ SUMMARY_KEYS = {"molecule", "integrator", "ensemble", "dt_fs", "k", "simulated_f
                 "mean_temperature_k", "wall_s"}
 
 
+@pytest.mark.slow
 def test_run_verlet_writes_summary_and_trajectory(tmp_path, capsys):
     out, summary = tmp_path / "t.traj", tmp_path / "run.json"
     rc = cli.main(["run", "--smiles", "CCO", "--integrator", "verlet", "--dt", "0.25", "--ps", "0.02",
@@ -37,6 +38,7 @@ def test_run_verlet_writes_summary_and_trajectory(tmp_path, capsys):
     assert "xTB calls 81" in capsys.readouterr().out
 
 
+@pytest.mark.slow
 def test_run_langevin_exchanges_heat_with_the_bath_and_is_reproducible(tmp_path):
     """`jkstep run --integrator langevin`: NVT, so no drift figure (null by design); the thermostat
     moves energy in and out (total-energy spread far above NVE Verlet's from the same start), and
@@ -207,6 +209,7 @@ def test_file_errors_name_the_problem(tmp_path):
         cli.load_molecule(cli.build_parser().parse_args(["run", "--file", str(element)]))
 
 
+@pytest.mark.slow
 def test_trajectory_format_follows_the_extension(tmp_path):
     for name in ("t.xyz", "t.traj"):
         cli.main(["run", "--smiles", "O", "--integrator", "verlet", "--ps", "0.005", "--save-every", "10",
@@ -218,6 +221,7 @@ def test_trajectory_format_follows_the_extension(tmp_path):
     np.testing.assert_allclose(xyz[-1].get_forces(), traj[-1].get_forces(), atol=1e-7)
 
 
+@pytest.mark.slow
 def test_keep_velocities_continues_a_run(tmp_path, capsys):
     """A run continued from its --out file's last frame follows the uninterrupted run."""
     def run(out, ps, *extra):
@@ -250,6 +254,7 @@ def _plain_water(tmp_path):
     return path
 
 
+@pytest.mark.slow
 def test_console_script_runs_as_installed(tmp_path):
     exe = os.path.join(os.path.dirname(sys.executable), "jkstep")
     proc = subprocess.run([exe, "run", "--smiles", "C1CC"], capture_output=True, text=True, timeout=120)

@@ -113,7 +113,7 @@ def test_jit_vmap_and_padding(pot, mol):
     z[1, :len(other)], pos[1, :len(other)] = other.numbers, other.positions
     pos[1, len(other):] = rng.normal(size=(n - len(other), 3))   # junk on padding
     mask = z > 0
-    e, f = energy_and_forces(EnergyNet(CFG), pot.params, z, mask, pos)
+    e, f = jax.jit(lambda p, z, m, x: energy_and_forces(EnergyNet(CFG), p, z, m, x))(pot.params, z, mask, pos)
     e_other, f_other = LearnedPotential(pot.params, CFG, other.numbers)(other.positions)
     np.testing.assert_allclose(float(e[0]), float(pot(x)[0]), rtol=1e-6)
     np.testing.assert_allclose(float(e[1]), float(e_other), rtol=1e-6)
@@ -170,6 +170,41 @@ def test_config_errors_and_offsets():
     np.testing.assert_allclose(fitted, [-10.0, -48.0, -103.0], atol=1e-3)
 
 
+def test_delta_potential_is_mmff_plus_the_network(tmp_path, mol, pot, monkeypatch):
+    """baseline: mmff adds the molecule's MMFF94 to the network (energy and forces = −∂E/∂x);
+    a checkpoint with it loads with its baseline; the training data are xTB minus MMFF94."""
+    delta_cfg = dataclasses_replace(CFG, baseline="mmff")
+    mm = jkstep.mmff_potential(mol)
+    delta = LearnedPotential(pot.params, delta_cfg, mol.numbers, baseline=mm)
+    x = np.asarray(mol.positions) + 0.03 * np.random.default_rng(4).standard_normal((len(mol), 3))
+    (e, f), (e_nn, f_nn), (e_mm, f_mm) = delta(x), pot(x), mm(x)
+    np.testing.assert_allclose(float(e), float(e_nn) + float(e_mm), rtol=1e-12)
+    np.testing.assert_allclose(np.asarray(f), np.asarray(f_nn) + np.asarray(f_mm), atol=1e-10)
+    np.testing.assert_allclose(np.asarray(f), -np.asarray(jax.grad(lambda y: delta(y)[0])(jnp.asarray(x))), atol=1e-8)
+    save_potential(tmp_path / "delta", pot.params, delta_cfg, step=1)
+    loaded = learned_potential(tmp_path / "delta", mol)
+    np.testing.assert_allclose(np.asarray(loaded(x)[1]), np.asarray(f), atol=1e-6)
+    with pytest.raises(InputError, match="needs the molecule's MMFF94"):
+        LearnedPotential(pot.params, delta_cfg, mol.numbers)
+    with pytest.raises(InputError, match="baseline must be one of"):
+        PotentialConfig(baseline="uff")
+    from jkstep.model.potential import potential_data
+
+    frames = {"name": "x", "numbers": np.array([6, 1]), "positions": np.zeros((4, 2, 3)),
+              "xtb_energy": np.full(4, -5.0), "mmff_energy": np.full(4, 1.0), "source": np.zeros(4, np.int8),
+              "xtb_forces": np.ones((4, 2, 3)), "mmff_forces": np.full((4, 2, 3), 0.25)}
+    import jkstep.data.fastforce as fastforce
+
+    monkeypatch.setattr(fastforce, "load_frames", lambda path: [dict(frames, name=n) for n in ("a", "b", "c")])
+    _, train, _, prov = potential_data(delta_cfg, {"frames": "any.npz", "val_molecules": ["c"], "batch_size": 4})
+    batch = next(iter(train))
+    assert prov["labels"] == "delta"
+    np.testing.assert_allclose(batch["forces"][batch["mask"]], 0.75)
+    np.testing.assert_allclose(batch["energy"], -6.0)
+    with pytest.raises(InputError, match="labels: mmff has nothing to learn"):
+        potential_data(delta_cfg, {"frames": "any.npz", "labels": "mmff"})
+
+
 def _mm_frames(smiles, n, seed):
     mol = jkstep.Molecule.from_smiles(smiles, seed=0)
     mm = jkstep.mmff_potential(mol)
@@ -179,6 +214,7 @@ def _mm_frames(smiles, n, seed):
             "mmff_forces": np.asarray(f), "xtb_energy": np.asarray(e), "xtb_forces": np.asarray(f)}
 
 
+@pytest.mark.slow
 def test_training_through_the_package_loop(tmp_path):
     """Energy-and-force matching with the package's train loop: the loss falls, the best
     checkpoint loads with learned_potential, a resumed run continues, fine-tuning restores it."""

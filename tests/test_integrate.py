@@ -72,6 +72,7 @@ def test_batched_replicas_equal_single_runs_and_count_exactly(ethanol):
     np.testing.assert_array_equal(states.force_calls, [6, 6, 6])
 
 
+@pytest.mark.slow
 def test_any_jax_energy_works_for_example_jax_md():
     """A 13-atom Lennard-Jones argon cluster from jax-md: energy-only functions get forces by grad."""
     displacement, _ = space.free()

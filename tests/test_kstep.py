@@ -9,7 +9,7 @@ from tblite.interface import Calculator
 
 import jkstep
 from jkstep import InputError, analysis, load_pretrained
-from jkstep.kstep import Guards, ballistic_jump, fallback_step_count, kstep_integrator
+from jkstep.kstep import Guards, KStepOptions, ballistic_jump, fallback_step_count, kstep_integrator
 from jkstep.rollout import runner
 
 K, DT = 8, 0.25
@@ -291,6 +291,45 @@ def test_bad_k_and_dt():
             kstep_integrator(ballistic_jump(np.ones(2), 1, DT), harmonic, [1, 1], np.ones(2), k, dt)
 
 
+@pytest.mark.parametrize("options, match", [(dict(delta_scale=0.0), r"delta_scale must be in \(0, 1\]"),
+                                            (dict(delta_scale=float("nan")), "delta_scale"),
+                                            (dict(temperature=-1.0), "temperature must be a finite value"),
+                                            (dict(friction=float("inf")), "friction must be a finite value"),
+                                            (dict(fallback_steps=0), "fallback_steps must be an integer"),
+                                            (dict(kick_weight="half"), "kick_weight"),
+                                            (dict(guards=dict(max_attempts=2)), "guards must be a jkstep.kstep.Guards")])
+def test_kstep_options_refuse_bad_values(options, match):
+    with pytest.raises(InputError, match=match):
+        KStepOptions(**options)
+
+
+def test_kstep_options_merge_changes_and_name_unknown_ones():
+    base = KStepOptions(fallback_steps=2)
+    merged = KStepOptions.of(base, "here", ensemble="nvt")
+    assert (merged.fallback_steps, merged.ensemble, base.ensemble) == (2, "nvt", "nve")
+    assert KStepOptions.of() == KStepOptions()
+    with pytest.raises(InputError, match=r"unknown option\(s\) \['bogus'\]: here takes"):
+        KStepOptions.of(base, "here", bogus=1)
+    with pytest.raises(InputError, match="options must be a jkstep.kstep.KStepOptions"):
+        KStepOptions.of({"ensemble": "nvt"}, "here")
+    # kstep_integrator takes the dataclass, keyword changes of it, or both; a bad change is refused
+    jump = ballistic_jump(np.ones(2), K, DT)
+    kstep_integrator(jump, harmonic, [1, 1], np.ones(2), K, DT, base)
+    kstep_integrator(jump, harmonic, [1, 1], np.ones(2), K, DT, base, ensemble="nvt")
+    with pytest.raises(InputError, match="energy_relaxation pulls the total energy back"):
+        kstep_integrator(jump, harmonic, [1, 1], np.ones(2), K, DT, KStepOptions(ensemble="nvt"),
+                         energy_relaxation=100.0)
+
+
+def test_cli_defaults_are_the_dataclasses():
+    """``jkstep run`` with no kstep flag builds exactly ``KStepOptions()``: the defaults are written once."""
+    from jkstep.cli import _kstep_options, build_parser
+
+    assert _kstep_options(build_parser().parse_args(["run"])) == KStepOptions()
+    args = build_parser().parse_args(["run", "--max-energy-drift", "-1", "--max-attempts", "2", "--delta-scale", "0.5"])
+    assert _kstep_options(args) == KStepOptions(guards=Guards(max_energy_drift=None, max_attempts=2), delta_scale=0.5)
+
+
 @pytest.mark.parametrize("options, match", [
     (dict(max_displacement=float("nan")), "max_displacement must be > 0"),
     (dict(max_displacement=-0.1), "max_displacement must be > 0"),
@@ -316,7 +355,8 @@ def test_kstep_names_what_it_needs(ethanol):
         jkstep.kstep("gfn2-k8", pot, ethanol)
     with pytest.raises(InputError, match="kstep needs a jkstep.Molecule"):
         jkstep.kstep(bundle, pot, "CCO")
-    with pytest.raises(InputError, match=r"unknown option\(s\) \['bogus'\]: kstep takes reversal_correction"):
+    with pytest.raises(InputError, match=r"unknown option\(s\) \['bogus'\]: kstep takes the options of "
+                                         r"jkstep.kstep.KStepOptions \(guards, delta_scale"):
         jkstep.kstep(bundle, pot, ethanol, bogus=1)
 
 
@@ -448,7 +488,7 @@ def test_run_summary_timeline_counts_every_call(ethanol):
 
     pot = jkstep.xtb_potential(ethanol)
     config = RunConfig(integrator="kstep", dt=DT, ps=0.1, save_every=K, chunk_frames=10,
-                       kstep_options=dict(guards=Guards(max_displacement=0.2)))
+                       kstep_options=KStepOptions(guards=Guards(max_displacement=0.2)))
     summary, _ = run_md(ethanol, pot, config, jump=noisy_jump(ethanol.masses, 0.08), k=K,
                         calls=lambda: pot.calls)
     timeline = np.array(summary["timeline"])

@@ -259,6 +259,7 @@ def test_interrupted_generation_resumes_without_loss_or_duplication(tmp_path, re
         mm.generate_mm(_config(tmp_path, temperature_k=310.0))
 
 
+@pytest.mark.slow
 def test_non_finite_frames_stop_that_run_only(tmp_path, monkeypatch):
     real = mm._nve_chunk
     calls = []

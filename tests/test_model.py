@@ -290,6 +290,7 @@ def test_training_reduces_loss_ema_and_checkpoints(trained, data):
     assert result.best_val_loss == min(h["loss"] for h in result.history)
 
 
+@pytest.mark.slow
 def test_early_stopping_and_no_overwrite(data, tmp_path):
     train, val = data
     cfg = dataclasses.replace(TRAIN, val_every=10, patience=1, min_delta=1e9)   # only the first counts
@@ -568,9 +569,9 @@ def test_energy_bias_term_is_the_squared_batch_mean_of_the_energy_error(data):
     model = KStepNet(SMALL)
     scales = jnp.asarray([1e-3, 1e-3, 0.5, 0.1])
     only_bias = dataclasses.replace(TRAIN, w_x=0.0, w_v=0.0, w_force=0.0, w_bond=0.0, w_energy=0.0, w_energy_bias=2.0)
-    loss, metrics = T.compute_losses(model, params, batch, scales, only_bias)
-    pos, vel, _ = model.apply({"params": params}, batch["numbers"], batch["mask"], batch["masses"],
-                              batch["positions"], batch["velocities"], batch["forces"])
+    loss, metrics = jax.jit(lambda p, b: T.compute_losses(model, p, b, scales, only_bias))(params, batch)
+    pos, vel, _ = jax.jit(lambda p, b: model.apply({"params": p}, b["numbers"], b["mask"], b["masses"],
+                                                   b["positions"], b["velocities"], b["forces"]))(params, batch)
     mean_error = float(np.mean(np.asarray(T.jump_energy_error(batch, pos, vel))))
     assert mean_error != 0.0
     assert float(metrics["mean_energy_error_ev"]) == pytest.approx(mean_error, rel=1e-9)

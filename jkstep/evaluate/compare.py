@@ -47,8 +47,8 @@ from jkstep.errors import (MAX_STEPS, MAX_TEMPERATURE_K, InputError, SimulationE
                            is_integer, is_interrupt)
 from jkstep.evaluate import metrics
 from jkstep.integrate import equal_cost_dt
-from jkstep.kstep import (REVERSAL_CORRECTION, Guards, ballistic_jump, fallback_step_count, kstep_integrator,
-                          model_jump)
+from jkstep.kstep import (REVERSAL_CORRECTION, Guards, KStepOptions, ballistic_jump, fallback_step_count,
+                          kstep_integrator, model_jump)
 from jkstep.molecule import Molecule, check_seed
 from jkstep.potentials.mmff import mmff_potential
 from jkstep.respa import respa
@@ -126,11 +126,10 @@ class EvalConfig:
                 raise InputError(f"{what} {getattr(self, what)} needs {steps:.3g} steps per replica; "
                                  "give a length in ps that can finish")
         check_seed(self.seed)
-        if self.energy_relaxation is not None and not self.energy_relaxation > 0:
-            raise InputError(f"energy_relaxation is a time constant in fs and must be > 0, got {self.energy_relaxation}")
-        if self.energy_window is not None and not (is_finite_number(self.energy_window) and self.energy_window > 0):
-            raise InputError(f"energy_window is a total-energy distance in eV and must be > 0, got {self.energy_window!r}")
-        fallback_step_count(self.k, self.dt, self.fallback_steps)   # an integer ≥ 1, or None
+        # the hybrid contenders' options, checked where they are defined (each contender its own)
+        KStepOptions(fallback_steps=self.fallback_steps, energy_relaxation=self.energy_relaxation)
+        KStepOptions(energy_window=self.energy_window)
+        fallback_step_count(self.k, self.dt, self.fallback_steps)
 
     @property
     def n_frames(self) -> int:
@@ -361,9 +360,10 @@ def _k_runs(molecule, config, bundle, run, runs: dict) -> dict:
     ``runs`` one by one as they finish (so an interrupt leaves the finished ones there)."""
     k, dt, masses = config.k, config.dt, molecule.masses
 
-    def hybrid(pot, jump, **options):
-        init, apply = kstep_integrator(jump, pot, molecule.numbers, masses, k, dt,
-                                       fallback_steps=config.fallback_steps, **options)
+    options = KStepOptions(fallback_steps=config.fallback_steps)
+
+    def hybrid(pot, jump, **changes):
+        init, apply = kstep_integrator(jump, pot, molecule.numbers, masses, k, dt, options, **changes)
         return (lambda x, v: init(x, v)), apply
 
     runs["verlet_kdt"] = run("verlet_kdt", lambda pot: integrate.verlet(pot, masses, k * dt))

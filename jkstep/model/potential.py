@@ -40,6 +40,10 @@ UNITS = {"length": "Å", "energy": "eV", "force": "eV/Å"}
 KIND = "potential"
 
 
+#: What the network adds to: nothing, or MMFF94 (a Δ-potential).
+BASELINES = ("none", "mmff")
+
+
 @dataclasses.dataclass(frozen=True)
 class PotentialConfig:
     """Hyper-parameters of an energy network (JSON-serialisable, hashable).
@@ -50,6 +54,9 @@ class PotentialConfig:
         elements: atomic numbers the model is meant for (ascending).
         element_energies: per-atom energy offset e_Z in eV of each of ``elements`` (same order).
         energy_scale: eV per unit of the network's per-atom output.
+        baseline: "none" (the network is the whole potential) or "mmff" (a Δ-potential: the
+            potential is the molecule's MMFF94, ``jkstep.mmff_potential(mol)``, plus the network,
+            which is trained on the labels minus MMFF94's energies and forces).
     """
 
     features: int = 16
@@ -59,8 +66,11 @@ class PotentialConfig:
     elements: tuple[int, ...] = (1, 6, 7, 8, 16)
     element_energies: tuple[float, ...] | None = None
     energy_scale: float = 1.0
+    baseline: str = "none"
 
     def __post_init__(self):
+        if self.baseline not in BASELINES:
+            raise InputError(f"potential config: baseline must be one of {', '.join(BASELINES)}, got {self.baseline!r}")
         for name in ("features", "layers", "n_rbf"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, (int, float)) or value != int(value) or value < 1:
@@ -238,13 +248,31 @@ class LearnedPotential:
 
     _jkstep_energy_and_forces = True
 
-    def __init__(self, params, config: PotentialConfig, numbers, meta: dict | None = None, name: str = ""):
+    def __init__(self, params, config: PotentialConfig, numbers, meta: dict | None = None, name: str = "",
+                 baseline=None):
+        if (config.baseline == "mmff") != (baseline is not None):
+            raise InputError(f"a potential with baseline {config.baseline!r} needs "
+                             + ("the molecule's MMFF94 (jkstep.mmff_potential(mol)) as baseline"
+                                if config.baseline == "mmff" else "no baseline function"))
+        self.baseline = baseline
         self.params, self.config = params, config
         self.numbers = np.asarray(numbers, np.int32)
         self.n_atoms = int(self.numbers.shape[0])
         self.meta = dict(meta or {})
         self.name = name
         self.model = EnergyNet(config)
+        # jitted here, so that a direct call costs milliseconds (not seconds op by op); inside
+        # the caller's jit, vmap or grad it is traced like any other JAX function
+        self._evaluate = jax.jit(self._energy_and_forces)
+
+    def _energy_and_forces(self, params, numbers, positions):
+        """(energy (B,) eV, forces (B, N, 3) eV/Å) of positions (B, N, 3) Å: the network's, plus
+        the baseline's where there is one."""
+        energy, forces = energy_and_forces(self.model, params, numbers, None, positions)
+        if self.baseline is not None:
+            e_b, f_b = jax.vmap(self.baseline)(positions)
+            energy, forces = energy + e_b, forces + f_b
+        return energy, forces
 
     def energy(self, positions):
         """Potential energy in eV of positions (N, 3) or (..., N, 3) Å."""
@@ -258,7 +286,7 @@ class LearnedPotential:
         lead = positions.shape[:-2]
         x = positions.reshape((-1, self.n_atoms, 3))
         z = jnp.broadcast_to(jnp.asarray(self.numbers), (x.shape[0], self.n_atoms))
-        energy, forces = energy_and_forces(self.model, self.params, z, None, x)
+        energy, forces = self._evaluate(self.params, z, x)
         return energy.reshape(lead), forces.reshape(positions.shape)
 
     def __repr__(self):
@@ -291,7 +319,12 @@ def learned_potential(name_or_path, mol) -> LearnedPotential:
     params, meta, config = read_potential_checkpoint(name_or_path)
     label = os.fspath(name_or_path)
     check_elements(mol.numbers, config, label)
-    return LearnedPotential(params, config, mol.numbers, meta, name=label)
+    baseline = None
+    if config.baseline == "mmff":
+        from jkstep.potentials.mmff import mmff_potential
+
+        baseline = mmff_potential(mol)   # the same force field the labels were taken from
+    return LearnedPotential(params, config, mol.numbers, meta, name=label, baseline=baseline)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -366,11 +399,12 @@ class PotentialBatches:
     """Shuffled padded batches of labelled frames, one size bucket per batch, resumable
     (``get_state`` / ``set_state``, as ``jkstep.model.train.train`` uses).
 
-    ``molecules``: per-molecule dicts of ``fastforce.load_frames``; ``labels`` "xtb" or "mmff"."""
+    ``molecules``: per-molecule dicts of ``fastforce.load_frames``; ``labels`` "xtb", "mmff" or
+    "delta" (xtb minus mmff: a Δ-potential's, added by ``potential_data``)."""
 
     def __init__(self, molecules, labels: str, batch_size: int, buckets=(12, 20, 30), seed: int = 0,
                  shuffle: bool = True, max_frames_per_molecule: int | None = None):
-        if labels not in ("xtb", "mmff"):
+        if labels not in ("xtb", "mmff", "delta"):
             raise InputError(f"data: labels must be 'xtb' or 'mmff', got {labels!r}")
         self.batch_size, self.shuffle = int(batch_size), bool(shuffle)
         self.buckets = tuple(sorted(int(b) for b in buckets))
@@ -458,6 +492,15 @@ def potential_data(config: PotentialConfig, data: dict, seed: int = 0):
         raise InputError("data: a potential's train config needs frames: (e.g. data/fast_frames.npz)")
     labels = data.get("labels", "xtb")
     molecules = load_frames(data["frames"])
+    if config.baseline == "mmff":
+        # a Δ-potential learns the labels minus MMFF94 (the baseline it is added to at run time)
+        if labels != "xtb":
+            raise InputError(f"data: a Δ-potential on MMFF94 (baseline: mmff) learns xtb minus mmff labels; "
+                             f"labels: {labels} has nothing to learn")
+        for m in molecules:
+            m["delta_forces"] = m["xtb_forces"] - m["mmff_forces"]
+            m["delta_energy"] = m["xtb_energy"] - m["mmff_energy"]
+        labels = "delta"
     # frames where the labels themselves are wild (MMFF94 on a gas-phase zwitterion after xTB moved
     # its proton: forces of 100+ eV/Å) teach a fast force nothing: drop them, counted
     cap_force = float(data.get("max_label_force", 20.0))
@@ -465,8 +508,10 @@ def potential_data(config: PotentialConfig, data: dict, seed: int = 0):
     for m in molecules:
         keep = np.max(np.abs(m[f"{labels}_forces"]), axis=(1, 2)) <= cap_force
         dropped += int((~keep).sum())
-        for key in ("positions", "xtb_forces", "mmff_forces", "xtb_energy", "mmff_energy", "source"):
-            m[key] = m[key][keep]
+        for key in ("positions", "xtb_forces", "mmff_forces", "xtb_energy", "mmff_energy", "source",
+                    "delta_forces", "delta_energy"):
+            if key in m:
+                m[key] = m[key][keep]
     molecules = [m for m in molecules if len(m["positions"])]
     train_names, val_names = split_molecules([m["name"] for m in molecules], data)
     train_mols = [m for m in molecules if m["name"] in set(train_names)]
@@ -480,9 +525,10 @@ def potential_data(config: PotentialConfig, data: dict, seed: int = 0):
     cap = data.get("max_frames_per_molecule")
     train = PotentialBatches(train_mols, labels, batch, seed=seed, max_frames_per_molecule=cap)
     val = PotentialBatches(val_mols, labels, batch, shuffle=False).once()
-    other = "mmff" if labels == "xtb" else "xtb"
-    diff = np.concatenate([(m[f"{other}_forces"] - m[f"{labels}_forces"]).ravel() for m in val_mols])
-    per_molecule = {m["name"]: float(np.sqrt(np.mean((m[f"{other}_forces"] - m[f"{labels}_forces"]) ** 2)))
+    # the force error of the other labels (for a Δ-potential: of MMFF94 alone) on the same frames
+    other, mine = ("mmff", "xtb") if labels in ("xtb", "delta") else ("xtb", "mmff")
+    diff = np.concatenate([(m[f"{other}_forces"] - m[f"{mine}_forces"]).ravel() for m in val_mols])
+    per_molecule = {m["name"]: float(np.sqrt(np.mean((m[f"{other}_forces"] - m[f"{mine}_forces"]) ** 2)))
                     for m in val_mols}
     prov = {"frames": os.fspath(data["frames"]), "labels": labels, "train_molecules": len(train_mols),
             "val_molecules": val_names, "train_frames": train.n_frames,

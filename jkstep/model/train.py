@@ -36,7 +36,6 @@ from jkstep.model.losses import (  # noqa: F401
     _scale_array, bond_pairs, compute_losses, corrector_velocity, estimate_loss_scales, jump_energy_error,
     scale_array)
 from jkstep.model.network import ModelConfig
-from jkstep.model.network import init_params as _init_params
 from jkstep.model.state import (  # noqa: F401
     Compiled, TrainState, _compile, _evaluate, compile_steps, create_train_state, evaluate, frozen_mask,
     make_optimizer, make_schedule, param_paths)
