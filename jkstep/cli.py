@@ -405,7 +405,7 @@ def _run_replicas(args, molecule, config, k: int, velocities) -> int:
 
     from jkstep import parallel
     from jkstep.errors import InputError
-    from jkstep.md import write_trajectory
+    from jkstep.md import mean_summary, run_replica, write_trajectory
     from jkstep.potentials.xtb import DEFAULT_ACCURACY, xtb_potential
     from jkstep.rollout import Frames
 
@@ -423,7 +423,7 @@ def _run_replicas(args, molecule, config, k: int, velocities) -> int:
     for r in range(args.replicas):
         cfg = dataclasses.replace(config, seed=config.seed + r)
         key = parallel.task_key(f"run-r{r}", molecule, cfg, xtb_options, options)
-        tasks.append(parallel.Task(key, parallel.run_replica, molecule, cfg, xtb_options, cache=True, **options))
+        tasks.append(parallel.Task(key, run_replica, molecule, cfg, xtb_options, cache=True, **options))
     t0 = time.perf_counter()
     with tqdm(total=config.n_steps * args.replicas, unit="step", file=sys.stderr, disable=None,
               desc=f"{args.integrator} {molecule.formula} x {args.replicas}") as bar:
@@ -455,8 +455,6 @@ def _run_replicas(args, molecule, config, k: int, velocities) -> int:
             summary["trajectory"] = path
         summaries.append(summary)
         _print_summary(summary)
-    from jkstep.parallel import mean_summary
-
     mean = mean_summary(summaries)
     result = dict(mean, wall_s=time.perf_counter() - t0,
                   replicas={"n": args.replicas, "seeds": [s["seed"] for s in summaries], "summaries": summaries,

@@ -372,3 +372,69 @@ def write_trajectory(path, molecule: Molecule, frames: Frames) -> None:
     finally:
         if os.path.exists(tmp):
             os.remove(tmp)
+
+
+# -- replicas of one run as tasks of jkstep.parallel (jkstep run --replicas N) ----------------
+
+#: Summary keys averaged over replicas (the others are kept where every replica agrees).
+MEAN_KEYS = ("simulated_fs", "xtb_calls", "accepted", "rejected", "fallbacks", "drift_kj_mol_ps",
+             "energy_std_kj_mol", "mean_temperature_k", "wall_s", "scf_failures")
+
+
+def run_replica(molecule, config, xtb_options: dict, model: str | None = None, reversal_correction=None,
+                fast: str | None = None, k: int = 1, velocities=None, frames: bool = False) -> dict:
+    """One replica of ``jkstep run --replicas N`` as a task: its own xTB potential (one thread),
+    model jump or fast force built here from their names, ``jkstep.md.run_md`` with
+    ``config`` (its seed is the replica's). Returns {"summary": ..., "frames": {array: values}
+    (only with ``frames``)}."""
+    from jkstep.parallel import built, flush_steps, step_reporter
+    from jkstep.potentials.xtb import xtb_potential
+
+    pot = xtb_potential(molecule, workers=1, **xtb_options)
+    jump, fast_force = None, None
+    if model is not None:
+        from jkstep.kstep import model_jump
+        from jkstep.model.pretrained import load_pretrained
+
+        bundle = built(f"bundle-{model}", lambda: load_pretrained(model))   # read once per worker process
+        jump = model_jump(bundle, molecule.numbers, molecule.masses, reversal_correction)
+    if fast is not None:
+        if fast == "mmff":
+            from jkstep.potentials.mmff import mmff_potential
+
+            fast_force = mmff_potential(molecule)
+        else:
+            from jkstep.model.potential import learned_potential
+
+            fast_force = learned_potential(fast, molecule)
+    report = step_reporter()
+    options = {"fast": fast_force} if fast_force is not None else {}
+    try:
+        summary, fr = run_md(molecule, pot, config, jump=jump, k=k, progress=report, calls=lambda: pot.calls,
+                             velocities=velocities, **options)
+    finally:
+        flush_steps(report)
+        close = getattr(pot, "close", None)
+        if close:
+            close()
+    summary["scf_failures"] = pot.scf_failures
+    out = {"summary": summary}
+    if frames:
+        out["frames"] = {name: np.asarray(getattr(fr, name)) for name in
+                         ("positions", "velocities", "forces", "energy", "step", "failed")}
+    return out
+
+
+def mean_summary(summaries: list[dict]) -> dict:
+    """The mean of replica summaries: ``MEAN_KEYS`` averaged (None where a replica has None),
+    ``blew_up`` true if any replica blew up, other keys kept where every replica agrees."""
+    out = {}
+    for key in summaries[0]:
+        values = [s.get(key) for s in summaries]
+        if key in MEAN_KEYS:
+            out[key] = None if any(v is None for v in values) else float(np.mean(values))
+        elif key == "blew_up":
+            out[key] = any(bool(v) for v in values)
+        elif all(isinstance(v, (str, int, float, bool, type(None))) and v == values[0] for v in values):
+            out[key] = values[0]
+    return out

@@ -187,13 +187,17 @@ def read_checkpoint(name_or_path, which: str = "best") -> tuple[Any, dict, Model
 
 
 def _read_any(name_or_path, which: str = "best"):
-    """``read_checkpoint`` of a k-step model, or ``potential.read_potential_checkpoint`` of a learned
-    fast force (both export the same way)."""
-    if read_meta(name_or_path, which).get("kind") == "potential":
-        from jkstep.model.potential import read_potential_checkpoint
-
-        return read_potential_checkpoint(name_or_path, which)
-    return read_checkpoint(name_or_path, which)
+    """(EMA params, metadata) of any checkpoint: a k-step model through ``read_checkpoint``, a
+    learned fast force (kind "potential") with its weights as stored, for copying them (loading
+    one for use is ``jkstep.learned_potential``, which checks them against its config)."""
+    directory, step = resolve_checkpoint(name_or_path, which)
+    step_dir = directory / str(step)
+    meta = dict(_restore(step_dir, meta=ocp.args.JsonRestore())["meta"])
+    if meta.get("kind") != "potential":
+        return read_checkpoint(name_or_path, which)[:2]
+    params = _restore(step_dir, ema=ocp.args.StandardRestore())["ema"]
+    meta["path"] = os.fspath(step_dir)
+    return params, meta
 
 
 @dataclasses.dataclass(frozen=True, eq=False)
@@ -310,7 +314,7 @@ def export_checkpoint(name_or_path, destination, extra_meta: dict | None = None,
     import shutil
 
     check_export_destination(destination)
-    params, meta, _ = _read_any(name_or_path, which)
+    params, meta = _read_any(name_or_path, which)
     meta.pop("path", None)
     meta.update(extra_meta or {})
     step = int(meta.get("step", resolve_checkpoint(name_or_path, which)[1]))

@@ -1,0 +1,103 @@
+"""Force error of fast forces against GFN2-xTB on a molecule's reference frames, per molecule.
+
+For each molecule: ``jkstep evaluate``'s starting states (one 1 ps Langevin thermalisation at
+300 K, 4 same-energy replicas, seed 0), then the 0.25 fs Verlet xTB reference from them for
+``--ps`` ps; every ``--every``-th frame is a reference frame, with its xTB forces (the reference's
+own, from the same calls). Each fast force (``mmff`` for MMFF94, or a learned fast force's name or
+checkpoint path) is evaluated on those frames: force RMSE (eV/Å, over all components) and the RMS
+of the force error's change between consecutive frames, per fs (eV/Å/fs), which is what an
+impulse RESPA step feels: a fast force whose error is small but rough leaves a rough
+difference force. Test molecules are for reporting only.
+
+    python benchmarks/fast_force_rmse.py --fast mmff gfn2-fast outputs/fast_delta \\
+        --molecules alanine_dipeptide cysteine adenine paracetamol --json outputs/fast_force_rmse.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+
+os.environ.setdefault("OMP_NUM_THREADS", "1")
+
+import jax  # noqa: E402
+import numpy as np  # noqa: E402
+
+import jkstep  # noqa: E402
+from jkstep.data.generate import read_molecules  # noqa: E402
+from jkstep.evaluate.compare import EvalConfig, run_contender, thermalised_starts  # noqa: E402
+from jkstep.integrate import verlet  # noqa: E402
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from _args import positive_float, positive_int  # noqa: E402
+
+
+def fast_forces(name: str, mol):
+    """(energy, forces) function of a fast force name: mmff or a learned one."""
+    if name == "mmff":
+        return jkstep.mmff_potential(mol)
+    return jkstep.learned_potential(name, mol)
+
+
+def reference_frames(mol, ps: float, every: int):
+    """(positions (F, N, 3) Å, xTB forces (F, N, 3) eV/Å, frame spacing fs) of the 0.25 fs reference."""
+    pot = jkstep.xtb_potential(mol)
+    cfg = EvalConfig(k=every, dt=0.25, ps=ps, n_replicas=4, seed=0)
+    starts = thermalised_starts(mol, pot, cfg)
+    init, apply = verlet(pot, mol.masses, 0.25)
+    run = run_contender(lambda x, v: init(x, v), apply, every, starts, cfg, lambda: pot.calls)
+    frames = run["frames"]
+    return np.asarray(frames.positions), np.asarray(frames.forces), every * 0.25
+
+
+def errors(fast, positions, forces, spacing_fs: float) -> dict:
+    """Force RMSE and the RMS change of the force error per fs between consecutive frames."""
+    reps, n_frames = positions.shape[:2]
+    flat = positions.reshape((-1,) + positions.shape[2:])
+    predicted = np.asarray(jax.jit(jax.vmap(lambda x: fast(x)[1]))(flat)).reshape(forces.shape)
+    err = predicted - forces
+    change = np.diff(err, axis=1) / spacing_fs
+    change_xtb = np.diff(forces, axis=1) / spacing_fs
+    return {"force_rmse_ev_a": float(np.sqrt(np.mean(err**2))),
+            "error_change_rms_ev_a_fs": float(np.sqrt(np.mean(change**2))),
+            "xtb_force_change_rms_ev_a_fs": float(np.sqrt(np.mean(change_xtb**2))),
+            "frames": int(reps * n_frames)}
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--fast", nargs="+", default=["mmff", "gfn2-fast"], help="mmff and/or learned fast forces")
+    parser.add_argument("--molecules", nargs="+", default=["alanine_dipeptide", "cysteine", "adenine", "paracetamol"],
+                        help="names of data/qm_molecules.smi (default: the test molecules)")
+    parser.add_argument("--ps", type=positive_float, default=0.5, help="reference length per replica, ps (0.5)")
+    parser.add_argument("--every", type=positive_int, default=4, help="base steps between frames (4: 1 fs)")
+    parser.add_argument("--json", default=None, help="write the table as JSON here")
+    args = parser.parse_args(argv)
+    smiles = {name: s for s, name in read_molecules("data/qm_molecules.smi")}
+    unknown = [m for m in args.molecules if m not in smiles]
+    if unknown:
+        parser.error(f"not in data/qm_molecules.smi: {unknown}")
+    results = {}
+    print("| molecule | fast force | frames | force RMSE eV/Å | error change RMS eV/Å/fs | xTB force change RMS eV/Å/fs |")
+    print("|---|---|---|---|---|---|")
+    for name in args.molecules:
+        mol = jkstep.Molecule.from_smiles(smiles[name])
+        positions, forces, spacing = reference_frames(mol, args.ps, args.every)
+        results[name] = {}
+        for fast_name in args.fast:
+            r = errors(fast_forces(fast_name, mol), positions, forces, spacing)
+            results[name][fast_name] = r
+            print(f"| {name} | {fast_name} | {r['frames']} | {r['force_rmse_ev_a']:.3f} | "
+                  f"{r['error_change_rms_ev_a_fs']:.3f} | {r['xtb_force_change_rms_ev_a_fs']:.3f} |", flush=True)
+    if args.json:
+        os.makedirs(os.path.dirname(os.path.abspath(args.json)), exist_ok=True)
+        with open(args.json + ".tmp", "w") as fh:
+            json.dump(results, fh, indent=1)
+        os.replace(args.json + ".tmp", args.json)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
