@@ -16,7 +16,6 @@ difference force. Test molecules are for reporting only.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import sys
 
@@ -27,6 +26,7 @@ import numpy as np  # noqa: E402
 
 import jkstep  # noqa: E402
 from jkstep.data.generate import read_molecules  # noqa: E402
+from jkstep.data.store import write_json  # noqa: E402
 from jkstep.evaluate.compare import EvalConfig, run_contender, thermalised_starts  # noqa: E402
 from jkstep.integrate import verlet  # noqa: E402
 
@@ -93,9 +93,7 @@ def main(argv=None) -> int:
                   f"{r['error_change_rms_ev_a_fs']:.3f} | {r['xtb_force_change_rms_ev_a_fs']:.3f} |", flush=True)
     if args.json:
         os.makedirs(os.path.dirname(os.path.abspath(args.json)), exist_ok=True)
-        with open(args.json + ".tmp", "w") as fh:
-            json.dump(results, fh, indent=1)
-        os.replace(args.json + ".tmp", args.json)
+        write_json(args.json, results)
     return 0
 
 

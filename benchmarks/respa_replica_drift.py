@@ -13,7 +13,6 @@ energy change, each atom's mean kinetic energy in its last 2 ps segment over tha
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import sys
 
@@ -25,6 +24,7 @@ from ase.data import chemical_symbols  # noqa: E402
 import jkstep  # noqa: E402
 from jkstep import analysis, units  # noqa: E402
 from jkstep.data.generate import read_molecules  # noqa: E402
+from jkstep.data.store import write_json  # noqa: E402
 from jkstep.evaluate.compare import EvalConfig, run_contender, thermalised_starts  # noqa: E402
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
@@ -76,9 +76,7 @@ def main(argv=None) -> int:
     print(f"xTB calls {run['xtb_calls']}, fallbacks {out['fallbacks']}")
     if args.json:
         os.makedirs(os.path.dirname(os.path.abspath(args.json)), exist_ok=True)
-        with open(args.json + ".tmp", "w") as fh:
-            json.dump(out, fh, indent=1)
-        os.replace(args.json + ".tmp", args.json)
+        write_json(args.json, out)
     return 0
 
 

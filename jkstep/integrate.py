@@ -107,6 +107,9 @@ def velocity_verlet_step(evaluate, positions, velocities, forces, inv_m, dt, act
     return x, v_half + 0.5 * dt * new_forces * inv_m, new_forces, energy, ok
 
 
+#: Ensembles of the integrators that take one: NVE, or NVT with a Langevin thermostat.
+ENSEMBLES = ("nve", "nvt")
+
 #: Longest time step (fs) of the plain-Verlet fallback of the hybrid integrators by default:
 #: Verlet at 0.5 fs is close to the 0.25 fs reference (docs/results.md, "Fallback step").
 FALLBACK_DT = 0.5

@@ -62,8 +62,8 @@ from flax import struct
 
 from jkstep import units
 from jkstep.errors import InputError, is_finite_number, is_integer
-from jkstep.integrate import (FALLBACK_DT, angular_momentum, evaluator, fallback_step_count, inverse_mass,  # noqa: F401
-                              kinetic_energy, verlet_span)
+from jkstep.integrate import (ENSEMBLES, FALLBACK_DT, angular_momentum, evaluator,  # noqa: F401
+                              fallback_step_count, inverse_mass, kinetic_energy, verlet_span)
 from jkstep.molecule import Molecule
 
 #: jump(positions, velocities, forces) -> (positions', velocities', forces_hat') after k steps.
@@ -165,9 +165,6 @@ def with_angular_momentum(positions, velocities, masses, target):
     inertia = jnp.eye(3) * jnp.sum(m * r**2) - jnp.einsum("i,ij,ik->jk", masses, r, r)
     omega = jnp.linalg.pinv(inertia, rtol=1e-10) @ (target - angular_momentum(positions, velocities, masses))
     return velocities + jnp.cross(omega, r) * real
-
-
-ENSEMBLES = ("nve", "nvt")
 
 
 @dataclasses.dataclass(frozen=True)

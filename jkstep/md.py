@@ -20,7 +20,7 @@ import numpy as np
 from jkstep import analysis, integrate
 from jkstep.errors import (MAX_STEPS, MAX_TEMPERATURE_K, InputError, SimulationError, is_finite_number,
                            is_integer, is_interrupt)
-from jkstep.integrate import fallback_step_count
+from jkstep.integrate import ENSEMBLES, fallback_step_count
 from jkstep.kstep import KStepOptions, kstep_integrator
 from jkstep.respa import respa
 from jkstep.molecule import Molecule, check_seed
@@ -67,7 +67,7 @@ class RunConfig:
     def __post_init__(self):
         if self.integrator not in INTEGRATORS:
             raise InputError(f"unknown integrator {self.integrator!r}; choose one of {', '.join(INTEGRATORS)}")
-        if self.ensemble not in ("nve", "nvt"):
+        if self.ensemble not in ENSEMBLES:
             raise InputError(f"unknown ensemble {self.ensemble!r}; choose nve or nvt")
         for name in ("dt", "ps", "save_every", "chunk_frames"):
             if not is_finite_number(getattr(self, name)) or not getattr(self, name) > 0:

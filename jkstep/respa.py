@@ -38,7 +38,7 @@ from flax import struct
 
 from jkstep import units
 from jkstep.errors import InputError, is_integer
-from jkstep.integrate import (_check, _check_setup, evaluator, fallback_step_count, inverse_mass,
+from jkstep.integrate import (ENSEMBLES, _check, _check_setup, evaluator, fallback_step_count, inverse_mass,
                               velocity_verlet_step, verlet_span)
 
 #: Thermostat placements of ``ensemble="nvt"`` and the default (docs/results.md, "Over k, NVE and NVT").
@@ -110,7 +110,7 @@ def respa(fast, slow, masses, k: int = 8, dt: float = 0.25, ensemble: str = "nve
         raise InputError(f"k must be an integer ≥ 1 (inner steps per macro-step), got {k!r}")
     k = int(k)
     _check("dt (fs)", dt, 0.0, allow_equal=False)
-    if ensemble not in ("nve", "nvt"):
+    if ensemble not in ENSEMBLES:
         raise InputError(f"ensemble must be 'nve' or 'nvt', got {ensemble!r}")
     if thermostat not in THERMOSTATS:
         raise InputError(f"thermostat must be one of {', '.join(THERMOSTATS)}, got {thermostat!r}")
