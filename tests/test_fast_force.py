@@ -162,6 +162,9 @@ def test_config_errors_and_offsets():
         PotentialConfig(features=0)
     with pytest.raises(InputError, match="element_energies"):
         PotentialConfig(elements=(1, 6), element_energies=(1.0,))
+    with pytest.raises(InputError, match="norm_eps must be a positive number"):
+        PotentialConfig(norm_eps=0.0)
+    assert PotentialConfig.from_dict(PotentialConfig(norm_eps=0.01).to_dict()).norm_eps == 0.01
     # per-element offsets recover exact per-element energies
     mols = [np.array([6, 1, 1, 1, 1]), np.array([6, 6, 1, 1, 1, 1, 1, 1]), np.array([8, 1, 1]), np.array([6, 8, 1, 1])]
     truth = {1: -10.0, 6: -48.0, 8: -103.0}

@@ -245,16 +245,22 @@ class Message(nn.Module):
 
 
 class Update(nn.Module):
-    """PaiNN update block: mixes vector channels and couples scalars to vector norms / products."""
+    """PaiNN update block: mixes vector channels and couples scalars to vector norms / products.
+
+    ``norm_eps``: the vector norms are sqrt(|v|² + norm_eps). With a tiny value (1e-8, the k-step
+    model's) the norm has a near-cusp where a channel passes through zero, which makes an energy
+    built on it rough at sub-femtosecond scales (docs/results.md, "A smooth norm"); a potential
+    that is integrated by impulses needs a larger one."""
 
     features: int
+    norm_eps: float = 1e-8
 
     @nn.compact
     def __call__(self, s, V):
         f = self.features
         uV = nn.Dense(f, use_bias=False, name="vec_u")(V)
         vV = nn.Dense(f, use_bias=False, name="vec_v")(V)
-        norm = _safe_norm(vV, axis=-2, eps=1e-8)
+        norm = _safe_norm(vV, axis=-2, eps=self.norm_eps)
         a = nn.Dense(3 * f, name="a_out")(
             nn.silu(nn.Dense(f, name="a_hidden")(jnp.concatenate([s, norm], axis=-1))))
         avv, asv, ass = jnp.split(a, 3, axis=-1)
@@ -264,12 +270,13 @@ class Update(nn.Module):
 class Interaction(nn.Module):
     features: int
     einsum: bool = False
+    norm_eps: float = 1e-8
 
     @nn.compact
     def __call__(self, s, V, rbf, envelope, unit, atom_mask):
         s, V = Message(self.features, self.einsum, name="message")(s, V, rbf, envelope, unit)
         s, V = s * atom_mask, V * atom_mask[..., None]
-        s, V = Update(self.features, name="update")(s, V)
+        s, V = Update(self.features, self.norm_eps, name="update")(s, V)
         return s * atom_mask, V * atom_mask[..., None]
 
 

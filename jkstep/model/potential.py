@@ -57,6 +57,9 @@ class PotentialConfig:
         baseline: "none" (the network is the whole potential) or "mmff" (a Δ-potential: the
             potential is the molecule's MMFF94, ``jkstep.mmff_potential(mol)``, plus the network,
             which is trained on the labels minus MMFF94's energies and forces).
+        norm_eps: ε of the vector norms sqrt(|v|² + ε) in the update blocks. The default 1e-8
+            (as the k-step model) leaves near-cusps that make the energy rough at sub-fs scales;
+            a fast force for RESPA needs a smooth one (1e-2: docs/results.md, "A smooth norm").
     """
 
     features: int = 16
@@ -67,6 +70,7 @@ class PotentialConfig:
     element_energies: tuple[float, ...] | None = None
     energy_scale: float = 1.0
     baseline: str = "none"
+    norm_eps: float = 1e-8
 
     def __post_init__(self):
         if self.baseline not in BASELINES:
@@ -76,7 +80,7 @@ class PotentialConfig:
             if isinstance(value, bool) or not isinstance(value, (int, float)) or value != int(value) or value < 1:
                 raise InputError(f"potential config: {name} must be a positive integer, got {value!r}")
             object.__setattr__(self, name, int(value))
-        for name in ("cutoff", "energy_scale"):
+        for name in ("cutoff", "energy_scale", "norm_eps"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, (int, float)) or not np.isfinite(value) or value <= 0:
                 raise InputError(f"potential config: {name} must be a positive number, got {value!r}")
@@ -158,7 +162,7 @@ class EnergyNet(nn.Module):
         s = nn.Embed(N_ELEMENTS, cfg.features, name="embedding")(numbers) * atom_mask
         V = jnp.zeros(s.shape[:-1] + (3, cfg.features), f32)
         for i in range(cfg.layers):
-            s, V = Interaction(cfg.features, einsum=True, name=f"interaction_{i}")(
+            s, V = Interaction(cfg.features, einsum=True, norm_eps=cfg.norm_eps, name=f"interaction_{i}")(
                 s, V, rbf, envelope, unit, atom_mask)
         h = nn.silu(nn.Dense(cfg.features, name="energy_hidden")(s))
         eps = nn.Dense(1, name="energy_out")(h)[..., 0] * atom_mask[..., 0]          # (B, N) float32
