@@ -1,8 +1,11 @@
 #!/usr/bin/env bash
 # Remakes the learned fast force gfn2-fast from nothing: its labelled frames (GFN2-xTB and MMFF94
-# energies and forces; resumable), the compact copy, MMFF94 pretraining, the transfer to xTB, the
-# scratch run of the ablation, and `jkstep export` of the route with the lower validation force
-# RMSE (the record names it: configs/fast/gfn2-fast_notes.yaml). About 1 h on 2 CPU cores.
+# energies and forces; resumable) and their compact copy if absent, the training of the smooth
+# Δ-potential on MMFF94 (configs/fast/model_delta_small.yaml), its evaluations on the validation
+# molecules (jkstep evaluate --fast, the same starts as every record) and `jkstep export` with its
+# record (configs/fast/gfn2-fast_notes.yaml). About 15 min on 2 CPU cores with the committed frames.
+# The earlier full network and its MM -> QM ablation: configs/fast/model.yaml, train_mm.yaml,
+# train_xtb.yaml (docs/results.md, "The learned fast force").
 set -euo pipefail
 cd "$(dirname "$0")/.."
 J=${JKSTEP:-.venv/bin/jkstep}
@@ -10,8 +13,13 @@ J=${JKSTEP:-.venv/bin/jkstep}
     $J generate-fast --config configs/fast/data.yaml
     $J generate-fast --config configs/fast/data.yaml --compact data/fast_frames.npz
 }
-$J train --model-config configs/fast/model.yaml --train-config configs/fast/train_mm.yaml --out outputs/fast_mm
-$J train --model-config configs/fast/model.yaml --train-config configs/fast/train_xtb.yaml \
-    --pretrained outputs/fast_mm --out outputs/fast_transfer
-$J train --model-config configs/fast/model.yaml --train-config configs/fast/train_xtb.yaml --out outputs/fast_scratch
-$J export --from outputs/fast_scratch --name gfn2-fast --notes configs/fast/gfn2-fast_notes.yaml
+$J train --model-config configs/fast/model_delta_small.yaml --train-config configs/fast/train_delta.yaml \
+    --out outputs/fast_delta_small
+mkdir -p outputs/fast_eval
+for pair in "1-propanol CCCO" "cytosine Nc1cc[nH]c(=O)n1"; do
+    set -- $pair
+    [ -s "outputs/fast_eval/$1.json" ] || OMP_NUM_THREADS=1 $J evaluate --smiles "$2" --fast outputs/fast_delta_small \
+        --ps 2 --replicas 4 --summary "outputs/fast_eval/$1.json"
+done
+$J export --from outputs/fast_delta_small --name gfn2-fast --notes configs/fast/gfn2-fast_notes.yaml \
+    --evaluation outputs/fast_eval/1-propanol.json outputs/fast_eval/cytosine.json

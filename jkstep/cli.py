@@ -15,8 +15,13 @@ import sys
 
 #: The main job's molecule: alanine dipeptide (22 atoms), the field's standard test case.
 DEFAULT_SMILES = "CC(=O)NC(C)C(=O)NC"
-#: The main job's model (shipped in jkstep/pretrained/).
+#: The learned jump of ``--integrator kstep`` (shipped in jkstep/pretrained/).
 DEFAULT_MODEL = "gfn2-k8"
+#: The main job's fast force: ``jkstep run`` with no integrator named is RESPA with it (k = 8)
+#: where MMFF94 can type the molecule (it is a Δ-potential on MMFF94), else kstep with
+#: DEFAULT_MODEL; chosen on the validation molecules (docs/results.md, "The shipped fast force").
+DEFAULT_FAST = "gfn2-fast"
+DEFAULT_K = 8
 DEFAULT_EQUILIBRATE_PS = 0.5   # jkstep run: Langevin thermalisation before production by default
 
 
@@ -129,13 +134,15 @@ def _run_parser(sub):
     run.add_argument("--integrator", default=None, choices=["verlet", "langevin", "kstep", "respa"],
                      help=f"verlet: NVE velocity Verlet; langevin: BAOAB at --temperature; kstep: learned "
                           f"k-step jump + one xTB call; respa: k Verlet steps on a fast force (--fast) between "
-                          f"half kicks of the xTB-minus-fast force, one xTB call per k·dt (default: kstep with "
-                          f"the shipped {DEFAULT_MODEL} model, verlet where no model ships)")
+                          f"half kicks of the xTB-minus-fast force, one xTB call per k·dt (default: respa with "
+                          f"the shipped {DEFAULT_FAST} at k = {DEFAULT_K} where MMFF94 types the molecule, else "
+                          f"kstep with {DEFAULT_MODEL}; verlet with --dt)")
     run.add_argument("--fast", default=None, metavar="mmff|NAME|PATH",
-                     help="respa: the fast force, mmff (MMFF94, default) or a learned fast force (a shipped "
-                          "name such as gfn2-fast, or a checkpoint directory)")
+                     help=f"respa: the fast force, mmff (MMFF94) or a learned fast force (a shipped name such as "
+                          f"{DEFAULT_FAST}, or a checkpoint directory); default mmff with --integrator respa, "
+                          f"{DEFAULT_FAST} in the main job")
     run.add_argument("--k", type=int, default=None,
-                     help="respa: inner steps of --dt per xTB call (default 8)")
+                     help=f"respa: inner steps of --dt per xTB call (default {DEFAULT_K})")
     run.add_argument("--model", help=f"kstep: a shipped model name (`jkstep models` lists them) or the path of an "
                                      f"Orbax checkpoint directory (default {DEFAULT_MODEL})")
     run.add_argument("--ensemble", default=None, choices=["nve", "nvt"],
@@ -337,11 +344,9 @@ def cmd_run(args) -> int:
         velocities = read_velocities(args.file)
     jump, k, dt = None, 1, 0.25 if args.dt is None else args.dt
     if args.integrator is None:
-        from jkstep.model.pretrained import shipped_names
-
-        # the shipped model unless the user asked for a time step of their own
-        use_model = args.model or (args.dt is None and DEFAULT_MODEL in shipped_names())
-        args.integrator = "kstep" if use_model else "verlet"
+        args.integrator = _default_integrator(args, molecule)
+        if args.integrator == "respa" and args.fast is None:
+            args.fast = DEFAULT_FAST
     if args.integrator == "kstep":
         from jkstep.kstep import model_jump
         from jkstep.model.pretrained import load_pretrained
@@ -355,7 +360,7 @@ def cmd_run(args) -> int:
         raise InputError("--model is only used with --integrator kstep")
     fast = None
     if args.integrator == "respa":
-        k = 8 if args.k is None else args.k
+        k = DEFAULT_K if args.k is None else args.k
         fast = _fast_force(args.fast or "mmff", molecule)
     elif args.fast or args.k is not None:
         raise InputError("--fast and --k are only used with --integrator respa")
@@ -465,6 +470,33 @@ def _run_replicas(args, molecule, config, k: int, velocities) -> int:
     if args.summary:
         _write_json(args.summary, result)
     return 1 if mean["blew_up"] else 0
+
+
+def _default_integrator(args, molecule) -> str:
+    """``jkstep run``'s integrator when none is named: kstep where --model is given; verlet where
+    --dt is (a time step of the user's own) or nothing ships; else RESPA with DEFAULT_FAST where
+    it ships and MMFF94 types the molecule, kstep with DEFAULT_MODEL where not."""
+    from jkstep.model.pretrained import shipped_fast_forces, shipped_names
+
+    if args.model:
+        return "kstep"
+    if args.dt is not None:
+        return "verlet"
+    if args.fast is not None or (DEFAULT_FAST in shipped_fast_forces() and _mmff_types(molecule)):
+        return "respa"
+    return "kstep" if DEFAULT_MODEL in shipped_names() else "verlet"
+
+
+def _mmff_types(molecule) -> bool:
+    """Whether MMFF94 has parameters for every atom of ``molecule``."""
+    from jkstep.errors import InputError
+    from jkstep.potentials.mmff import mmff_potential
+
+    try:
+        mmff_potential(molecule)
+    except InputError:
+        return False
+    return True
 
 
 def _fast_force(name: str, molecule):
@@ -709,7 +741,7 @@ def cmd_export(args) -> int:
                          "starting with a letter or digit (it is a directory of jkstep/pretrained), e.g. gfn2-k8")
     check_export_destination(args.to or PRETRAINED_DIR / args.name)
     meta = read_meta(args.source)
-    evaluations = None if args.evaluation is None else [_read_evaluation(p, meta["k"]) for p in args.evaluation]
+    evaluations = None if args.evaluation is None else [_read_evaluation(p, meta.get("k")) for p in args.evaluation]
     notes = read_yaml(args.notes) if args.notes else {}
     unknown = sorted(set(map(str, notes)) - set(NOTE_KEYS))
     if unknown:
@@ -731,9 +763,10 @@ def cmd_export(args) -> int:
     return 0
 
 
-def _read_evaluation(path, k: int) -> dict:
-    """A ``jkstep evaluate`` summary to record beside a model of k base steps per jump, labelled with
-    its molecule's name and split (train/val/test) where data/qm_molecules.smi lists it."""
+def _read_evaluation(path, k: int | None) -> dict:
+    """A ``jkstep evaluate`` summary to record beside a model of k base steps per jump (None: a
+    fast force, which runs at any k), labelled with its molecule's name and split (train/val/test)
+    where data/qm_molecules.smi lists it."""
     from jkstep.errors import InputError
 
     try:
@@ -746,7 +779,7 @@ def _read_evaluation(path, k: int) -> dict:
     if not isinstance(summary, dict) or not {"molecule", "k", "contenders"} <= set(summary):
         raise InputError(f"{path} is not a jkstep evaluate summary (it needs molecule, k and contenders): "
                          "pass the --summary file of jkstep evaluate")
-    if summary["k"] != k:
+    if k is not None and summary["k"] != k:
         raise InputError(f"{path} evaluates k = {summary['k']} but the model jumps k = {k} steps")
     name, split = _molecule_split(summary["molecule"])
     return {"molecule_name": name, "split": split, **summary} if name else summary
@@ -794,8 +827,10 @@ def cmd_models(args) -> int:
             cfg = record["potential_config"]
             elements = " ".join(chemical_symbols[z] for z in cfg["elements"])
             rmse = (record.get("validation") or {}).get("force_rmse_ev_a")
-            print(f"{name}: fast force for --integrator respa --fast {name} ({cfg['features']} features, "
-                  f"{cfg['layers']} layers, {cfg['cutoff']:g} Å cutoff), elements {elements}"
+            base = "MMFF94 + a network of " if cfg.get("baseline") == "mmff" else "a network of "
+            default = " (the main job's)" if name == DEFAULT_FAST else ""
+            print(f"{name}{default}: fast force for --integrator respa --fast {name} ({base}{cfg['features']} "
+                  f"features, {cfg['layers']} interaction block(s), {cfg['cutoff']:g} Å cutoff), elements {elements}"
                   + (f", validation force RMSE {rmse:.3f} eV/Å" if rmse is not None else ""))
             print(textwrap.fill(record.get("description", ""), 100, initial_indent="  ", subsequent_indent="  "))
             print(f"  record: {PRETRAINED_DIR / name / 'provenance.json'}\n")
