@@ -3,7 +3,8 @@
 # energies and forces; resumable) and their compact copy if absent, the training of the smooth
 # Δ-potential on MMFF94 (configs/fast/model_delta_small.yaml), its evaluations on the validation
 # molecules (jkstep evaluate --fast, the same starts as every record) and `jkstep export` with its
-# record (configs/fast/gfn2-fast_notes.yaml). About 15 min on 2 CPU cores with the committed frames.
+# record (configs/fast/gfn2-fast_notes.yaml), then the test molecules' evaluations (reporting only) and
+# the record again with them. About 35 min on 2 CPU cores with the committed frames.
 # The earlier full network and its MM -> QM ablation: configs/fast/model.yaml, train_mm.yaml,
 # train_xtb.yaml (docs/results.md, "The learned fast force").
 set -euo pipefail
@@ -23,3 +24,7 @@ for pair in "1-propanol CCCO" "cytosine Nc1cc[nH]c(=O)n1"; do
 done
 $J export --from outputs/fast_delta_small --name gfn2-fast --notes configs/fast/gfn2-fast_notes.yaml \
     --evaluation outputs/fast_eval/1-propanol.json outputs/fast_eval/cytosine.json
+# the test molecules (reporting only) with the shipped weights, then the record with every evaluation
+OUT=outputs/fast_eval_test ARGS="--ps 2 --replicas 4 --fast gfn2-fast" bash benchmarks/respa_eval.sh
+$J export --from outputs/fast_delta_small --name gfn2-fast --notes configs/fast/gfn2-fast_notes.yaml \
+    --evaluation outputs/fast_eval/1-propanol.json outputs/fast_eval/cytosine.json outputs/fast_eval_test/*.json

@@ -6,7 +6,7 @@
 #                                                # 140 s; 2 CPU cores about 4 h), its record (1.5 h)
 #   bash benchmarks/make_shipped.sh gfn2-k16     # the same base and data, its own stage 3, record (30 min)
 #   bash benchmarks/make_shipped.sh gfn2-k8-mm   # make_gfn2_k8_mm.sh (about 8 h on 2 CPU cores)
-#   bash benchmarks/make_shipped.sh gfn2-fast    # make_gfn2_fast.sh: the learned fast force (about 15 min)
+#   bash benchmarks/make_shipped.sh gfn2-fast    # make_gfn2_fast.sh: the learned fast force (about 35 min)
 # JKSTEP and PYTHON name the jkstep command and the Python the scripts use (default: .venv/bin/).
 set -euo pipefail
 cd "$(dirname "$0")/.."
