@@ -1,7 +1,8 @@
-"""Wall clock of RESPA (MMFF94 fast force) against Verlet at 0.25 fs, and what its parts cost.
+"""Wall clock of RESPA (MMFF94 or a learned fast force) against Verlet at 0.25 fs, and what its
+parts cost.
 
     .venv/bin/python benchmarks/bench_respa.py [--smiles "CC(=O)NC(C)C(=O)NC"] [--k 8]
-        [--macro-steps 100] [--repeats 5]
+        [--fast mmff|gfn2-fast|PATH] [--macro-steps 100] [--repeats 5] [--no-costs]
 
 Prints, on one molecule (default alanine dipeptide), after a warm-up of both:
 
@@ -12,7 +13,8 @@ Prints, on one molecule (default alanine dipeptide), after a warm-up of both:
 2. ms per xTB call after a RESPA macro-step (the SCF restart guess is k·dt old) and after a
    0.25 fs step (the guess is one step old);
 3. ms per MMFF94 inner step (force in a jitted ``fori_loop``) for 10-, 20- and 30-atom
-   molecules, and as a fraction of one xTB call on the same molecule.
+   molecules, and as a fraction of one xTB call on the same molecule (``--no-costs`` skips it;
+   ``benchmarks/bench_fast_force.py`` does the same for a learned fast force).
 
 Numbers are what this machine measured (one thread each); run it on a quiet machine.
 """
@@ -58,6 +60,8 @@ def main(argv=None) -> int:
     parser.add_argument("--k", type=positive_int, default=8)
     parser.add_argument("--macro-steps", type=positive_int, default=100)
     parser.add_argument("--repeats", type=positive_int, default=5)
+    parser.add_argument("--fast", default="mmff", help="fast force: mmff (default), a shipped name or a path")
+    parser.add_argument("--no-costs", action="store_true", help="skip the MMFF94 cost per inner step (part 3)")
     args = parser.parse_args(argv)
 
     import jax
@@ -68,9 +72,10 @@ def main(argv=None) -> int:
     from jkstep.rollout import runner
 
     mol = jkstep.Molecule.from_smiles(args.smiles, seed=0)
-    pot, mm = jkstep.xtb_potential(mol, workers=1), jkstep.mmff_potential(mol)
+    pot = jkstep.xtb_potential(mol, workers=1)
+    fast = jkstep.mmff_potential(mol) if args.fast == "mmff" else jkstep.learned_potential(args.fast, mol)
     v0 = mol.thermal_velocities(300.0, seed=0)
-    r_init, r_apply = jkstep.respa(mm, pot, mol.masses, k=args.k, dt=0.25)
+    r_init, r_apply = jkstep.respa(fast, pot, mol.masses, k=args.k, dt=0.25)
     v_init, v_apply = jkstep.verlet(pot, mol.masses, dt=0.25)
     n = args.macro_steps
     r_run, v_run = runner(r_apply, n), runner(v_apply, n * args.k)
@@ -88,7 +93,7 @@ def main(argv=None) -> int:
         ratios.append(tv / tr)
     print(f"{args.smiles} ({len(mol)} atoms), k = {args.k} (one xTB call per {args.k * 0.25:g} fs), "
           f"{args.repeats} alternating pairs of {ps:g} ps")
-    print(f"  RESPA(MMFF94): {statistics.median(speed['respa']):.3f} ps/s; Verlet 0.25 fs: "
+    print(f"  RESPA({args.fast}): {statistics.median(speed['respa']):.3f} ps/s; Verlet 0.25 fs: "
           f"{statistics.median(speed['verlet']):.3f} ps/s; speed-up median {statistics.median(ratios):.2f}x "
           f"(range {min(ratios):.2f}-{max(ratios):.2f})")
 
@@ -103,6 +108,8 @@ def main(argv=None) -> int:
     print(f"  xTB call after a macro-step: {after_macro:.2f} ms; after a 0.25 fs step: {after_step:.2f} ms "
           f"({after_macro / after_step:.2f}x)")
 
+    if args.no_costs:
+        return 0
     print("  MMFF94 inner step (force in a jitted fori_loop) against one xTB call:")
     for label, smiles in SIZES.items():
         m = jkstep.Molecule.from_smiles(smiles, seed=0)

@@ -280,6 +280,7 @@ def _generate_fast_parser(sub):
     ff.add_argument("--compact", metavar="PATH", default=None,
                     help="instead of generating, pack the generated molecule files into one committed float32 "
                          "file (e.g. data/fast_frames.npz) with a provenance file beside it")
+    _add_parallel_args(ff, "one task per molecule")
     ff.set_defaults(handler=cmd_generate_fast)
 
 
@@ -922,8 +923,10 @@ def cmd_generate_mm(args) -> int:
 
 
 def cmd_generate_fast(args) -> int:
+    from jkstep import parallel
     from jkstep.data import fastforce
 
+    parallel.check_workers(args.workers, args.scheduler)
     config = fastforce.load_config(args.config)
     if args.compact:
         prov = fastforce.compact(config.output, args.compact,
@@ -935,7 +938,7 @@ def cmd_generate_fast(args) -> int:
     def progress(name, i, n):
         print(f"[{i}/{n}] {name}", file=sys.stderr, flush=True)
 
-    summary = fastforce.generate(config, progress=progress)
+    summary = fastforce.generate(config, progress=progress, workers=args.workers, scheduler=args.scheduler)
     print(json.dumps(summary))
     return 0
 

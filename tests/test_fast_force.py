@@ -1,6 +1,8 @@
 """The learned fast force (jkstep.model.potential): invariance, conservative forces, a smooth
 cutoff, jit/vmap, padded batches, energy conservation in NVE, checkpoints and errors."""
 
+import dataclasses
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -260,3 +262,29 @@ def dataclasses_replace(obj, **changes):
     import dataclasses
 
     return dataclasses.replace(obj, **changes)
+
+
+@pytest.mark.slow
+def test_generate_fast_resumes_one_task_per_molecule(tmp_path):
+    """generate runs one task per molecule, writes each molecule's file once and resumes: a second
+    run labels nothing and gives the same summary; other settings in the same directory are refused."""
+    from jkstep.data import fastforce
+    from jkstep.parallel import SerialExecutor
+
+    (tmp_path / "m.smi").write_text("C methane\nO water\n")
+    cfg = fastforce.FastDataConfig(molecules=str(tmp_path / "m.smi"), output=str(tmp_path / "out"),
+                                   mm_temperatures=(300.0,), mm_frames=2, mm_every=2, xtb_temperatures=(300.0,),
+                                   xtb_frames=2, xtb_every=2, displaced=2, compressed=1)
+    seen = []
+    first = fastforce.generate(cfg, progress=lambda name, i, n: seen.append((name, i, n)), executor=SerialExecutor())
+    assert sorted(n for n, _, _ in seen) == ["methane", "water"] and [i for _, i, _ in seen] == [1, 2]
+    assert first["molecules"] == 2 and first["frames"] == 2 * (2 + 2 + 2 + 1)
+    stamp = {p.name: p.stat().st_mtime_ns for p in (tmp_path / "out").glob("*.npz")}
+    again = fastforce.generate(cfg, executor=SerialExecutor())
+    assert {p.name: p.stat().st_mtime_ns for p in (tmp_path / "out").glob("*.npz")} == stamp
+    assert (again["frames"], again["xtb_calls"]) == (first["frames"], first["xtb_calls"])
+    fastforce.compact(tmp_path / "out", tmp_path / "frames.npz", command="test")
+    frames = fastforce.load_frames(tmp_path / "frames.npz")
+    assert {f["name"]: len(f["xtb_energy"]) for f in frames} == {"methane": 7, "water": 7}
+    with pytest.raises(InputError, match="other settings"):
+        fastforce.generate(dataclasses.replace(cfg, seed=1), executor=SerialExecutor())

@@ -91,7 +91,7 @@ def test_bad_workers_or_scheduler_is_input_error(workers, scheduler, message):
 
 
 @pytest.mark.parametrize("command", [["generate", "--config", "none.yaml"], ["generate-mm", "--config", "none.yaml"],
-                                     ["evaluate", "--smiles", "O"], ["run", "--smiles", "O", "--integrator", "verlet"]])
+                                     ["generate-fast", "--config", "none.yaml"], ["evaluate", "--smiles", "O"], ["run", "--smiles", "O", "--integrator", "verlet"]])
 def test_cli_workers_0_is_one_line_exit_2(tmp_path, capsys, command):
     from jkstep import cli
 

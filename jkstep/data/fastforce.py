@@ -13,11 +13,12 @@ atoms, none of the validation or test molecules of ``data/qm_splits.json``):
   stretched frames (factor from ``compress``) drawn from the dynamics frames;
 
 every frame labelled with xTB energy and forces and MMFF94 energy and forces (eV, eV/Å). Frames
-whose SCF failed are dropped and counted. Each molecule is one ``.npz`` file (no pickle), written
-atomically, so an interrupted run resumes where it stopped: finished molecules are skipped.
+whose SCF failed are dropped and counted. Each molecule is one task of the Dask execution layer (``jkstep.parallel``;
+``jkstep generate-fast --workers N`` or ``--scheduler ADDRESS``) and one ``.npz`` file (no pickle),
+written atomically, so an interrupted run resumes where it stopped: finished molecules are skipped.
 
 ``compact(...)`` packs all molecule files into one float32 file (energies as offsets from a
-per-molecule float64 reference) for committing; ``load_frames`` reads either layout.
+per-molecule float64 reference) for committing; ``load_frames`` reads it.
 
 Units: Å, fs, eV, eV/Å, amu, K.
 """
@@ -331,41 +332,71 @@ def _atomic_savez(path: Path, arrays: dict) -> None:
     os.replace(tmp, path)
 
 
-def generate(cfg: FastDataConfig, progress: Callable[[str, int, int], None] | None = None) -> dict:
-    """Label every molecule of ``cfg.molecules`` into ``cfg.output/<name>.npz`` (finished ones are
-    skipped: the run resumes). Returns a summary (molecules, frames, xTB calls, seconds)."""
+def _molecule_task(smiles: str, name: str, cfg: FastDataConfig, mm_sizes, path: str) -> dict:
+    """One task of ``generate``: label one molecule into ``path`` unless it is there (atomic write,
+    so a task that is run again after a dead worker neither loses nor duplicates frames)."""
+    if not os.path.exists(path):
+        _atomic_savez(Path(path), molecule_frames(smiles, name, cfg, mm_sizes))
+    with np.load(path) as d:
+        return {"name": name, "frames": int(len(d["xtb_energy"])), "xtb_calls": int(d["xtb_calls"])}
+
+
+def generate(cfg: FastDataConfig, progress: Callable[[str, int, int], None] | None = None,
+             workers: int | None = None, scheduler: str | None = None, executor=None) -> dict:
+    """Label every molecule of ``cfg.molecules`` into ``cfg.output/<name>.npz``, one task per
+    molecule on the Dask execution layer (``jkstep.parallel``: ``executor``, else a cluster of
+    ``workers`` processes or the one at ``scheduler``). Finished molecules are skipped, so the run
+    resumes. ``progress(name, done, total)`` is called as molecules finish. Returns a summary
+    (molecules, frames, xTB calls, seconds, output)."""
+    from jkstep import parallel
     from jkstep.data.generate import read_molecules
 
+    parallel.check_workers(workers, scheduler)
     molecules = read_molecules(cfg.molecules)
     if cfg.max_molecules is not None:
         molecules = molecules[:cfg.max_molecules]
-    out = Path(cfg.output)
+    out = Path(cfg.output).absolute()   # a worker of an external cluster has another working directory
     out.mkdir(parents=True, exist_ok=True)
     settings = out / "config.json"
     if settings.exists():
         old = json.loads(settings.read_text())
         changed = sorted(k for k in old if k not in ("max_molecules",) and old[k] != cfg.to_dict().get(k))
         if changed:
-            raise InputError(f"{out} was generated with other settings ({', '.join(changed)}); "
+            raise InputError(f"{cfg.output} was generated with other settings ({', '.join(changed)}); "
                              "use a new output directory")
     settings.write_text(json.dumps(cfg.to_dict(), indent=2) + "\n")
-    frames = calls = 0
     t0 = time.perf_counter()
-    sizes = None
-    for i, (smiles, name) in enumerate(molecules):
-        path = out / f"{name}.npz"
-        if not path.exists():
-            if sizes is None:   # MMFF94 dynamics padded per size bucket: a few compiles, not one per molecule
-                sizes = mm_term_sizes(molecules, cfg)
-            arrays = molecule_frames(smiles, name, cfg, sizes)
-            _atomic_savez(path, arrays)
-        with np.load(path) as d:
+    paths = {name: os.fspath(out / f"{name}.npz") for _, name in molecules}
+    todo = [(smiles, name) for smiles, name in molecules if not os.path.exists(paths[name])]
+    # MMFF94 dynamics padded per size bucket: a few compiles, not one per molecule
+    sizes = mm_term_sizes(molecules, cfg) if todo else None
+    tasks = [parallel.Task(parallel.task_key(f"generate-fast-{name}", os.fspath(out), name),
+                           _molecule_task, smiles, name, cfg, sizes, paths[name]) for smiles, name in todo]
+    done = 0
+    for _, name in molecules:
+        if progress and os.path.exists(paths[name]):
+            done += 1
+            progress(name, done, len(molecules))
+
+    def finished(key, result):
+        nonlocal done
+        done += 1
+        if progress:
+            progress(result["name"], done, len(molecules))
+
+    if tasks:
+        if executor is not None:   # e.g. parallel.SerialExecutor() (this process)
+            for task in tasks:
+                finished(task.key, executor.submit(task).result())
+        else:
+            parallel.run_tasks(tasks, workers=None if scheduler else workers, scheduler=scheduler, on_task=finished)
+    frames = calls = 0
+    for _, name in molecules:
+        with np.load(paths[name]) as d:
             frames += len(d["xtb_energy"])
             calls += int(d["xtb_calls"])
-        if progress:
-            progress(name, i + 1, len(molecules))
     return {"molecules": len(molecules), "frames": frames, "xtb_calls": calls,
-            "seconds": round(time.perf_counter() - t0, 1), "output": os.fspath(out)}
+            "seconds": round(time.perf_counter() - t0, 1), "output": os.fspath(cfg.output)}
 
 
 # ---------------------------------------------------------------------------------------------
