@@ -2,13 +2,13 @@
 parts cost.
 
     .venv/bin/python benchmarks/bench_respa.py [--smiles "CC(=O)NC(C)C(=O)NC"] [--k 8]
-        [--fast mmff|gfn2-fast|PATH] [--macro-steps 100] [--repeats 5] [--no-costs]
+        [--fast mmff|gfn2-fast|PATH] [--dt 0.25] [--macro-steps 100] [--repeats 5] [--no-costs]
 
 Prints, on one molecule (default alanine dipeptide), after a warm-up of both:
 
-1. simulated ps per wall-clock second of ``jkstep.respa`` (k inner steps of 0.25 fs per xTB call)
-   and of velocity Verlet at 0.25 fs, from the same start, in ``--repeats`` alternating pairs of
-   runs of ``--macro-steps`` macro-steps (Verlet: as many 0.25 fs steps as RESPA's inner steps):
+1. simulated ps per wall-clock second of ``jkstep.respa`` (k inner steps of ``--dt`` fs per xTB
+   call) and of velocity Verlet at 0.25 fs, from the same start, in ``--repeats`` alternating pairs
+   of runs of ``--macro-steps`` macro-steps (Verlet: the same simulated time in 0.25 fs steps):
    the medians and the range of the pairs' speed-up;
 2. ms per xTB call after a RESPA macro-step (the SCF restart guess is k·dt old) and after a
    0.25 fs step (the guess is one step old);
@@ -30,7 +30,7 @@ import time
 os.environ.setdefault("OMP_NUM_THREADS", "1")
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from _args import positive_int  # noqa: E402
+from _args import positive_float, positive_int  # noqa: E402
 
 #: 10-, 20- and 30-atom molecules (with hydrogens) for the fast-force cost
 SIZES = {"10 atoms (glycine)": "NCC(=O)O", "20 atoms (paracetamol)": "CC(=O)Nc1ccc(O)cc1",
@@ -60,6 +60,7 @@ def main(argv=None) -> int:
     parser.add_argument("--k", type=positive_int, default=8)
     parser.add_argument("--macro-steps", type=positive_int, default=100)
     parser.add_argument("--repeats", type=positive_int, default=5)
+    parser.add_argument("--dt", type=positive_float, default=0.25, help="RESPA's inner step, fs (0.25)")
     parser.add_argument("--fast", default="mmff", help="fast force: mmff (default), a shipped name or a path")
     parser.add_argument("--no-costs", action="store_true", help="skip the MMFF94 cost per inner step (part 3)")
     args = parser.parse_args(argv)
@@ -75,23 +76,27 @@ def main(argv=None) -> int:
     pot = jkstep.xtb_potential(mol, workers=1)
     fast = jkstep.mmff_potential(mol) if args.fast == "mmff" else jkstep.learned_potential(args.fast, mol)
     v0 = mol.thermal_velocities(300.0, seed=0)
-    r_init, r_apply = jkstep.respa(fast, pot, mol.masses, k=args.k, dt=0.25)
+    r_init, r_apply = jkstep.respa(fast, pot, mol.masses, k=args.k, dt=args.dt)
     v_init, v_apply = jkstep.verlet(pot, mol.masses, dt=0.25)
     n = args.macro_steps
-    r_run, v_run = runner(r_apply, n), runner(v_apply, n * args.k)
+    tau = args.k * args.dt
+    verlet_steps = round(n * tau / 0.25)
+    if abs(verlet_steps * 0.25 - n * tau) > 1e-9:
+        parser.error(f"--k x --dt = {tau:g} fs must be a whole number of 0.25 fs Verlet steps")
+    r_run, v_run = runner(r_apply, n), runner(v_apply, verlet_steps)
     r_state, v_state = r_init(mol.positions, v0), v_init(mol.positions, v0)
     timed(r_run, r_state)
     timed(v_run, v_state)          # warm-up: compile both
     speed = {"respa": [], "verlet": []}
     ratios = []
-    ps = n * args.k * 0.25 / 1000
+    ps = n * tau / 1000
     for _ in range(args.repeats):
         tr, (r_state, fr_r) = timed(r_run, r_state)
         tv, (v_state, fr_v) = timed(v_run, v_state)
         speed["respa"].append(ps / tr)
         speed["verlet"].append(ps / tv)
         ratios.append(tv / tr)
-    print(f"{args.smiles} ({len(mol)} atoms), k = {args.k} (one xTB call per {args.k * 0.25:g} fs), "
+    print(f"{args.smiles} ({len(mol)} atoms), k = {args.k} x {args.dt:g} fs (one xTB call per {tau:g} fs), "
           f"{args.repeats} alternating pairs of {ps:g} ps")
     print(f"  RESPA({args.fast}): {statistics.median(speed['respa']):.3f} ps/s; Verlet 0.25 fs: "
           f"{statistics.median(speed['verlet']):.3f} ps/s; speed-up median {statistics.median(ratios):.2f}x "

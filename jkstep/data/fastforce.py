@@ -442,7 +442,10 @@ def compact(directory, out_path, command: str = "", molecules=None) -> dict:
             "molecules": len(names), "frames": int(sum(n_frames)), "bytes": out_path.stat().st_size,
             "layout": "flat arrays: numbers (sum n_atoms), positions/forces (sum n_frames*n_atoms, 3) "
                       "float32, Å and eV/Å; energies xtb_de/mmff_de (sum n_frames) float32 eV offsets "
-                      "from xtb_ref/mmff_ref (per molecule, float64 eV); source codes " + ", ".join(SOURCES)}
+                      "from xtb_ref/mmff_ref (per molecule, float64 eV); source codes " + ", ".join(SOURCES),
+            "frames_per_source": {name: int(np.sum(arrays["source"] == code)) for code, name in enumerate(SOURCES)},
+            "atoms_per_molecule": {"min": int(min(n_atoms)), "max": int(max(n_atoms)),
+                                   "mean": round(float(np.mean(n_atoms)), 2)}}
     with open(out_path.with_suffix(".provenance.json"), "w") as fh:
         json.dump(prov, fh, indent=2)
         fh.write("\n")
