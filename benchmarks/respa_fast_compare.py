@@ -5,8 +5,12 @@ For each molecule: ``jkstep evaluate``'s starting states (seed 0: a 1 ps Langevi
 learned fast force, 4 replicas × ``--ps`` ps, the same xTB calls. Prints each run's energy
 fluctuation and drift per replica, mean kinetic temperature and fallbacks. (The distributions, the
 X–H band and the reference are what ``jkstep evaluate --fast NAME`` adds, at about 3× the cost.)
+``--no-mmff`` runs the learned fast force only (e.g. long runs); ``--verlet-dt 1`` adds velocity
+Verlet at 1 fs from the same starts (what a k = 4 evaluation's ``verlet_kdt`` is).
 
     python benchmarks/respa_fast_compare.py --fast outputs/fast_delta_smooth --molecules 1-propanol cytosine
+    python benchmarks/respa_fast_compare.py --fast gfn2-fast --k 16 --verlet-dt 1 --molecules cysteine
+    python benchmarks/respa_fast_compare.py --fast gfn2-fast --no-mmff --ps 10 --json outputs/long.json
 """
 
 from __future__ import annotations
@@ -22,6 +26,7 @@ import numpy as np  # noqa: E402
 import jkstep  # noqa: E402
 from jkstep import analysis  # noqa: E402
 from jkstep.data.generate import read_molecules  # noqa: E402
+from jkstep.data.store import write_json  # noqa: E402
 from jkstep.evaluate.compare import EvalConfig, run_contender, thermalised_starts  # noqa: E402
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
@@ -35,6 +40,10 @@ def main(argv=None) -> int:
                         help="names of data/qm_molecules.smi (default: validation molecules)")
     parser.add_argument("--k", nargs="+", type=positive_int, default=[8])
     parser.add_argument("--ps", type=positive_float, default=2.0, help="NVE length per replica, ps (2)")
+    parser.add_argument("--no-mmff", action="store_true", help="skip RESPA with MMFF94")
+    parser.add_argument("--verlet-dt", type=positive_float, nargs="*", default=[],
+                        help="also velocity Verlet at these steps (fs) from the same starts")
+    parser.add_argument("--json", default=None, help="write every run's figures as JSON here")
     args = parser.parse_args(argv)
     smiles = {name: s for s, name in read_molecules("data/qm_molecules.smi")}
     unknown = [m for m in args.molecules if m not in smiles]
@@ -43,25 +52,34 @@ def main(argv=None) -> int:
     print("| molecule | k | fast force | E std kJ/mol (mean; per replica) | drift kJ/mol/ps (mean; per replica) "
           "| mean T K | fallbacks |")
     print("|---|---|---|---|---|---|---|")
+    rows = []
     for name in args.molecules:
         mol = jkstep.Molecule.from_smiles(smiles[name])
         pot = jkstep.xtb_potential(mol)
         starts = thermalised_starts(mol, pot, EvalConfig(k=8, dt=0.25, ps=args.ps, n_replicas=4, seed=0))
-        fasts = {"MMFF94": jkstep.mmff_potential(mol), args.fast: jkstep.learned_potential(args.fast, mol)}
-        for k in args.k:
+        fasts = {} if args.no_mmff else {"MMFF94": jkstep.mmff_potential(mol)}
+        fasts[args.fast] = jkstep.learned_potential(args.fast, mol)
+        runs = [(k, label, jkstep.respa(fast, pot, mol.masses, k, 0.25)) for k in args.k for label, fast in fasts.items()]
+        runs += [(round(dt / 0.25), f"Verlet {dt:g} fs", jkstep.verlet(pot, mol.masses, dt)) for dt in args.verlet_dt]
+        for k, label, (init, apply) in runs:
             cfg = EvalConfig(k=k, dt=0.25, ps=args.ps, n_replicas=4, seed=0)
-            for label, fast in fasts.items():
-                init, apply = jkstep.respa(fast, pot, mol.masses, k, 0.25)
-                run = run_contender(lambda x, v: init(x, v), apply, 1, starts, cfg, lambda: pot.calls)
-                frames = run["frames"]
-                total = np.asarray(frames.energy) + analysis.kinetic_energy(frames.velocities, mol.masses)
-                t = np.arange(total.shape[1]) * k * 0.25
-                std = [analysis.energy_std(e) for e in total]
-                drift = [analysis.energy_drift(t, e) for e in total]
-                temp = float(np.mean(analysis.temperature(frames.velocities, mol.masses)))
-                print(f"| {name} | {k} | {label} | {np.mean(std):.3f}; {' '.join(f'{x:.3f}' for x in std)} | "
-                      f"{np.mean(drift):+.3f}; {' '.join(f'{x:+.3f}' for x in drift)} | {temp:.1f} | "
-                      f"{int(np.sum(run['state'].fallbacks))} |", flush=True)
+            run = run_contender(lambda x, v, init=init: init(x, v), apply, 1, starts, cfg, lambda: pot.calls)
+            frames = run["frames"]
+            total = np.asarray(frames.energy) + analysis.kinetic_energy(frames.velocities, mol.masses)
+            t = np.arange(total.shape[1]) * k * 0.25
+            std = [analysis.energy_std(e) for e in total]
+            drift = [analysis.energy_drift(t, e) for e in total]
+            temp = float(np.mean(analysis.temperature(frames.velocities, mol.masses)))
+            fallbacks = int(np.sum(getattr(run["state"], "fallbacks", 0)))
+            print(f"| {name} | {k} | {label} | {np.mean(std):.3f}; {' '.join(f'{x:.3f}' for x in std)} | "
+                  f"{np.mean(drift):+.3f}; {' '.join(f'{x:+.3f}' for x in drift)} | {temp:.1f} | "
+                  f"{fallbacks} |", flush=True)
+            rows.append({"molecule": name, "k": k, "fast": label, "ps": args.ps, "energy_std_kj_mol": std,
+                         "drift_kj_mol_ps": drift, "mean_temperature_k": temp, "fallbacks": fallbacks,
+                         "xtb_calls": int(run["xtb_calls"]),
+                         "blew_up": bool(not np.all(np.isfinite(total)))})
+    if args.json:
+        write_json(args.json, {"command": " ".join(sys.argv), "runs": rows})
     return 0
 
 

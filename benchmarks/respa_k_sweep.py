@@ -1,4 +1,4 @@
-"""RESPA with MMFF94 as the fast force over k, NVE and NVT, on validation molecules.
+"""RESPA over k, NVE and NVT: MMFF94 as the fast force (or, in NVT, ``--fast NAME``).
 
 For each molecule: one Langevin thermalisation at 300 K and 4 same-energy replicas
 (``jkstep.evaluate.compare.thermalised_starts``), then
@@ -13,9 +13,11 @@ For each molecule: one Langevin thermalisation at 300 K and 4 same-energy replic
   (contender's first replica half vs the reference's second half; the floor is the reference
   against itself).
 
-Prints one table per ensemble and writes everything as JSON (``--out``).
+``--fast NAME|PATH`` puts a learned fast force in the NVT runs instead of MMFF94; ``--ks`` with no
+value skips the NVE sweep. Prints one table per ensemble and writes everything as JSON (``--out``).
 
     python benchmarks/respa_k_sweep.py --molecules 1-propanol cytosine --ps 2 --out outputs/respa_k_sweep.json
+    python benchmarks/respa_k_sweep.py --molecules cysteine --ks --nvt-ks 32 --fast gfn2-fast --out outputs/k32.json
 """
 
 from __future__ import annotations
@@ -40,11 +42,12 @@ def molecule_smiles(name: str) -> str:
     raise SystemExit(f"respa_k_sweep.py: no molecule {name!r} in data/qm_molecules.smi")
 
 
-def nvt_runs(molecule, factory, config, starts, ks, terms):
+def nvt_runs(molecule, factory, config, starts, ks, terms, fast="mmff"):
     import jax
 
     from jkstep import integrate
     from jkstep.evaluate.compare import run_contender
+    from jkstep.model.potential import learned_potential
     from jkstep.potentials.mmff import mmff_potential
     from jkstep.respa import respa
 
@@ -57,7 +60,7 @@ def nvt_runs(molecule, factory, config, starts, ks, terms):
         init, apply = build(pot)
         return run_contender(init, apply, per_frame, starts, cfg, lambda: pot.calls)
 
-    mm = mmff_potential(molecule)
+    mm = mmff_potential(molecule) if fast == "mmff" else learned_potential(fast, molecule)
     out = {}
     for k in ks:
         cfg = dataclasses.replace(config, k=k)
@@ -95,10 +98,11 @@ def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--molecules", nargs="+", default=["1-propanol", "cytosine"],
                         help="names in data/qm_molecules.smi (validation molecules by default)")
-    parser.add_argument("--ks", type=positive_int, nargs="+", default=[8, 12, 16, 24, 32])
+    parser.add_argument("--ks", type=positive_int, nargs="*", default=[8, 12, 16, 24, 32])
     parser.add_argument("--nvt-ks", type=positive_int, nargs="*", default=[16, 32])
     parser.add_argument("--ps", type=positive_float, default=2.0, help="length of every replica, ps (2)")
     parser.add_argument("--replicas", type=positive_int, default=4)
+    parser.add_argument("--fast", default="mmff", help="fast force of the NVT runs: mmff (default), a name or a path")
     parser.add_argument("--out", default="outputs/respa_k_sweep.json")
     args = parser.parse_args(argv)
     if any(k % 2 for k in args.nvt_ks):
@@ -113,14 +117,14 @@ def main(argv=None) -> int:
         mol = jkstep.Molecule.from_smiles(molecule_smiles(name), seed=0)
         factory = lambda: jkstep.xtb_potential(mol)  # noqa: E731
         config = EvalConfig(k=8, ps=args.ps, n_replicas=args.replicas)
-        nve = evaluate_ks(mol, factory, config, {k: None for k in args.ks})
+        nve = evaluate_ks(mol, factory, config, {k: None for k in args.ks}) if args.ks else {}
         starts = thermalised_starts(mol, factory(), config)
         terms = metrics.internal_coordinates(mol.numbers, starts[0][0], mol.mol_block)
-        nvt = nvt_runs(mol, factory, config, starts, args.nvt_ks, terms) if args.nvt_ks else {}
+        nvt = nvt_runs(mol, factory, config, starts, args.nvt_ks, terms, args.fast) if args.nvt_ks else {}
         results[name] = {"nve": {k: {"reference_temperature_k": s["contenders"]["reference"]["mean_temperature_k"],
                                      "verlet_kdt": s["contenders"]["verlet_kdt"],
                                      "mmff_respa": s["contenders"]["mmff_respa"]} for k, s in nve.items()},
-                         "nvt": nvt}
+                         "nvt": nvt, "nvt_fast": args.fast}
         os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
         with open(args.out + ".tmp", "w") as fh:
             json.dump(results, fh, indent=1)
