@@ -1,8 +1,8 @@
 """The one execution layer for parallel work: Dask distributed.
 
 ``jkstep generate``, ``jkstep generate-mm``, ``jkstep generate-fast``, ``jkstep evaluate`` and
-``jkstep run --replicas N`` cut their work into tasks (one molecule, one replica, one contender-replica) and hand them to
-``Executor.run``. By default the executor starts an embedded ``LocalCluster`` of worker
+``jkstep run --replicas N`` cut their work into tasks (one molecule, one replica, one
+contender-replica) and hand them to ``Executor.run``. By default the executor starts an embedded ``LocalCluster`` of worker
 *processes*, one per core (``default_workers``), one thread each and ``OMP_NUM_THREADS=1`` (one
 OpenMP thread for each task's tblite); ``workers=N`` sets its size and ``scheduler=ADDRESS``
 connects to an existing Dask scheduler instead (a cluster on many machines, e.g. started with

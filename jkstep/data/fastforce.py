@@ -13,9 +13,10 @@ atoms, none of the validation or test molecules of ``data/qm_splits.json``):
   stretched frames (factor from ``compress``) drawn from the dynamics frames;
 
 every frame labelled with xTB energy and forces and MMFF94 energy and forces (eV, eV/Å). Frames
-whose SCF failed are dropped and counted. Each molecule is one task of the Dask execution layer (``jkstep.parallel``;
-``jkstep generate-fast --workers N`` or ``--scheduler ADDRESS``) and one ``.npz`` file (no pickle),
-written atomically, so an interrupted run resumes where it stopped: finished molecules are skipped.
+whose SCF failed are dropped and counted. Each molecule is one task of the Dask execution layer
+(``jkstep.parallel``; ``jkstep generate-fast --workers N`` or ``--scheduler ADDRESS``) and one
+``.npz`` file (no pickle), written atomically, so an interrupted run resumes where it stopped:
+finished molecules are skipped.
 
 ``compact(...)`` packs all molecule files into one float32 file (energies as offsets from a
 per-molecule float64 reference) for committing; ``load_frames`` reads it.
