@@ -34,3 +34,14 @@ def existing_dir(text: str) -> str:
     if not os.path.isdir(text):
         raise argparse.ArgumentTypeError(f"no directory {text}")
     return text
+
+
+def qm_smiles(parser: argparse.ArgumentParser, names) -> dict:
+    """{name: SMILES} of ``names`` from data/qm_molecules.smi; an unknown name is a usage error."""
+    from jkstep.data.generate import read_molecules
+
+    smiles = {name: s for s, name in read_molecules("data/qm_molecules.smi")}
+    unknown = [m for m in names if m not in smiles]
+    if unknown:
+        parser.error(f"not in data/qm_molecules.smi: {unknown}")
+    return smiles

@@ -25,13 +25,12 @@ import jax  # noqa: E402
 import numpy as np  # noqa: E402
 
 import jkstep  # noqa: E402
-from jkstep.data.generate import read_molecules  # noqa: E402
 from jkstep.data.store import write_json  # noqa: E402
 from jkstep.evaluate.compare import EvalConfig, run_contender, thermalised_starts  # noqa: E402
 from jkstep.integrate import verlet  # noqa: E402
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from _args import positive_float, positive_int  # noqa: E402
+from _args import positive_float, positive_int, qm_smiles  # noqa: E402
 
 
 def fast_forces(name: str, mol):
@@ -75,10 +74,7 @@ def main(argv=None) -> int:
     parser.add_argument("--every", type=positive_int, default=4, help="base steps between frames (4: 1 fs)")
     parser.add_argument("--json", default=None, help="write the table as JSON here")
     args = parser.parse_args(argv)
-    smiles = {name: s for s, name in read_molecules("data/qm_molecules.smi")}
-    unknown = [m for m in args.molecules if m not in smiles]
-    if unknown:
-        parser.error(f"not in data/qm_molecules.smi: {unknown}")
+    smiles = qm_smiles(parser, args.molecules)
     results = {}
     print("| molecule | fast force | frames | force RMSE eV/Å | error change RMS eV/Å/fs | xTB force change RMS eV/Å/fs |")
     print("|---|---|---|---|---|---|")

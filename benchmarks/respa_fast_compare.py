@@ -25,12 +25,11 @@ import numpy as np  # noqa: E402
 
 import jkstep  # noqa: E402
 from jkstep import analysis  # noqa: E402
-from jkstep.data.generate import read_molecules  # noqa: E402
 from jkstep.data.store import write_json  # noqa: E402
 from jkstep.evaluate.compare import EvalConfig, run_contender, thermalised_starts  # noqa: E402
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from _args import positive_float, positive_int  # noqa: E402
+from _args import positive_float, positive_int, qm_smiles  # noqa: E402
 
 
 def main(argv=None) -> int:
@@ -45,10 +44,7 @@ def main(argv=None) -> int:
                         help="also velocity Verlet at these steps (fs) from the same starts")
     parser.add_argument("--json", default=None, help="write every run's figures as JSON here")
     args = parser.parse_args(argv)
-    smiles = {name: s for s, name in read_molecules("data/qm_molecules.smi")}
-    unknown = [m for m in args.molecules if m not in smiles]
-    if unknown:
-        parser.error(f"not in data/qm_molecules.smi: {unknown}")
+    smiles = qm_smiles(parser, args.molecules)
     print("| molecule | k | fast force | E std kJ/mol (mean; per replica) | drift kJ/mol/ps (mean; per replica) "
           "| mean T K | fallbacks |")
     print("|---|---|---|---|---|---|---|")
