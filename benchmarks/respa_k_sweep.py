@@ -13,8 +13,11 @@ For each molecule: one Langevin thermalisation at 300 K and 4 same-energy replic
   (contender's first replica half vs the reference's second half; the floor is the reference
   against itself).
 
-``--fast NAME|PATH`` puts a learned fast force in the NVT runs instead of MMFF94; ``--ks`` with no
-value skips the NVE sweep. Prints one table per ensemble and writes everything as JSON (``--out``).
+``--fast NAME|PATH`` puts a learned fast force in the NVT runs instead of MMFF94;
+``--hydrogen-mass 3.024`` runs them with repartitioned hydrogen masses
+(``Molecule.repartition_hydrogen_mass``: the same canonical distribution of positions, slower X–H
+vibrations; start velocities scaled by sqrt(m/m'), temperatures from the repartitioned masses) while
+the Langevin reference keeps the true ones; ``--ks`` with no value skips the NVE sweep. Prints one table per ensemble and writes everything as JSON (``--out``).
 
     python benchmarks/respa_k_sweep.py --molecules 1-propanol cytosine --ps 2 --out outputs/respa_k_sweep.json
     python benchmarks/respa_k_sweep.py --molecules cysteine --ks --nvt-ks 32 --fast gfn2-fast --out outputs/k32.json
@@ -31,18 +34,10 @@ import sys
 import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from _args import positive_float, positive_int  # noqa: E402
+from _args import positive_float, positive_int, qm_smiles  # noqa: E402
 
 
-def molecule_smiles(name: str) -> str:
-    for line in open("data/qm_molecules.smi"):
-        parts = line.split()
-        if len(parts) == 2 and not line.startswith("#") and parts[1] == name:
-            return parts[0]
-    raise SystemExit(f"respa_k_sweep.py: no molecule {name!r} in data/qm_molecules.smi")
-
-
-def nvt_runs(molecule, factory, config, starts, ks, terms, fast="mmff"):
+def nvt_runs(molecule, factory, config, starts, ks, terms, fast="mmff", hydrogen_mass=None):
     import jax
 
     from jkstep import integrate
@@ -52,10 +47,12 @@ def nvt_runs(molecule, factory, config, starts, ks, terms, fast="mmff"):
     from jkstep.respa import respa
 
     masses = np.asarray(molecule.masses)
+    respa_masses = molecule.repartition_hydrogen_mass(hydrogen_mass).masses if hydrogen_mass else masses
     keys = np.stack([np.asarray(jax.random.PRNGKey(1000 + r)) for r in range(config.n_replicas)])
+    respa_starts = (starts[0], starts[1] * np.sqrt(masses / respa_masses)[:, None], keys)
     starts = (*starts, keys)
 
-    def run(build, cfg, per_frame):
+    def run(build, cfg, per_frame, starts=starts):
         pot = factory()
         init, apply = build(pot)
         return run_contender(init, apply, per_frame, starts, cfg, lambda: pot.calls)
@@ -70,10 +67,10 @@ def nvt_runs(molecule, factory, config, starts, ks, terms, fast="mmff"):
                   ref_cfg, k // 2)
         row = {"langevin_0.5fs": summarise(ref, ref, masses, terms, k * config.dt, config.temperature)}
         for where in ("macro", "inner"):
-            r = run(lambda pot, w=where: respa(mm, pot, masses, k, config.dt, ensemble="nvt",
+            r = run(lambda pot, w=where: respa(mm, pot, respa_masses, k, config.dt, ensemble="nvt",
                                                temperature=config.temperature, friction=config.friction,
-                                               thermostat=w), cfg, 1)
-            row[where] = summarise(r, ref, masses, terms, k * config.dt, config.temperature)
+                                               thermostat=w), cfg, 1, respa_starts)
+            row[where] = summarise(r, ref, respa_masses, terms, k * config.dt, config.temperature)
         out[k] = row
     return out
 
@@ -103,6 +100,8 @@ def main(argv=None) -> int:
     parser.add_argument("--ps", type=positive_float, default=2.0, help="length of every replica, ps (2)")
     parser.add_argument("--replicas", type=positive_int, default=4)
     parser.add_argument("--fast", default="mmff", help="fast force of the NVT runs: mmff (default), a name or a path")
+    parser.add_argument("--hydrogen-mass", type=positive_float, default=None,
+                        help="NVT RESPA with hydrogen mass repartitioning to this H mass, amu (e.g. 3.024)")
     parser.add_argument("--out", default="outputs/respa_k_sweep.json")
     args = parser.parse_args(argv)
     if any(k % 2 for k in args.nvt_ks):
@@ -112,19 +111,22 @@ def main(argv=None) -> int:
     from jkstep.evaluate import metrics
     from jkstep.evaluate.compare import EvalConfig, evaluate_ks, thermalised_starts
 
+    smiles = qm_smiles(parser, args.molecules)
     results = {}
     for name in args.molecules:
-        mol = jkstep.Molecule.from_smiles(molecule_smiles(name), seed=0)
+        mol = jkstep.Molecule.from_smiles(smiles[name], seed=0)
         factory = lambda: jkstep.xtb_potential(mol)  # noqa: E731
         config = EvalConfig(k=8, ps=args.ps, n_replicas=args.replicas)
         nve = evaluate_ks(mol, factory, config, {k: None for k in args.ks}) if args.ks else {}
         starts = thermalised_starts(mol, factory(), config)
         terms = metrics.internal_coordinates(mol.numbers, starts[0][0], mol.mol_block)
-        nvt = nvt_runs(mol, factory, config, starts, args.nvt_ks, terms, args.fast) if args.nvt_ks else {}
+        nvt = nvt_runs(mol, factory, config, starts, args.nvt_ks, terms, args.fast,
+                       args.hydrogen_mass) if args.nvt_ks else {}
         results[name] = {"nve": {k: {"reference_temperature_k": s["contenders"]["reference"]["mean_temperature_k"],
                                      "verlet_kdt": s["contenders"]["verlet_kdt"],
                                      "mmff_respa": s["contenders"]["mmff_respa"]} for k, s in nve.items()},
-                         "nvt": nvt, "nvt_fast": args.fast}
+                         "nvt": nvt, "nvt_fast": args.fast,
+                         "nvt_hydrogen_mass": args.hydrogen_mass}
         os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
         with open(args.out + ".tmp", "w") as fh:
             json.dump(results, fh, indent=1)

@@ -62,6 +62,22 @@ def test_thermal_velocities_units_and_com(ethanol):
 WATER = [[0, 0, 0], [0.96, 0, 0], [-0.24, 0.93, 0]]
 
 
+def test_hydrogen_mass_repartitioning(ethanol):
+    heavy = ethanol.repartition_hydrogen_mass()  # CCO: C0 holds 3 H, C1 2 H, O2 1 H
+    np.testing.assert_allclose(heavy.masses.sum(), ethanol.masses.sum(), rtol=1e-12)
+    np.testing.assert_allclose(heavy.masses[3:], 3.024)
+    gain = 3.024 - ethanol.masses[3]
+    np.testing.assert_allclose(ethanol.masses[:3] - heavy.masses[:3], [3 * gain, 2 * gain, gain], rtol=1e-12)
+    np.testing.assert_array_equal(heavy.positions, ethanol.positions)
+    assert heavy.numbers.tolist() == ethanol.numbers.tolist()
+    with pytest.raises(InputError, match="hydrogen_mass must be a positive"):
+        ethanol.repartition_hydrogen_mass(0.0)
+    with pytest.raises(InputError, match="leaves atom 0 .C."):
+        ethanol.repartition_hydrogen_mass(4.0)
+    with pytest.raises(InputError, match="needs a heavy atom"):
+        Molecule(np.array([1, 1]), np.array([[0.0, 0, 0], [0.74, 0, 0]])).repartition_hydrogen_mass()
+
+
 @pytest.mark.parametrize("make, match", [
     (lambda: Molecule.from_smiles("C1CC"), "cannot parse SMILES"),
     (lambda: Molecule.from_smiles(""), "cannot parse SMILES"),
