@@ -85,8 +85,8 @@ def main(argv=None) -> int:
                   f"{fallbacks} |", flush=True)
             rows.append({"molecule": name, "k": k, "fast": label, "ps": args.ps,
                          "hydrogen_mass": None if masses is mol.masses else args.hydrogen_mass,
-                         "energy_std_kj_mol": std, "drift_kj_mol_ps": drift, "mean_temperature_k": temp, "fallbacks": fallbacks,
-                         "xtb_calls": int(run["xtb_calls"]),
+                         "energy_std_kj_mol": std, "drift_kj_mol_ps": drift, "mean_temperature_k": temp,
+                         "fallbacks": fallbacks, "xtb_calls": int(run["xtb_calls"]),
                          "blew_up": bool(not np.all(np.isfinite(total)))})
     if args.json:
         write_json(args.json, {"command": " ".join(sys.argv), "runs": rows})

@@ -17,7 +17,8 @@ For each molecule: one Langevin thermalisation at 300 K and 4 same-energy replic
 ``--hydrogen-mass 3.024`` runs them with repartitioned hydrogen masses
 (``Molecule.repartition_hydrogen_mass``: the same canonical distribution of positions, slower X–H
 vibrations; start velocities scaled by sqrt(m/m'), temperatures from the repartitioned masses) while
-the Langevin reference keeps the true ones; ``--ks`` with no value skips the NVE sweep. Prints one table per ensemble and writes everything as JSON (``--out``).
+the Langevin reference keeps the true ones; ``--ks`` with no value skips the NVE sweep. Prints one
+table per ensemble and writes everything as JSON (``--out``).
 
     python benchmarks/respa_k_sweep.py --molecules 1-propanol cytosine --ps 2 --out outputs/respa_k_sweep.json
     python benchmarks/respa_k_sweep.py --molecules cysteine --ks --nvt-ks 32 --fast gfn2-fast --out outputs/k32.json
