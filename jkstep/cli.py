@@ -156,6 +156,10 @@ def _run_parser(sub):
     run.add_argument("--temperature", type=float, default=300.0,
                      help="K: initial Maxwell-Boltzmann velocities and Langevin target (default 300)")
     run.add_argument("--friction", type=float, default=0.01, help="Langevin friction in 1/fs (default 0.01)")
+    run.add_argument("--hydrogen-mass", type=float, default=None, metavar="AMU",
+                     help="hydrogen mass repartitioning: every H gets AMU (3.024 is usual), taken from its "
+                          "heavy atom; the same distribution of positions, slower X-H vibrations, so respa at "
+                          "k = 16 resonates less (docs/results.md); not for spectra (default: true masses)")
     run.add_argument("--equilibrate-ps", type=float, default=None,
                      help="Langevin thermalisation before production, ps; an NVE run then rescales the "
                           "velocities until its mean temperature is within 2 %% of --temperature (default "
@@ -336,6 +340,8 @@ def cmd_run(args) -> int:
 
     options = _kstep_options(args)   # bad option values fail here, before any molecule or model is loaded
     molecule = load_molecule(args)
+    if args.hydrogen_mass is not None:
+        molecule = molecule.repartition_hydrogen_mass(args.hydrogen_mass)
     velocities = None
     if args.keep_velocities:
         from jkstep.molecule import read_velocities
@@ -385,6 +391,7 @@ def cmd_run(args) -> int:
                                  calls=lambda: pot.calls, velocities=velocities, fast=fast)
     summary["scf_failures"] = pot.scf_failures
     summary["method"] = args.method
+    summary["hydrogen_mass"] = args.hydrogen_mass
     summary["velocities_from"] = args.file if args.keep_velocities else None   # None: Maxwell-Boltzmann
     if args.out:
         write_trajectory(args.out, molecule, frames)
@@ -453,7 +460,7 @@ def _run_replicas(args, molecule, config, k: int, velocities) -> int:
     summaries = []
     for r, task in enumerate(tasks):
         summary = dict(done[task.key]["summary"], seed=config.seed + r, replica=r, method=args.method,
-                       velocities_from=args.file if args.keep_velocities else None)
+                       hydrogen_mass=args.hydrogen_mass, velocities_from=args.file if args.keep_velocities else None)
         if args.out:
             root, ext = os.path.splitext(args.out)
             path = f"{root}_r{r}{ext}"

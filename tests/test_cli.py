@@ -111,6 +111,21 @@ def test_equilibrate_dt_starts_runs_of_different_steps_from_one_state(tmp_path):
     assert np.abs(starts["c"] - starts["a"]).max() > 1e-4
 
 
+def test_run_respa_with_repartitioned_hydrogen_masses(tmp_path):
+    """`jkstep run --hydrogen-mass`: the run and its trajectory carry the repartitioned masses
+    (H 3.024 amu, the total kept), one xTB call per macro-step of k = 16."""
+    out, summary = tmp_path / "t.traj", tmp_path / "run.json"
+    assert cli.main(["run", "--smiles", "CCO", "--integrator", "respa", "--fast", "mmff", "--k", "16", "--ps", "0.02",
+                     "--equilibrate-ps", "0", "--hydrogen-mass", "3.024", "--save-every", "16",
+                     "--out", str(out), "--summary", str(summary)]) == 0
+    s = json.loads(summary.read_text())
+    assert (s["integrator"], s["k"], s["hydrogen_mass"], s["xtb_calls"], s["blew_up"]) == ("respa", 16, 3.024, 6, False)
+    atoms = read(out, index=-1)
+    masses = atoms.get_masses()
+    np.testing.assert_allclose(masses[atoms.numbers == 1], 3.024)
+    np.testing.assert_allclose(masses.sum(), 46.069, atol=0.01)
+
+
 @pytest.mark.parametrize("argv, message", [
     (["run", "--smiles", "C1CC"], "cannot parse SMILES 'C1CC'"),
     (["run", "--file", "/no/such.xyz"], "no such file: /no/such.xyz"),
@@ -122,6 +137,7 @@ def test_equilibrate_dt_starts_runs_of_different_steps_from_one_state(tmp_path):
     (["evaluate", "--smiles", "CCO", "--fallback-steps", "0"], "fallback_steps must be an integer ≥ 1"),
     (["run", "--smiles", "CCO", "--equilibrate-ps", "0.1", "--equilibrate-dt", "0"], "equilibrate_dt must be a finite value > 0 fs"),
     (["run", "--smiles", "CCO", "--ps", "-1"], "ps must be a finite value > 0, got -1.0"),
+    (["run", "--smiles", "CCO", "--hydrogen-mass", "0"], "hydrogen_mass must be a positive mass in amu"),
     (["run", "--smiles", "CCO", "--temperature", "-5"], "temperature must be a finite value ≥ 0"),
     (["run", "--smiles", "CCO", "--temperature", "1e9"], "temperature must be at most 10000 K"),
     (["evaluate", "--smiles", "CCO", "--temperature", "1e9"], "temperature must be at most 10000 K"),
