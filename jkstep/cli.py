@@ -460,7 +460,8 @@ def _run_replicas(args, molecule, config, k: int, velocities) -> int:
     summaries = []
     for r, task in enumerate(tasks):
         summary = dict(done[task.key]["summary"], seed=config.seed + r, replica=r, method=args.method,
-                       hydrogen_mass=args.hydrogen_mass, velocities_from=args.file if args.keep_velocities else None)
+                       hydrogen_mass=args.hydrogen_mass,
+                       velocities_from=args.file if args.keep_velocities else None)
         if args.out:
             root, ext = os.path.splitext(args.out)
             path = f"{root}_r{r}{ext}"

@@ -93,7 +93,7 @@ class Molecule:
 
         Masses do not enter the canonical distribution of positions, so NVT sampling (temperature,
         bond, angle and dihedral distributions) is unchanged, while the X–H stretch periods grow
-        about 1.6× and a multiple-time-step macro-step can be longer before it resonates. The
+        about 1.5–1.6× and a multiple-time-step macro-step can be longer before it resonates. The
         dynamics change: vibrational spectra and time correlations are those of heavier hydrogens.
         """
         try:
