@@ -15,7 +15,7 @@ from ase import Atoms
 from ase.data import atomic_masses, chemical_symbols
 
 from jkstep import units
-from jkstep.errors import MAX_TEMPERATURE_K, InputError, is_integer
+from jkstep.errors import MAX_TEMPERATURE_K, InputError, is_finite_number, is_integer
 
 
 @dataclasses.dataclass(frozen=True, eq=False)
@@ -96,11 +96,7 @@ class Molecule:
         about 1.5–1.6× and a multiple-time-step macro-step can be longer before it resonates. The
         dynamics change: vibrational spectra and time correlations are those of heavier hydrogens.
         """
-        try:
-            ok = np.isfinite(float(hydrogen_mass)) and float(hydrogen_mass) > 0
-        except (TypeError, ValueError):
-            ok = False
-        if not ok:
+        if not (is_finite_number(hydrogen_mass) and float(hydrogen_mass) > 0):
             raise InputError(f"hydrogen_mass must be a positive mass in amu, got {hydrogen_mass!r}")
         hydrogens, heavy = np.flatnonzero(self.numbers == 1), np.flatnonzero(self.numbers != 1)
         if hydrogens.size and not heavy.size:
