@@ -2,9 +2,10 @@
 
 ``jkstep generate``, ``jkstep generate-mm``, ``jkstep generate-fast``, ``jkstep evaluate`` and
 ``jkstep run --replicas N`` cut their work into tasks (one molecule, one replica, one
-contender-replica) and hand them to ``Executor.run``. By default the executor starts an embedded ``LocalCluster`` of worker
-*processes*, one per core (``default_workers``), one thread each and ``OMP_NUM_THREADS=1`` (one
-OpenMP thread for each task's tblite); ``workers=N`` sets its size and ``scheduler=ADDRESS``
+contender-replica) and hand them to ``Executor.run``. By default the executor starts an embedded
+``LocalCluster`` of worker *processes*, one per core (``default_workers``), one thread each and
+``OMP_NUM_THREADS=1`` (one OpenMP thread for each task's tblite); ``workers=N`` sets its size and
+``scheduler=ADDRESS``
 connects to an existing Dask scheduler instead (a cluster on many machines, e.g. started with
 dask-jobqueue on SLURM: docs/cluster.md). No dashboard is started and distributed's own loggers
 are silenced: what the user sees is jkstep's progress bar and its one-line errors.
