@@ -5,10 +5,10 @@
 contender-replica) and hand them to ``Executor.run``. By default the executor starts an embedded
 ``LocalCluster`` of worker *processes*, one per core (``default_workers``), one thread each and
 ``OMP_NUM_THREADS=1`` (one OpenMP thread for each task's tblite); ``workers=N`` sets its size and
-``scheduler=ADDRESS``
-connects to an existing Dask scheduler instead (a cluster on many machines, e.g. started with
-dask-jobqueue on SLURM: docs/cluster.md). No dashboard is started and distributed's own loggers
-are silenced: what the user sees is jkstep's progress bar and its one-line errors.
+``scheduler=ADDRESS`` connects to an existing Dask scheduler instead (a cluster on many machines,
+e.g. started with dask-jobqueue on SLURM: docs/cluster.md). No dashboard is started and
+distributed's own loggers are silenced: what the user sees is jkstep's progress bar and its
+one-line errors.
 
 Results do not depend on where or in which order tasks ran: the callers cut tasks the same
 way whatever the worker count, pass NumPy float64 arrays, seed each task from its identity and
