@@ -85,6 +85,15 @@ class Molecule:
         """The same molecule at other positions ((N, 3) Å)."""
         return dataclasses.replace(self, positions=positions)
 
+    def hydrogen_partners(self) -> tuple[np.ndarray, np.ndarray]:
+        """(hydrogens, partners): the indices of the H atoms and of the heavy atom nearest to each
+        at ``positions`` (its bond partner in any sane geometry); two empty arrays without H."""
+        hydrogens, heavy = np.flatnonzero(self.numbers == 1), np.flatnonzero(self.numbers != 1)
+        if hydrogens.size and not heavy.size:
+            raise InputError(f"{self.formula} has no heavy atom to bond its hydrogens to")
+        d = np.linalg.norm(self.positions[hydrogens, None] - self.positions[None, heavy], axis=-1)
+        return hydrogens, heavy[np.argmin(d, axis=1)]
+
     def repartition_hydrogen_mass(self, hydrogen_mass: float = 3.024) -> "Molecule":
         """The same molecule with hydrogen mass repartitioning (HMR; Hopkins et al., JCTC 11, 1864
         (2015), as OpenMM's ``hydrogenMass``): every H gets ``hydrogen_mass`` amu and the mass
@@ -98,22 +107,17 @@ class Molecule:
         """
         if not (is_finite_number(hydrogen_mass) and float(hydrogen_mass) > 0):
             raise InputError(f"hydrogen_mass must be a positive mass in amu, got {hydrogen_mass!r}")
-        hydrogens, heavy = np.flatnonzero(self.numbers == 1), np.flatnonzero(self.numbers != 1)
-        if hydrogens.size and not heavy.size:
-            raise InputError("hydrogen mass repartitioning needs a heavy atom to take the mass from; "
-                             f"{self.formula} has none")
+        hydrogens, partner = self.hydrogen_partners()
+        heavy = np.flatnonzero(self.numbers != 1)
         masses = self.masses.copy()
-        if hydrogens.size:
-            d = np.linalg.norm(self.positions[hydrogens, None] - self.positions[None, heavy], axis=-1)
-            partner = heavy[np.argmin(d, axis=1)]
-            gain = float(hydrogen_mass) - masses[hydrogens]
-            masses[hydrogens] = float(hydrogen_mass)
-            np.subtract.at(masses, partner, gain)
-            if np.any(masses[heavy] < float(hydrogen_mass)):
-                worst = heavy[np.argmin(masses[heavy])]
-                raise InputError(f"hydrogen_mass {hydrogen_mass} amu leaves atom {worst} ({self.symbols[worst]}) "
-                                 f"with {masses[worst]:.2f} of its {self.masses[worst]:.2f} amu; "
-                                 "give a smaller hydrogen_mass (3.024 is the usual value)")
+        gain = float(hydrogen_mass) - masses[hydrogens]
+        masses[hydrogens] = float(hydrogen_mass)
+        np.subtract.at(masses, partner, gain)
+        if np.any(masses[heavy] < float(hydrogen_mass)):
+            worst = heavy[np.argmin(masses[heavy])]
+            raise InputError(f"hydrogen_mass {hydrogen_mass} amu leaves atom {worst} ({self.symbols[worst]}) "
+                             f"with {masses[worst]:.2f} of its {self.masses[worst]:.2f} amu; "
+                             "give a smaller hydrogen_mass (3.024 is the usual value)")
         return dataclasses.replace(self, masses=masses)
 
     # -- constructors ---------------------------------------------------------------------

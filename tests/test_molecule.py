@@ -74,7 +74,7 @@ def test_hydrogen_mass_repartitioning(ethanol):
         ethanol.repartition_hydrogen_mass(0.0)
     with pytest.raises(InputError, match="leaves atom 0 .C."):
         ethanol.repartition_hydrogen_mass(4.0)
-    with pytest.raises(InputError, match="needs a heavy atom"):
+    with pytest.raises(InputError, match="has no heavy atom"):
         Molecule(np.array([1, 1]), np.array([[0.0, 0, 0], [0.74, 0, 0]])).repartition_hydrogen_mass()
 
 
