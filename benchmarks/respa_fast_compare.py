@@ -98,8 +98,12 @@ def main(argv=None) -> int:
                   f"{fallbacks} | {'—' if true_std is None else f'{np.mean(true_std):.3f}'} |", flush=True)
             rows.append({"molecule": name, "k": k, "fast": label, "ps": args.ps,
                          "hydrogen_mass": None if masses is mol.masses else args.hydrogen_mass,
-                         "energy_std_kj_mol": std, "drift_kj_mol_ps": drift, "mean_temperature_k": temp,
-                         "mollified": bool(molly and molly in label), "true_energy_std_kj_mol": true_std,
+                         "energy_std_kj_mol": [analysis.finite_or_none(x) for x in std],
+                         "drift_kj_mol_ps": [analysis.finite_or_none(x) for x in drift],
+                         "mean_temperature_k": analysis.finite_or_none(temp),
+                         "mollified": bool(molly and molly in label),
+                         "true_energy_std_kj_mol": None if true_std is None
+                         else [analysis.finite_or_none(x) for x in true_std],
                          "fallbacks": fallbacks, "xtb_calls": int(run["xtb_calls"]),
                          "blew_up": bool(not np.all(np.isfinite(total)))})
     if args.json:

@@ -35,3 +35,9 @@ def energy_drift(times_fs, total_energy_ev) -> float:
 def energy_std(total_energy_ev) -> float:
     """Standard deviation of the total energy in kJ/mol."""
     return float(np.std(np.asarray(total_energy_ev, np.float64)) / units.KJ_MOL)
+
+
+def finite_or_none(x) -> float | None:
+    """``float(x)``, or None where x is None, NaN or infinite (JSON has no NaN: a blown-up run's
+    figure is written as null)."""
+    return float(x) if x is not None and np.isfinite(x) else None

@@ -289,9 +289,9 @@ def run_md(molecule: Molecule, potential: Callable, config: RunConfig, jump=None
         "fallbacks": int(state.fallbacks) if hybrid else 0,
         "escalations": int(state.escalations) if kstep else 0,
         "blew_up": exploded,
-        "drift_kj_mol_ps": _finite_or_none(analysis.energy_drift(times, e_total)) if nve else None,
-        "energy_std_kj_mol": _finite_or_none(analysis.energy_std(e_total)),
-        "mean_temperature_k": _finite_or_none(float(np.mean(temps))),
+        "drift_kj_mol_ps": analysis.finite_or_none(analysis.energy_drift(times, e_total)) if nve else None,
+        "energy_std_kj_mol": analysis.finite_or_none(analysis.energy_std(e_total)),
+        "mean_temperature_k": analysis.finite_or_none(float(np.mean(temps))),
         "wall_s": wall,
         # beyond API.md: the call split and the integrator's own count
         "n_atoms": len(molecule),
@@ -326,10 +326,6 @@ def call_rates(timeline: list, fraction: float = 0.2) -> tuple[float, float] | N
     i = max(1, int(np.searchsorted(t, fraction * t[-1])))
     j = min(len(t) - 2, int(np.searchsorted(t, (1 - fraction) * t[-1])))
     return (1000.0 * (c[i] - c[0]) / (t[i] - t[0]), 1000.0 * (c[-1] - c[j]) / (t[-1] - t[j]))
-
-
-def _finite_or_none(x: float):
-    return float(x) if np.isfinite(x) else None
 
 
 def trajectory_format(path) -> str:

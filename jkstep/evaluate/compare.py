@@ -229,8 +229,9 @@ def energy_metrics(frames, masses, frame_fs: float) -> dict:
     drift = [analysis.energy_drift(t, er) for er in e]
     std = [analysis.energy_std(er) for er in e]
     temp = analysis.temperature(frames.velocities, masses)
-    return {"drift_kj_mol_ps": _num(np.mean(drift)), "energy_std_kj_mol": _num(np.mean(std)),
-            "mean_temperature_k": _num(np.mean(temp))}
+    return {"drift_kj_mol_ps": analysis.finite_or_none(np.mean(drift)),
+            "energy_std_kj_mol": analysis.finite_or_none(np.mean(std)),
+            "mean_temperature_k": analysis.finite_or_none(np.mean(temp))}
 
 
 def one_jump(jump_fn, reference, terms) -> dict:
@@ -469,10 +470,6 @@ def _plots(directory, runs, spectra, masses, frame_fs, terms):
     bonds = {name: metrics.bond_lengths(run["frames"].positions.reshape(-1, *run["frames"].positions.shape[-2:]),
                                         terms[0]) for name, run in runs.items()}
     metrics.plot_distributions(os.path.join(directory, "bonds.png"), bonds, kind="bond")
-
-
-def _num(x):
-    return float(x) if x is not None and np.isfinite(x) else None
 
 
 # -- the evaluation as tasks of the execution layer (jkstep.parallel) ----------------------------
