@@ -17,7 +17,8 @@ For each molecule: one Langevin thermalisation at 300 K and 4 same-energy replic
 ``--hydrogen-mass 3.024`` runs them with repartitioned hydrogen masses
 (``Molecule.repartition_hydrogen_mass``: the same canonical distribution of positions, slower X–H
 vibrations; start velocities scaled by sqrt(m/m'), temperatures from the repartitioned masses) while
-the Langevin reference keeps the true ones; ``--ks`` with no value skips the NVE sweep. Prints one
+the Langevin reference keeps the true ones; ``--mollify`` runs them mollified on the X–H bonds
+(``jkstep.respa.xh_mollifier``); ``--ks`` with no value skips the NVE sweep. Prints one
 table per ensemble and writes everything as JSON (``--out``).
 
     python benchmarks/respa_k_sweep.py --molecules 1-propanol cytosine --ps 2 --out outputs/respa_k_sweep.json
@@ -38,17 +39,19 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from _args import positive_float, positive_int, qm_smiles  # noqa: E402
 
 
-def nvt_runs(molecule, factory, config, starts, ks, terms, fast="mmff", hydrogen_mass=None):
+def nvt_runs(molecule, factory, config, starts, ks, terms, fast="mmff", hydrogen_mass=None, mollify=False):
     import jax
 
     from jkstep import integrate
     from jkstep.evaluate.compare import run_contender
     from jkstep.model.potential import learned_potential
     from jkstep.potentials.mmff import mmff_potential
-    from jkstep.respa import respa
+    from jkstep.respa import respa, xh_mollifier
 
     masses = np.asarray(molecule.masses)
-    respa_masses = molecule.repartition_hydrogen_mass(hydrogen_mass).masses if hydrogen_mass else masses
+    respa_mol = molecule.repartition_hydrogen_mass(hydrogen_mass) if hydrogen_mass else molecule
+    respa_masses = respa_mol.masses
+    mollifier = xh_mollifier(respa_mol) if mollify else None
     keys = np.stack([np.asarray(jax.random.PRNGKey(1000 + r)) for r in range(config.n_replicas)])
     respa_starts = (starts[0], starts[1] * np.sqrt(masses / respa_masses)[:, None], keys)
     starts = (*starts, keys)
@@ -70,7 +73,7 @@ def nvt_runs(molecule, factory, config, starts, ks, terms, fast="mmff", hydrogen
         for where in ("macro", "inner"):
             r = run(lambda pot, w=where: respa(mm, pot, respa_masses, k, config.dt, ensemble="nvt",
                                                temperature=config.temperature, friction=config.friction,
-                                               thermostat=w), cfg, 1, respa_starts)
+                                               thermostat=w, mollifier=mollifier), cfg, 1, respa_starts)
             row[where] = summarise(r, ref, respa_masses, terms, k * config.dt, config.temperature)
         out[k] = row
     return out
@@ -103,6 +106,7 @@ def main(argv=None) -> int:
     parser.add_argument("--fast", default="mmff", help="fast force of the NVT runs: mmff (default), a name or a path")
     parser.add_argument("--hydrogen-mass", type=positive_float, default=None,
                         help="NVT RESPA with hydrogen mass repartitioning to this H mass, amu (e.g. 3.024)")
+    parser.add_argument("--mollify", action="store_true", help="NVT RESPA mollified on the X–H bonds")
     parser.add_argument("--out", default="outputs/respa_k_sweep.json")
     args = parser.parse_args(argv)
     if any(k % 2 for k in args.nvt_ks):
@@ -122,12 +126,12 @@ def main(argv=None) -> int:
         starts = thermalised_starts(mol, factory(), config)
         terms = metrics.internal_coordinates(mol.numbers, starts[0][0], mol.mol_block)
         nvt = nvt_runs(mol, factory, config, starts, args.nvt_ks, terms, args.fast,
-                       args.hydrogen_mass) if args.nvt_ks else {}
+                       args.hydrogen_mass, args.mollify) if args.nvt_ks else {}
         results[name] = {"nve": {k: {"reference_temperature_k": s["contenders"]["reference"]["mean_temperature_k"],
                                      "verlet_kdt": s["contenders"]["verlet_kdt"],
                                      "mmff_respa": s["contenders"]["mmff_respa"]} for k, s in nve.items()},
                          "nvt": nvt, "nvt_fast": args.fast,
-                         "nvt_hydrogen_mass": args.hydrogen_mass}
+                         "nvt_hydrogen_mass": args.hydrogen_mass, "nvt_mollified": args.mollify}
         os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
         with open(args.out + ".tmp", "w") as fh:
             json.dump(results, fh, indent=1)
