@@ -17,6 +17,8 @@ Faults: a fast force that is not finite anywhere in the inner loop, or a slow ca
 (SCF), makes the macro-step fall back to plain velocity Verlet on the slow potential over the same
 τ in steps of at most ``FALLBACK_DT`` = 0.5 fs (those calls are counted, the macro-step is counted
 in ``fallbacks``); the fast force is then evaluated again at the end positions (no slow call).
+With a mollifier the fallback integrates the modified potential, which contains the fast force:
+it rescues an SCF failure, but a fast force that is not finite there ends the run (``failed``).
 
 Mollified impulse (``mollifier=A``, equilibrium MOLLY; Izaguirre, Reich & Skeel, JCP 110, 9853
 (1999)): the slow potential is evaluated at A(x) instead of x, U = U_f(x) + (U_s − U_f)(A(x)), so

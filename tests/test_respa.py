@@ -154,6 +154,17 @@ def test_non_finite_fast_force_falls_back_to_verlet(ethanol, mm):
     np.testing.assert_allclose(s.velocities, vv, rtol=0, atol=1e-12)
 
 
+def test_mollified_non_finite_fast_force_fails_the_run(ethanol, mm):
+    """With a mollifier the slow potential is U_f + (U_s − U_f)∘A: a non-finite fast force makes
+    it non-finite, so the run fails (at the start here) and makes no more calls."""
+    v = ethanol.thermal_velocities(300.0, seed=9)
+    nan_fast = lambda x: (jnp.nan, jnp.full_like(x, jnp.nan))   # noqa: E731
+    init, apply = jkstep.respa(nan_fast, mm, ethanol.masses, k=8, dt=0.25, mollifier=xh_mollifier(ethanol))
+    s0 = init(ethanol.positions, v)
+    s = jax.jit(lambda s: run(apply, s, 3))(s0)
+    assert bool(s0.failed) and bool(s.failed) and int(s.force_calls) == 1 and int(s.fallbacks) == 0
+
+
 def test_failed_slow_call_freezes_state_without_more_calls(ethanol, mm):
     calls = []
 
