@@ -214,6 +214,9 @@ def _evaluate_parser(sub):
     ev.add_argument("--fast", metavar="NAME|PATH",
                     help="also run respa: RESPA with this learned fast force (a shipped name such as gfn2-fast "
                          "or a checkpoint directory) beside mmff_respa, which is always run")
+    ev.add_argument("--mollify", action="store_true",
+                    help="with --fast: run respa mollified on the X–H bonds (equilibrium MOLLY; its energy is "
+                         "the modified energy the scheme conserves); mmff_respa stays impulse")
     ev.add_argument("--summary", help="write the evaluation as JSON to this path")
     ev.add_argument("--plots", help="directory for the energy, spectrum and distribution plots")
     _add_parallel_args(ev, "one task per contender and replica")
@@ -551,7 +554,7 @@ def cmd_evaluate(args) -> int:
                                                   else args.relaxed_max_energy_drift),
                         energy_window=args.energy_window if bundle is not None else None,
                         reversal_correction=_reversal_correction(args), fallback_steps=args.fallback_steps,
-                        equal_cost=args.equal_cost, fast=args.fast)
+                        equal_cost=args.equal_cost, fast=args.fast, mollify=args.mollify)
     accuracy = DEFAULT_ACCURACY if args.accuracy is None else args.accuracy
     xtb_potential(molecule, method=args.method, accuracy=accuracy)  # bad input fails here, before any run
     bars = {}

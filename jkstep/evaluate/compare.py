@@ -51,7 +51,7 @@ from jkstep.kstep import (REVERSAL_CORRECTION, Guards, KStepOptions, ballistic_j
                           kstep_integrator, model_jump)
 from jkstep.molecule import Molecule, check_seed
 from jkstep.potentials.mmff import mmff_potential
-from jkstep.respa import respa
+from jkstep.respa import respa, xh_mollifier
 from jkstep.rollout import Frames, concat, frames_of, runner
 
 CONTENDERS = ("reference", "verlet_kdt", "corrector_only", "kstep", "mmff_respa", "respa")
@@ -87,7 +87,9 @@ class EvalConfig:
     ``kstep`` made (``equal_cost_dt``). ``mmff_respa`` (default on): run ``jkstep.respa`` with
     MMFF94 as the fast force at k and dt (null with a ``reason`` where MMFF94 cannot type the
     molecule). ``fast``: a learned fast force (shipped name or checkpoint path,
-    ``jkstep.learned_potential``) for the ``respa`` contender (None: not run)."""
+    ``jkstep.learned_potential``) for the ``respa`` contender (None: not run); ``mollify``: that
+    contender mollified on the X–H bonds (``jkstep.respa.xh_mollifier``; its energy figures are then
+    the modified energy's, which the summary's ``mollified`` says; ``mmff_respa`` stays impulse)."""
 
     k: int = 8
     dt: float = 0.25
@@ -107,6 +109,7 @@ class EvalConfig:
     equal_cost: bool = True
     mmff_respa: bool = True
     fast: str | None = None
+    mollify: bool = False
 
     def __post_init__(self):
         if not is_integer(self.k, 1):
@@ -126,6 +129,9 @@ class EvalConfig:
                 raise InputError(f"{what} {getattr(self, what)} needs {steps:.3g} steps per replica; "
                                  "give a length in ps that can finish")
         check_seed(self.seed)
+        if self.mollify and self.fast is None:
+            raise InputError("mollify (--mollify) applies to the respa contender: give a learned fast force too "
+                             "(fast=NAME, --fast NAME)")
         # the hybrid contenders' options, checked where they are defined (each contender its own)
         KStepOptions(fallback_steps=self.fallback_steps, energy_relaxation=self.energy_relaxation)
         KStepOptions(energy_window=self.energy_window)
@@ -381,7 +387,9 @@ def _k_runs(molecule, config, bundle, run, runs: dict) -> dict:
         from jkstep.model.potential import learned_potential
 
         fast = learned_potential(config.fast, molecule)
-        runs["respa"] = run("respa", lambda pot: respa(fast, pot, masses, k, dt, fallback_steps=config.fallback_steps))
+        mollifier = xh_mollifier(molecule) if config.mollify else None
+        runs["respa"] = run("respa", lambda pot: respa(fast, pot, masses, k, dt, fallback_steps=config.fallback_steps,
+                                                       mollifier=mollifier))
     if bundle is not None:
         runs["kstep"] = run("kstep", lambda pot: hybrid(pot, _learned(bundle, molecule, config)))
         if config.equal_cost:
@@ -416,7 +424,7 @@ def _summary(molecule, config, bundle, runs, starts, terms, rotatable, plots) ->
     ref = runs["reference"]["frames"]
     out = {"molecule": molecule.name, "k": k, "simulated_fs": config.n_frames * frame_fs,
            "n_replicas": config.n_replicas, "dt_fs": dt, "temperature_k": config.temperature,
-           "fallback_steps": fallback_step_count(k, dt, config.fallback_steps)}
+           "fallback_steps": fallback_step_count(k, dt, config.fallback_steps), "mollified": config.mollify}
     out["one_jump"] = None if bundle is None else one_jump(_learned(bundle, molecule, config), ref, terms)
     # the same errors for Verlet at k·dt's positions (= the ballistic jump), on the same windows
     out["one_jump_verlet_kdt"] = one_jump(ballistic_jump(masses, k, dt), ref, terms)
