@@ -16,7 +16,7 @@ ONE_JUMP_KEYS = {"position_rmse_a", "bond_rmse_a", "angle_rmse_deg", "dihedral_r
 def evaluation(tmp_path_factory):
     out = tmp_path_factory.mktemp("eval")
     rc = cli.main(["evaluate", "--smiles", "CCO", "--ps", "0.1", "--replicas", "2", "--equilibrate-ps", "0.05",
-                   "--summary", str(out / "eval.json"), "--plots", str(out / "plots")])
+                   "--fast", "gfn2-fast", "--mollify", "--summary", str(out / "eval.json"), "--plots", str(out / "plots")])
     assert rc == 0
     return json.loads((out / "eval.json").read_text()), out
 
@@ -28,9 +28,9 @@ def test_summary_has_the_api_keys(evaluation):
     assert r["molecule"] == "CCO" and r["k"] == 8 and r["n_replicas"] == 2 and r["simulated_fs"] == 100.0
     assert set(r["noise_floor"]) == FLOOR_KEYS
     assert set(r["contenders"]) == {"reference", "verlet_kdt", "corrector_only", "kstep", "mmff_respa", "respa"}
-    assert r["contenders"]["respa"] is None          # no learned fast force given
-    assert r["contenders"]["mmff_respa"]["fallbacks"] == 0
-    for name in ("reference", "verlet_kdt", "corrector_only", "mmff_respa"):
+    assert r["mollified"] is True                    # the respa contender (gfn2-fast) is mollified
+    assert r["contenders"]["mmff_respa"]["fallbacks"] == 0 == r["contenders"]["respa"]["fallbacks"]
+    for name in ("reference", "verlet_kdt", "corrector_only", "mmff_respa", "respa"):
         assert CONTENDER_KEYS <= set(r["contenders"][name]), name
     assert r["contenders"]["kstep"] is None and r["one_jump"] is None  # no model given
     # Verlet at k·dt's one-jump errors on the same windows, beside the model's when there is one
@@ -45,6 +45,7 @@ def test_equal_cost_and_exact_call_counts(evaluation):
     frames = 100.0 / 2.0  # 0.1 ps in frames k·dt = 2 fs apart
     assert c["reference"]["xtb_calls"] == 2 * (1 + frames * 8)
     assert c["verlet_kdt"]["xtb_calls"] == 2 * (1 + frames) == c["corrector_only"]["xtb_calls"]
+    assert c["mmff_respa"]["xtb_calls"] == 2 * (1 + frames) == c["respa"]["xtb_calls"]   # mollified: still one
     assert c["corrector_only"]["accepted"] == 2 * frames and c["corrector_only"]["fallbacks"] == 0
 
 
