@@ -135,7 +135,7 @@ def test_run_respa_with_repartitioned_hydrogen_masses(tmp_path):
     (["run", "--smiles", "[Fr]F", "--integrator", "verlet"], "no parameters for atomic number"),
     (["run", "--smiles", "CCO", "--fallback-steps", "0"], "fallback_steps must be an integer ≥ 1"),
     (["evaluate", "--smiles", "CCO", "--fallback-steps", "0"], "fallback_steps must be an integer ≥ 1"),
-    (["evaluate", "--smiles", "CCO", "--mollify"], "mollify .--mollify. applies to the respa contender"),
+    (["evaluate", "--smiles", "CCO", "--mollify"], "mollify (--mollify) applies to the respa contender"),
     (["run", "--smiles", "CCO", "--equilibrate-ps", "0.1", "--equilibrate-dt", "0"], "equilibrate_dt must be a finite value > 0 fs"),
     (["run", "--smiles", "CCO", "--ps", "-1"], "ps must be a finite value > 0, got -1.0"),
     (["run", "--smiles", "CCO", "--hydrogen-mass", "0"], "hydrogen_mass must be a positive mass in amu"),
