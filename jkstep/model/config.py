@@ -11,6 +11,10 @@ from jkstep.errors import InputError, is_integer
 from jkstep.model.network import ModelConfig
 
 
+#: ``TrainConfig.force_weighting`` choices (the force loss of a learned potential)
+FORCE_WEIGHTINGS = ("uniform", "inverse_mass")
+
+
 @dataclasses.dataclass(frozen=True)
 class TrainConfig:
     """Training hyper-parameters (hashable; ``data`` is free-form, for the loader, and ignored here).
@@ -47,6 +51,11 @@ class TrainConfig:
         scale_x_a (Å), scale_v (Å/fs), scale_force (eV/Å), scale_energy_ev (eV): loss
             normalisation; None = measured on the first training batch (RMS of target − ballistic
             jump; of F_{t+k} − F_t for forces; of the ballistic jump's energy error).
+        force_weighting: how a learned potential's force loss weighs the atoms: "uniform"
+            (default: the MSE of the force components) or "inverse_mass" (each atom's squared
+            error times 1/m, normalised to mean 1 over the batch's atoms: a RESPA kick changes v
+            by τΔF/m and the energy by about τ²ΔF²/m, so this weighs the errors as the fast force's
+            energy error does; a hydrogen counts 12× a carbon).
         val_every, log_every, checkpoint_every: in steps.   keep_latest: latest checkpoints kept.
         patience: validations without improvement (by more than ``min_delta``) before training
             stops early; None never stops.   seed: parameter initialisation.
@@ -75,6 +84,7 @@ class TrainConfig:
     scale_v: float | None = None
     scale_force: float | None = None
     scale_energy_ev: float | None = None
+    force_weighting: str = "uniform"
     val_every: int = 250
     log_every: int = 25
     checkpoint_every: int = 500
@@ -101,6 +111,9 @@ class TrainConfig:
         if not 0.0 <= float(self.reversal_correction) <= 1.0:
             raise InputError(f"train config: reversal_correction must be in [0, 1] (0 = off, 0.5 = the "
                              f"integrator's default), got {self.reversal_correction!r}")
+        if self.force_weighting not in FORCE_WEIGHTINGS:
+            raise InputError(f"train config: force_weighting must be one of {', '.join(FORCE_WEIGHTINGS)}, "
+                             f"got {self.force_weighting!r}")
         if self.data is not None and not isinstance(self.data, Mapping):
             raise InputError(f"train config: data must be a mapping (the data: section with dir, splits, "
                              f"stride, batch_size, ...), got {self.data!r}")

@@ -28,6 +28,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
+from ase.data import atomic_masses
 
 from jkstep.config import from_mapping
 from jkstep.errors import InputError
@@ -353,9 +354,10 @@ def prepare_potential_batch(batch) -> dict:
 
 def compute_potential_losses(model: EnergyNet, params, batch, scales, train_config):
     """(total loss, metrics) of energy-and-force matching: ``w_force`` × MSE of the force components
-    over real atoms / scale_force² + ``w_energy`` × MSE of the energy per atom / scale_energy².
-    ``scales`` is the (4,) array of ``losses.scale_array`` (x, v, force, energy). Metrics: loss,
-    rmse_force (eV/Å), rmse_energy_per_atom (eV), mae_force (eV/Å)."""
+    over real atoms / scale_force² (each atom weighted by 1/m, mean 1, with ``force_weighting:
+    inverse_mass``) + ``w_energy`` × MSE of the energy per atom / scale_energy². ``scales`` is the
+    (4,) array of ``losses.scale_array`` (x, v, force, energy). Metrics: loss, rmse_force (eV/Å,
+    unweighted), rmse_energy_per_atom (eV), mae_force (eV/Å)."""
     mask = batch["mask"]
     energy, forces = energy_and_forces(model, params, batch["numbers"], mask, batch["positions"])
     n_atoms = jnp.maximum(mask.sum(axis=-1), 1).astype(jnp.float64)
@@ -363,9 +365,14 @@ def compute_potential_losses(model: EnergyNet, params, batch, scales, train_conf
     df = (forces - batch["forces"]) * maskf
     n3 = 3.0 * jnp.maximum(mask.sum(), 1)
     mse_f = jnp.sum(df**2) / n3
+    weighted_f = mse_f
+    if train_config.force_weighting == "inverse_mass":
+        inv_m = jnp.where(mask, 1.0 / jnp.asarray(atomic_masses)[batch["numbers"]], 0.0)
+        weight = inv_m * jnp.maximum(mask.sum(), 1) / jnp.sum(inv_m)    # mean 1 over real atoms
+        weighted_f = jnp.sum(weight[..., None] * df**2) / n3
     de = (energy - batch["energy"]) / n_atoms
     mse_e = jnp.mean(de**2)
-    loss = train_config.w_force * mse_f / scales[2] ** 2 + train_config.w_energy * mse_e / scales[3] ** 2
+    loss = train_config.w_force * weighted_f / scales[2] ** 2 + train_config.w_energy * mse_e / scales[3] ** 2
     metrics = {"loss": loss, "rmse_force": jnp.sqrt(mse_f), "rmse_energy_per_atom": jnp.sqrt(mse_e),
                "mae_force": jnp.sum(jnp.abs(df)) / n3}
     return loss, metrics
