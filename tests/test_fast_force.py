@@ -175,6 +175,34 @@ def test_config_errors_and_offsets():
     np.testing.assert_allclose(fitted, [-10.0, -48.0, -103.0], atol=1e-3)
 
 
+def test_inverse_mass_force_weighting(mol, pot):
+    """force_weighting: inverse_mass weighs each atom's squared force error by 1/m (mean 1 over the
+    batch's atoms): an error on one hydrogen costs m̄/m_H times what it costs uniformly; the
+    reported RMSE stays unweighted."""
+    from ase.data import atomic_masses
+
+    from jkstep.model.config import TrainConfig
+    from jkstep.model.potential import compute_potential_losses
+
+    x = jnp.asarray(mol.positions)[None]
+    z = jnp.asarray(mol.numbers)[None]
+    mask = jnp.ones_like(z, bool)
+    e, f = energy_and_forces(pot.model, pot.params, z, mask, x)
+    h = int(np.flatnonzero(mol.numbers == 1)[0])
+    batch = {"numbers": z, "mask": mask, "positions": x, "energy": e, "forces": f.at[0, h, 0].add(0.5)}
+    scales = jnp.ones(4)
+    losses = {w: compute_potential_losses(pot.model, pot.params, batch, scales,
+                                          TrainConfig(w_force=1.0, w_energy=0.0, force_weighting=w))
+              for w in ("uniform", "inverse_mass")}
+    inv_m = 1.0 / atomic_masses[mol.numbers]
+    ratio = (inv_m[h] / inv_m.mean())
+    np.testing.assert_allclose(losses["inverse_mass"][0], ratio * losses["uniform"][0], rtol=1e-6)
+    assert ratio > 1.5                    # a hydrogen weighs 12× a carbon; half the atoms are H
+    np.testing.assert_allclose(losses["inverse_mass"][1]["rmse_force"], losses["uniform"][1]["rmse_force"])
+    with pytest.raises(InputError, match="force_weighting must be one of uniform, inverse_mass"):
+        TrainConfig(force_weighting="mass")
+
+
 def test_delta_potential_is_mmff_plus_the_network(tmp_path, mol, pot, monkeypatch):
     """baseline: mmff adds the molecule's MMFF94 to the network (energy and forces = −∂E/∂x);
     a checkpoint with it loads with its baseline; the training data are xTB minus MMFF94."""
