@@ -175,7 +175,7 @@ def test_config_errors_and_offsets():
     np.testing.assert_allclose(fitted, [-10.0, -48.0, -103.0], atol=1e-3)
 
 
-def test_inverse_mass_force_weighting(mol, pot):
+def test_inverse_mass_force_weighting(tmp_path, mol, pot):
     """force_weighting: inverse_mass weighs each atom's squared force error by 1/m (mean 1 over the
     batch's atoms): an error on one hydrogen costs m̄/m_H times what it costs uniformly; the
     reported RMSE stays unweighted."""
@@ -201,6 +201,11 @@ def test_inverse_mass_force_weighting(mol, pot):
     np.testing.assert_allclose(losses["inverse_mass"][1]["rmse_force"], losses["uniform"][1]["rmse_force"])
     with pytest.raises(InputError, match="force_weighting must be one of uniform, inverse_mass"):
         TrainConfig(force_weighting="mass")
+    from jkstep.model.network import ModelConfig
+    from jkstep.model.train import train
+
+    with pytest.raises(InputError, match="force_weighting 'inverse_mass' applies to a learned potential"):
+        train(ModelConfig(), TrainConfig(force_weighting="inverse_mass"), [], None, tmp_path / "out")
 
 
 def test_delta_potential_is_mmff_plus_the_network(tmp_path, mol, pot, monkeypatch):

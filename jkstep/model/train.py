@@ -140,6 +140,11 @@ def train(model_config: ModelConfig, train_config: TrainConfig, batches_train: I
     at it; the KeyboardInterrupt (or the SIGTERM's own handling) then follows as usual.
     """
     check_max_steps(max_steps)
+    from jkstep.model.potential import PotentialConfig
+
+    if train_config.force_weighting != "uniform" and not isinstance(model_config, PotentialConfig):
+        raise InputError(f"train config: force_weighting {train_config.force_weighting!r} applies to a learned "
+                         "potential (kind: potential); a k-step model's loss weighs the forces uniformly")
     learning_rate = float(learning_rate or train_config.learning_rate)
     freeze = tuple(freeze)
     fns = compile_steps(model_config, train_config, learning_rate, freeze)
