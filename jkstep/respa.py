@@ -126,13 +126,15 @@ def xh_mollifier(molecule: Molecule, sweeps: int = 4):
 
 
 def _mollified(slow_eval, fast_eval, mollifier):
-    """(x, active) -> (U_f(x) + (U_s − U_f)(A(x)), its forces, ok): one slow call, at A(x)."""
+    """(x, active, fast_at_x=None) -> (U_f(x) + (U_s − U_f)(A(x)), its forces, ok): one slow call,
+    at A(x). ``fast_at_x``: the fast force's (energy, forces, ok) at x where the caller has them
+    (the inner loop ends there), else they are computed."""
 
-    def evaluate(x, active):
+    def evaluate(x, active, fast_at_x=None):
         a, pullback = jax.vjp(mollifier, x)
         e_s, f_s, ok_s = slow_eval(a, active)
         e_fa, f_fa, ok_fa = fast_eval(a, active)
-        e_f, f_f, ok_f = fast_eval(x, active)
+        e_f, f_f, ok_f = fast_eval(x, active) if fast_at_x is None else fast_at_x
         (kick,) = pullback(f_s - f_fa)
         return e_f + e_s - e_fa, f_f + kick, ok_s & ok_fa & ok_f
 
@@ -258,7 +260,7 @@ def respa(fast, slow, masses, k: int = 8, dt: float = 0.25, ensemble: str = "nve
         x, v, ff, fe, fast_ok, key = inner_loop(state.positions, v, state.fast_forces, state.fast_energy,
                                                 state.key, active)
         call = active & fast_ok
-        e, f, ok = slow_eval(x, call)
+        e, f, ok = slow_eval(x, call) if mollifier is None else slow_eval(x, call, (fe, ff, fast_ok))
         v = v + half * (f - ff) * inv_m
         need = active & ~(call & ok & _finite(e, f))
         candidate = (x, v, f, e, ff, fe, jnp.ones((), bool))
