@@ -496,8 +496,9 @@ def potential_data(config: PotentialConfig, data: dict, seed: int = 0):
     """(config with per-element energies fitted to the training molecules, train batches,
     validation batch list, provenance) from a train config's ``data:`` section: ``frames`` (the
     compact frame file), ``labels`` (xtb | mmff), ``batch_size``, optional ``val_molecules`` /
-    ``val_every_nth``, ``max_frames_per_molecule``."""
-    from jkstep.data.fastforce import load_frames
+    ``val_every_nth``, ``max_frames_per_molecule``, ``max_label_force`` (eV/Å) and ``sources``
+    (the kinds of frames kept, names of ``jkstep.data.fastforce.SOURCES``; default all)."""
+    from jkstep.data.fastforce import SOURCES, load_frames
 
     if "frames" not in data:
         raise InputError("data: a potential's train config needs frames: (e.g. data/fast_frames.npz)")
@@ -515,10 +516,16 @@ def potential_data(config: PotentialConfig, data: dict, seed: int = 0):
     # frames where the labels themselves are wild (MMFF94 on a gas-phase zwitterion after xTB moved
     # its proton: forces of 100+ eV/Å) teach a fast force nothing: drop them, counted
     cap_force = float(data.get("max_label_force", 20.0))
-    dropped = 0
+    sources = data.get("sources", list(SOURCES))
+    if isinstance(sources, str) or not sources or any(name not in SOURCES for name in sources):
+        raise InputError(f"data: sources must be a list of frame kinds from {', '.join(SOURCES)}, got {sources!r}")
+    codes = [SOURCES.index(name) for name in sources]
+    dropped = left_out = 0
     for m in molecules:
-        keep = np.max(np.abs(m[f"{labels}_forces"]), axis=(1, 2)) <= cap_force
-        dropped += int((~keep).sum())
+        wild = np.max(np.abs(m[f"{labels}_forces"]), axis=(1, 2)) > cap_force
+        other_kind = ~np.isin(m["source"], codes)
+        dropped, left_out = dropped + int(wild.sum()), left_out + int((other_kind & ~wild).sum())
+        keep = ~wild & ~other_kind
         for key in ("positions", "xtb_forces", "mmff_forces", "xtb_energy", "mmff_energy", "source",
                     "delta_forces", "delta_energy"):
             if key in m:
@@ -545,6 +552,7 @@ def potential_data(config: PotentialConfig, data: dict, seed: int = 0):
             "val_molecules": val_names, "train_frames": train.n_frames,
             "val_frames": int(sum(len(b["energy"]) for b in val)),
             "dropped_frames_label_force_above": {"ev_a": cap_force, "frames": dropped},
+            "sources": list(sources), "frames_of_other_sources_left_out": left_out,
             f"val_force_rmse_of_{other}_labels_ev_a": float(np.sqrt(np.mean(diff**2))),
             f"val_force_rmse_of_{other}_labels_per_molecule_ev_a": per_molecule}
     return config, train, val, prov
