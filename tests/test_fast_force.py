@@ -229,7 +229,7 @@ def test_delta_potential_is_mmff_plus_the_network(tmp_path, mol, pot, monkeypatc
     from jkstep.model.potential import potential_data
 
     frames = {"name": "x", "numbers": np.array([6, 1]), "positions": np.zeros((4, 2, 3)),
-              "xtb_energy": np.full(4, -5.0), "mmff_energy": np.full(4, 1.0), "source": np.zeros(4, np.int8),
+              "xtb_energy": np.full(4, -5.0), "mmff_energy": np.full(4, 1.0), "source": np.arange(4, dtype=np.int8),
               "xtb_forces": np.ones((4, 2, 3)), "mmff_forces": np.full((4, 2, 3), 0.25)}
     import jkstep.data.fastforce as fastforce
 
@@ -241,6 +241,14 @@ def test_delta_potential_is_mmff_plus_the_network(tmp_path, mol, pot, monkeypatc
     np.testing.assert_allclose(batch["energy"], -6.0)
     with pytest.raises(InputError, match="labels: mmff has nothing to learn"):
         potential_data(delta_cfg, {"frames": "any.npz", "labels": "mmff"})
+    # sources: only the named kinds of frames (one of each kind per molecule here), counted
+    assert prov["frames_of_other_sources_left_out"] == 0 and prov["train_frames"] == 8
+    _, train, _, prov = potential_data(delta_cfg, {"frames": "any.npz", "val_molecules": ["c"], "batch_size": 4,
+                                                   "sources": ["mmff_md", "xtb_md", "displaced"]})
+    assert prov["frames_of_other_sources_left_out"] == 3 and prov["train_frames"] == 6
+    for bad in ("xtb_md", ["xtb"], []):
+        with pytest.raises(InputError, match="data: sources must be a list of frame kinds from mmff_md"):
+            potential_data(delta_cfg, {"frames": "any.npz", "sources": bad})
 
 
 def _mm_frames(smiles, n, seed):
