@@ -65,9 +65,10 @@ class RespaState:
 
     positions (N, 3) Å, velocities (N, 3) Å/fs; forces (N, 3) eV/Å and energy (eV): the slow
     potential's at ``positions`` (with a mollifier, the modified potential's); fast_forces,
-    fast_energy: the fast potential's there; force_calls: slow calls made (init included); step: base steps taken (k per macro-step);
-    fallbacks: macro-steps made by the Verlet fallback; failed: a slow call failed for good
-    (the state then stays frozen and makes no calls); key: PRNG key (``ensemble="nvt"``).
+    fast_energy: the fast potential's there; force_calls: slow calls made (init included);
+    step: base steps taken (k per macro-step); fallbacks: macro-steps made by the Verlet
+    fallback; failed: a slow call failed for good (the state then stays frozen and makes no
+    calls); key: PRNG key (``ensemble="nvt"``).
     """
 
     positions: jax.Array
