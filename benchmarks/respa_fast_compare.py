@@ -10,7 +10,8 @@ Verlet at 1 fs from the same starts (what a k = 4 evaluation's ``verlet_kdt`` is
 ``--hydrogen-mass 3.024`` runs RESPA with repartitioned hydrogen masses
 (``Molecule.repartition_hydrogen_mass``; each atom's start velocity scaled by sqrt(m/m') so its
 kinetic energy, and so the total energy, is the start's): a longer macro-step before the X–H
-resonances, other vibrational dynamics; Verlet keeps the true masses. ``--mollify`` runs RESPA
+resonances, other vibrational dynamics; Verlet keeps the true masses. ``--fast-every N`` runs the learned fast force in three
+levels (``jkstep.respa(inner=MMFF94, fast_every=N)``). ``--mollify`` runs RESPA
 mollified on the X–H bonds (``jkstep.respa.xh_mollifier``): its E std is that of the modified
 energy it conserves, and the true energy (xTB at the positions themselves, every 5th frame, calls
 made after the run and not counted) is reported beside it.
@@ -18,6 +19,7 @@ made after the run and not counted) is reported beside it.
     python benchmarks/respa_fast_compare.py --fast outputs/fast_delta_smooth --molecules 1-propanol cytosine
     python benchmarks/respa_fast_compare.py --fast gfn2-fast --k 16 --verlet-dt 1 --molecules cysteine
     python benchmarks/respa_fast_compare.py --fast gfn2-fast --no-mmff --ps 10 --json outputs/long.json
+    python benchmarks/respa_fast_compare.py --fast gfn2-fast --no-mmff --fast-every 4
 """
 
 from __future__ import annotations
@@ -54,6 +56,9 @@ def main(argv=None) -> int:
     parser.add_argument("--hydrogen-mass", type=positive_float, default=None,
                         help="RESPA with hydrogen mass repartitioning to this H mass, amu (e.g. 3.024)")
     parser.add_argument("--mollify", action="store_true", help="RESPA mollified on the X–H bonds (equilibrium MOLLY)")
+    parser.add_argument("--fast-every", type=positive_int, default=1,
+                        help="three-level RESPA: MMFF94 every inner step, the rest of the learned fast force as "
+                             "kicks every N inner steps (default 1: two-level)")
     parser.add_argument("--json", default=None, help="write every run's figures as JSON here")
     args = parser.parse_args(argv)
     smiles = qm_smiles(parser, args.molecules)
@@ -73,7 +78,11 @@ def main(argv=None) -> int:
             respa_starts, hmr = (starts[0], starts[1] * np.sqrt(mol.masses / respa_mol.masses)[:, None]), \
                 f", H {args.hydrogen_mass:g} amu"
         mollifier, molly = (xh_mollifier(respa_mol), " + MOLLY") if args.mollify else (None, "")
-        runs = [(k, label + hmr + molly, jkstep.respa(fast, pot, respa_mol.masses, k, 0.25, mollifier=mollifier),
+        split = dict(inner=jkstep.mmff_potential(respa_mol), fast_every=args.fast_every) if args.fast_every > 1 else {}
+        every = f", fast every {args.fast_every}" if split else ""
+        runs = [(k, label + hmr + molly + ("" if label == "MMFF94" else every),
+                 jkstep.respa(fast, pot, respa_mol.masses, k, 0.25, mollifier=mollifier,
+                              **({} if label == "MMFF94" else split)),
                  respa_mol.masses, respa_starts, args.mollify) for k in args.k for label, fast in fasts.items()]
         runs += [(round(dt / 0.25), f"Verlet {dt:g} fs", jkstep.verlet(pot, mol.masses, dt), mol.masses, starts,
                   False) for dt in args.verlet_dt]

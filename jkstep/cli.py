@@ -22,6 +22,10 @@ DEFAULT_MODEL = "gfn2-k8"
 #: DEFAULT_MODEL; chosen on the validation molecules (docs/results.md, "The shipped fast force").
 DEFAULT_FAST = "gfn2-fast"
 DEFAULT_K = 8
+#: A learned fast force runs in three levels: MMFF94 every inner step, the network's correction as
+#: kicks every DEFAULT_FAST_EVERY inner steps where that divides k (as well conserved as every step
+#: on the validation molecules, for half the network calls: docs/results.md, "Three levels").
+DEFAULT_FAST_EVERY = 2
 DEFAULT_EQUILIBRATE_PS = 0.5   # jkstep run: Langevin thermalisation before production by default
 
 
@@ -128,6 +132,22 @@ def _kstep_options(args):
     return KStepOptions(**options)
 
 
+def _add_fast_every_arg(parser):
+    parser.add_argument("--fast-every", type=int, default=None, metavar="N",
+                        help=f"respa with a learned --fast: MMFF94 every inner step and the network's correction as "
+                             f"kicks every N inner steps (three-level RESPA; 1: the whole fast force every step; "
+                             f"default {DEFAULT_FAST_EVERY} where it divides --k, else 1)")
+
+
+def _fast_every(args, k: int) -> int:
+    """--fast-every, or its default for the fast force named by --fast (1 for MMFF94 or none)."""
+    if args.fast_every is not None:
+        return args.fast_every
+    if args.fast in (None, "mmff") or k % DEFAULT_FAST_EVERY:
+        return 1
+    return DEFAULT_FAST_EVERY
+
+
 def _run_parser(sub):
     run = sub.add_parser("run", help="one MD run; prints a summary (and writes it as JSON with --summary)")
     _add_molecule_args(run)
@@ -143,6 +163,7 @@ def _run_parser(sub):
                           f"{DEFAULT_FAST} in the main job")
     run.add_argument("--k", type=int, default=None,
                      help=f"respa: inner steps of --dt per xTB call (default {DEFAULT_K})")
+    _add_fast_every_arg(run)
     run.add_argument("--model", help=f"kstep: a shipped model name (`jkstep models` lists them) or the path of an "
                                      f"Orbax checkpoint directory (default {DEFAULT_MODEL})")
     run.add_argument("--ensemble", default=None, choices=["nve", "nvt"],
@@ -214,6 +235,7 @@ def _evaluate_parser(sub):
     ev.add_argument("--fast", metavar="NAME|PATH",
                     help="also run respa: RESPA with this learned fast force (a shipped name such as gfn2-fast "
                          "or a checkpoint directory) beside mmff_respa, which is always run")
+    _add_fast_every_arg(ev)
     ev.add_argument("--mollify", action="store_true",
                     help="with --fast: run respa mollified on the X–H bonds (equilibrium MOLLY; its energy is "
                          "the modified energy the scheme conserves); mmff_respa stays impulse")
@@ -372,8 +394,8 @@ def cmd_run(args) -> int:
     if args.integrator == "respa":
         k = DEFAULT_K if args.k is None else args.k
         fast = _fast_force(args.fast or "mmff", molecule)
-    elif args.fast or args.k is not None:
-        raise InputError("--fast and --k are only used with --integrator respa")
+    elif args.fast or args.k is not None or args.fast_every is not None:
+        raise InputError("--fast, --k and --fast-every are only used with --integrator respa")
     if args.integrator == "langevin" and args.ensemble == "nve":
         raise InputError("--integrator langevin is NVT (a thermostat); for NVE use verlet or kstep")
     ensemble = args.ensemble or ("nvt" if args.integrator == "langevin" else "nve")
@@ -383,6 +405,7 @@ def cmd_run(args) -> int:
                                        else 0.0 if args.keep_velocities else DEFAULT_EQUILIBRATE_PS),
                        equilibrate_dt=args.equilibrate_dt,
                        save_every=args.save_every, seed=args.seed, fast=args.fast or "mmff",
+                       fast_every=_fast_every(args, k) if args.integrator == "respa" else 1,
                        kstep_options=options)
     if args.replicas != 1 or args.workers is not None or args.scheduler is not None:
         return _run_replicas(args, molecule, config, k, velocities)
@@ -554,7 +577,8 @@ def cmd_evaluate(args) -> int:
                                                   else args.relaxed_max_energy_drift),
                         energy_window=args.energy_window if bundle is not None else None,
                         reversal_correction=_reversal_correction(args), fallback_steps=args.fallback_steps,
-                        equal_cost=args.equal_cost, fast=args.fast, mollify=args.mollify)
+                        equal_cost=args.equal_cost, fast=args.fast, mollify=args.mollify,
+                        fast_every=_fast_every(args, args.k))
     accuracy = DEFAULT_ACCURACY if args.accuracy is None else args.accuracy
     xtb_potential(molecule, method=args.method, accuracy=accuracy)  # bad input fails here, before any run
     bars = {}

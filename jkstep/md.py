@@ -37,7 +37,9 @@ class RunConfig:
     NVE and langevin NVT. ``save_every`` is in base steps (rounded up to whole macro-steps for
     kstep and respa). For respa ``dt`` is the inner step and ``k`` the inner steps per macro-step
     (one xTB call each); ``fast`` names the fast force (``"mmff"``, a shipped learned fast force
-    or a checkpoint path; the summary reports it). ``equilibrate_dt``: time step of the Langevin
+    or a checkpoint path; the summary reports it); ``fast_every`` > 1 runs respa in three levels,
+    MMFF94 every inner step and the rest of the (learned) fast force as kicks every ``fast_every``
+    inner steps (``jkstep.respa``'s ``inner``/``fast_every``). ``equilibrate_dt``: time step of the Langevin
     thermalisation (None: ``dt``); give the same one to runs with different time steps to start
     them from the same state (e.g. Verlet at the hybrid's equal-cost step and the hybrid itself).
     ``settle`` (NVE runs after a Langevin thermalisation): then run NVE velocity Verlet at that
@@ -63,6 +65,7 @@ class RunConfig:
     chunk_frames: int = 100
     kstep_options: KStepOptions = KStepOptions()
     fast: str = "mmff"
+    fast_every: int = 1
 
     def __post_init__(self):
         if self.integrator not in INTEGRATORS:
@@ -91,6 +94,12 @@ class RunConfig:
         if self.integrator == "respa" and not (isinstance(self.fast, str) and self.fast):
             raise InputError(f"fast must name the fast force (mmff, a shipped name or a checkpoint path), "
                              f"got {self.fast!r}")
+        if isinstance(self.fast_every, bool) or not is_integer(self.fast_every, 1):
+            raise InputError(f"fast_every must be an integer ≥ 1 (inner steps per fast kick), got {self.fast_every!r}")
+        if self.fast_every > 1 and (self.integrator != "respa" or self.fast == "mmff"):
+            raise InputError("fast_every > 1 (--fast-every) splits a learned fast force into MMFF94 every inner step "
+                             "and the network's correction as kicks: it needs --integrator respa with a learned "
+                             f"--fast, not {self.fast if self.integrator == 'respa' else self.integrator}")
         if self.integrator == "verlet" and self.ensemble == "nvt":
             raise InputError("velocity Verlet is NVE; for NVT use the langevin integrator "
                              "(or kstep with ensemble nvt)")
@@ -157,6 +166,16 @@ def blew_up(frames: Frames, masses, temperature_limit: float) -> bool:
     return bool(np.asarray(frames.failed).any() or not finite or (t > temperature_limit).any())
 
 
+def three_levels(molecule: Molecule, fast_every: int) -> dict:
+    """``jkstep.respa``'s keyword arguments for ``fast_every`` inner steps per fast kick: none for 1,
+    else MMFF94 of ``molecule`` as the inner force."""
+    if fast_every == 1:
+        return {}
+    from jkstep.potentials.mmff import mmff_potential
+
+    return {"inner": mmff_potential(molecule), "fast_every": fast_every}
+
+
 def run_md(molecule: Molecule, potential: Callable, config: RunConfig, jump=None, k: int = 1,
            progress: Callable[[int], None] | None = None, calls: Callable[[], int] | None = None,
            velocities=None, fast: Callable | None = None):
@@ -186,6 +205,8 @@ def run_md(molecule: Molecule, potential: Callable, config: RunConfig, jump=None
         raise InputError("the respa integrator needs a fast force (--fast mmff|NAME|PATH)")
     if hybrid and (isinstance(k, bool) or not is_integer(k, 1)):
         raise InputError(f"k must be an integer ≥ 1 (base steps per macro-step), got {k!r}")
+    if config.integrator == "respa" and k % config.fast_every:
+        raise InputError(f"fast_every = {config.fast_every} must divide k = {k} (--fast-every, --k)")
     steps_per_apply = k if hybrid else 1
     every = max(1, -(-config.save_every // steps_per_apply))  # applies per frame
     if config.n_steps < every * steps_per_apply:
@@ -233,7 +254,8 @@ def run_md(molecule: Molecule, potential: Callable, config: RunConfig, jump=None
     elif config.integrator == "respa":
         init, apply = respa(fast, potential, masses, k, config.dt, ensemble=config.ensemble,
                             temperature=config.temperature, friction=config.friction,
-                            fallback_steps=config.kstep_options.fallback_steps)
+                            fallback_steps=config.kstep_options.fallback_steps,
+                            **three_levels(molecule, config.fast_every))
         state = init(positions, velocities, key)
     else:
         init, apply = kstep_integrator(jump, potential, molecule.numbers, masses, k, config.dt,
@@ -304,6 +326,7 @@ def run_md(molecule: Molecule, potential: Callable, config: RunConfig, jump=None
         summary["interrupted"] = True
     if config.integrator == "respa":
         summary["fast"] = config.fast
+        summary["fast_every"] = config.fast_every
     if hybrid:
         summary["fallback_steps"] = fallback_step_count(k, config.dt, config.kstep_options.fallback_steps)
         # [simulated fs, integrator calls, fallbacks] so far, every chunk_frames frames: over long

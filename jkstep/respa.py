@@ -30,6 +30,13 @@ alone. The map is still symplectic and reversible, for that modified potential, 
 "Mollified impulse"): with gfn2-fast it removes the k = 16 resonance and conserves its energy to
 0.08 kJ/mol at k = 8, but the X–H band then moves 14–22 cm⁻¹ with the fast force's stretches.
 
+Three levels (``inner=U_i, fast_every=m``; Tuckerman, Berne & Martyna 1992): the fast force is itself
+split, U_f = U_i + (U_f − U_i). The k inner steps of dt run on the cheap inner force (MMFF94), and
+the rest of the fast force (a learned Δ-potential's network) is felt as half kicks around every m
+inner steps, so the fast force costs k/m calls per macro-step instead of k. Still symplectic and
+reversible; with m = 1 it is two-level RESPA to round-off. Only m·dt has to stay clear of the
+resonances of the fast kicks, which are small (the network's correction to MMFF94).
+
 NVT (``ensemble="nvt"``): Langevin, seeded from the state's key. ``thermostat="macro"`` puts an
 exact Ornstein–Uhlenbeck velocity half-step over τ/2 before and after each macro-step (as
 ``jkstep.kstep`` does); ``thermostat="inner"`` makes the inner loop BAOAB on the fast force
@@ -65,7 +72,8 @@ class RespaState:
 
     positions (N, 3) Å, velocities (N, 3) Å/fs; forces (N, 3) eV/Å and energy (eV): the slow
     potential's at ``positions`` (with a mollifier, the modified potential's); fast_forces,
-    fast_energy: the fast potential's there; force_calls: slow calls made (init included);
+    fast_energy: the fast potential's there; inner_forces: the inner force's there (the fast
+    force's when there is no inner force); force_calls: slow calls made (init included);
     step: base steps taken (k per macro-step); fallbacks: macro-steps made by the Verlet
     fallback; failed: a slow call failed for good (the state then stays frozen and makes no
     calls); key: PRNG key (``ensemble="nvt"``).
@@ -77,6 +85,7 @@ class RespaState:
     energy: jax.Array
     fast_forces: jax.Array
     fast_energy: jax.Array
+    inner_forces: jax.Array
     force_calls: jax.Array
     step: jax.Array
     fallbacks: jax.Array
@@ -88,15 +97,15 @@ def _finite(*arrays):
     return jnp.all(jnp.asarray([jnp.all(jnp.isfinite(a)) for a in arrays]))
 
 
-def _check_fast(fast_evaluate, positions, n_atoms: int) -> None:
-    """InputError unless the fast force gives (N, 3) forces for the integrator's N atoms."""
+def _check_fast(fast_evaluate, positions, n_atoms: int, name: str = "fast") -> None:
+    """InputError unless the fast (or inner) force gives (N, 3) forces for the integrator's N atoms."""
     try:
         out = jax.eval_shape(lambda x: fast_evaluate(x, jnp.ones((), bool)), positions)
     except InputError as exc:
-        raise InputError(f"the fast force does not fit the {n_atoms} atoms given to respa: {exc}") from None
+        raise InputError(f"the {name} force does not fit the {n_atoms} atoms given to respa: {exc}") from None
     shape = tuple(out[1].shape)
     if shape != (n_atoms, 3):
-        raise InputError(f"the fast force returns forces of shape {shape} for the {n_atoms} atoms given to respa: "
+        raise InputError(f"the {name} force returns forces of shape {shape} for the {n_atoms} atoms given to respa: "
                          f"it was built for another molecule (build it from the same Molecule as the slow one)")
 
 
@@ -144,7 +153,7 @@ def _mollified(slow_eval, fast_eval, mollifier):
 
 def respa(fast, slow, masses, k: int = 8, dt: float = 0.25, ensemble: str = "nve", temperature: float = 300.0,
           friction: float = 0.01, thermostat: str = DEFAULT_THERMOSTAT, fallback_steps: int | None = None,
-          mollifier=None):
+          mollifier=None, inner=None, fast_every: int = 1):
     """``init_fn, apply_fn`` of impulse RESPA (jax-md style).
 
     Args:
@@ -161,6 +170,12 @@ def respa(fast, slow, masses, k: int = 8, dt: float = 0.25, ensemble: str = "nve
         fallback_steps: Verlet steps of a fault fallback over τ (None: steps ≤ 0.5 fs).
         mollifier: None (impulse RESPA) or A: positions (N, 3) → (N, 3), pure JAX, e.g.
             ``xh_mollifier(mol)``: the slow potential is then felt at A(x) (module doc).
+        inner: None, or a cheaper force inside the fast one (same forms as ``fast``), e.g.
+            ``jkstep.mmff_potential(mol)`` under a learned Δ-potential on MMFF94: the k inner
+            steps of dt then run on ``inner`` alone, and ``fast − inner`` is felt as half kicks
+            every ``fast_every``·dt (three-level RESPA, module doc), so ``fast`` is called
+            k / fast_every times per macro-step. fast_every: integer ≥ 1 dividing k (> 1 needs
+            ``inner``); with fast_every = 1 the result is that of ``inner=None`` to round-off.
 
     ``init_fn(positions, velocities, key=None) -> RespaState`` makes one slow call;
     ``apply_fn(state) -> RespaState`` advances one macro-step (one slow call).
@@ -179,12 +194,24 @@ def respa(fast, slow, masses, k: int = 8, dt: float = 0.25, ensemble: str = "nve
         if not callable(fn):
             raise InputError(f"the {name} force must be a function of positions returning (energy, forces), "
                              f"e.g. jkstep.mmff_potential(mol) or jkstep.xtb_potential(mol); got {fn!r:.60}")
+    if inner is not None and not callable(inner):
+        raise InputError(f"the inner force must be a function of positions returning (energy, forces), "
+                         f"e.g. jkstep.mmff_potential(mol); got {inner!r:.60}")
+    if isinstance(fast_every, bool) or not is_integer(fast_every, 1):
+        raise InputError(f"fast_every must be an integer ≥ 1 (inner steps per fast kick), got {fast_every!r}")
+    fast_every = int(fast_every)
+    if fast_every > 1 and inner is None:
+        raise InputError(f"fast_every = {fast_every} needs an inner force to integrate between the fast kicks "
+                         f"(inner=jkstep.mmff_potential(mol) under a learned Δ fast force)")
+    if k % fast_every:
+        raise InputError(f"fast_every = {fast_every} must divide k = {k} (the fast kicks fill the macro-step)")
     _check_setup(slow, masses)
     n_fallback = fallback_step_count(k, dt, fallback_steps)
     if mollifier is not None and not callable(mollifier):
         raise InputError(f"mollifier must be a function of positions (N, 3) returning positions, "
                          f"e.g. jkstep.respa.xh_mollifier(mol); got {mollifier!r:.60}")
     fast_eval, slow_eval = evaluator(fast), evaluator(slow)
+    inner_eval = None if inner is None else evaluator(inner)
     if mollifier is not None:
         slow_eval = _mollified(slow_eval, fast_eval, mollifier)
     masses = jnp.asarray(masses, jnp.float64)
@@ -213,17 +240,21 @@ def respa(fast, slow, masses, k: int = 8, dt: float = 0.25, ensemble: str = "nve
         one = jnp.ones((), bool)
         e, f, ok = slow_eval(x, one)
         fe, ff, fok = fast_eval(x, one)
+        fi = ff
+        if inner_eval is not None:
+            _check_fast(inner_eval, x, n_atoms, "inner")
+            _, fi, _ = inner_eval(x, one)
         zero = jnp.zeros((), jnp.int32)
-        return RespaState(x, v, f, e, ff, fe, force_calls=jnp.ones((), jnp.int32), step=zero, fallbacks=zero,
+        return RespaState(x, v, f, e, ff, fe, fi, force_calls=jnp.ones((), jnp.int32), step=zero, fallbacks=zero,
                           failed=~(ok & _finite(e, f)),
                           key=jax.random.PRNGKey(0) if key is None else jnp.asarray(key))
 
-    def inner_loop(x, v, ff, fe, key, active):
-        """k steps of dt on the fast force (BAOAB with ``thermostat="inner"`` in NVT)."""
+    def verlet_steps(force_eval, n, x, v, f, key, active):
+        """n steps of dt on one force (BAOAB with ``thermostat="inner"`` in NVT): (x, v, f, e, ok, key)."""
 
         def verlet(_, c):
             x, v, f, e, ok, key = c
-            x, v, f, e, ok_step = velocity_verlet_step(fast_eval, x, v, f, inv_m, dt, active)
+            x, v, f, e, ok_step = velocity_verlet_step(force_eval, x, v, f, inv_m, dt, active)
             return x, v, f, e, ok & ok_step & _finite(e, f), key
 
         def baoab(_, c):
@@ -233,12 +264,29 @@ def respa(fast, slow, masses, k: int = 8, dt: float = 0.25, ensemble: str = "nve
             x = x + 0.5 * dt * v
             v = ou(v, sub)
             x = x + 0.5 * dt * v
-            e, f, ok_step = fast_eval(x, active)
+            e, f, ok_step = force_eval(x, active)
             return x, v + 0.5 * dt * f * inv_m, f, e, ok & ok_step & _finite(e, f), key
 
         body = baoab if nvt and thermostat == "inner" else verlet
-        x, v, ff, fe, ok, key = jax.lax.fori_loop(0, k, body, (x, v, ff, fe, jnp.ones((), bool), key))
-        return x, v, ff, fe, ok, key
+        zero = jnp.zeros((), jnp.float64)
+        return jax.lax.fori_loop(0, n, body, (x, v, f, zero, jnp.ones((), bool), key))
+
+    def inner_loop(x, v, ff, fe, fi, key, active):
+        """The k inner steps of a macro-step: (x, v, fast forces, fast energy, inner forces, ok, key)."""
+        if inner_eval is None:
+            x, v, ff, fe, ok, key = verlet_steps(fast_eval, k, x, v, ff, key, active)
+            return x, v, ff, fe, ff, ok, key
+        h = fast_every * dt
+
+        def block(_, c):   # half kick of fast − inner, fast_every steps on inner, fast call, half kick
+            x, v, ff, fe, fi, ok, key = c
+            v = v + 0.5 * h * (ff - fi) * inv_m
+            x, v, fi, _, ok_i, key = verlet_steps(inner_eval, fast_every, x, v, fi, key, active)
+            fe, ff, ok_f = fast_eval(x, active)
+            v = v + 0.5 * h * (ff - fi) * inv_m
+            return x, v, ff, fe, fi, ok & ok_i & ok_f & _finite(fe, ff), key
+
+        return jax.lax.fori_loop(0, k // fast_every, block, (x, v, ff, fe, fi, jnp.ones((), bool), key))
 
     def macro_ou(state: RespaState) -> RespaState:
         if not (nvt and thermostat == "macro"):
@@ -247,27 +295,28 @@ def respa(fast, slow, masses, k: int = 8, dt: float = 0.25, ensemble: str = "nve
         return state.replace(velocities=ou(state.velocities, sub), key=key)
 
     def fallback(state: RespaState, need):
-        """Plain Verlet on the slow potential over τ, then the fast force at the end positions."""
+        """Plain Verlet on the slow potential over τ, then the fast (and inner) force at the end positions."""
         x, v, f, e, ok = verlet_span(slow_eval, state.positions, state.velocities, state.forces, state.energy,
                                      inv_m, tau, n_fallback, need)
         fe, ff, _ = fast_eval(x, need)
-        return x, v, f, e, ff, fe, ok & _finite(e, f)
+        fi = ff if inner_eval is None else inner_eval(x, need)[1]
+        return x, v, f, e, ff, fe, fi, ok & _finite(e, f)
 
     def apply_fn(state: RespaState) -> RespaState:
         state = macro_ou(state)
         active = ~state.failed
         half = 0.5 * tau
         v = state.velocities + half * (state.forces - state.fast_forces) * inv_m
-        x, v, ff, fe, fast_ok, key = inner_loop(state.positions, v, state.fast_forces, state.fast_energy,
-                                                state.key, active)
+        x, v, ff, fe, fi, fast_ok, key = inner_loop(state.positions, v, state.fast_forces, state.fast_energy,
+                                                    state.inner_forces, state.key, active)
         call = active & fast_ok
         e, f, ok = slow_eval(x, call) if mollifier is None else slow_eval(x, call, (fe, ff, fast_ok))
         v = v + half * (f - ff) * inv_m
         need = active & ~(call & ok & _finite(e, f))
-        candidate = (x, v, f, e, ff, fe, jnp.ones((), bool))
-        fx, fv, fs, fe_s, fff, ffe, fok = jax.lax.cond(need, fallback, lambda s, n: candidate, state, need)
+        candidate = (x, v, f, e, ff, fe, fi, jnp.ones((), bool))
+        fx, fv, fs, fe_s, fff, ffe, ffi, fok = jax.lax.cond(need, fallback, lambda s, n: candidate, state, need)
         new = state.replace(positions=fx, velocities=fv, forces=fs, energy=fe_s, fast_forces=fff, fast_energy=ffe,
-                            force_calls=state.force_calls + call.astype(jnp.int32)
+                            inner_forces=ffi, force_calls=state.force_calls + call.astype(jnp.int32)
                             + need.astype(jnp.int32) * n_fallback,
                             step=state.step + k, fallbacks=state.fallbacks + need.astype(jnp.int32),
                             failed=state.failed | (need & ~fok), key=key)

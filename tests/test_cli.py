@@ -126,6 +126,18 @@ def test_run_respa_with_repartitioned_hydrogen_masses(tmp_path):
     np.testing.assert_allclose(masses.sum(), 46.069, atol=0.01)
 
 
+def test_run_respa_learned_fast_force_in_three_levels(tmp_path):
+    """`jkstep run --fast gfn2-fast`: three levels by default (the network every 2nd inner step),
+    the whole fast force every step with --fast-every 1; one xTB call per macro-step either way."""
+    for extra, every in (([], 2), (["--fast-every", "1"], 1)):
+        summary = tmp_path / f"run{every}.json"
+        assert cli.main(["run", "--smiles", "CCO", "--integrator", "respa", "--fast", "gfn2-fast", "--ps", "0.02",
+                         "--equilibrate-ps", "0", "--save-every", "8", "--summary", str(summary), *extra]) == 0
+        s = json.loads(summary.read_text())
+        assert (s["fast"], s["fast_every"], s["k"], s["xtb_calls"], s["fallbacks"], s["blew_up"]) == \
+            ("gfn2-fast", every, 8, 11, 0, False)
+
+
 @pytest.mark.parametrize("argv, message", [
     (["run", "--smiles", "C1CC"], "cannot parse SMILES 'C1CC'"),
     (["run", "--file", "/no/such.xyz"], "no such file: /no/such.xyz"),
@@ -136,6 +148,16 @@ def test_run_respa_with_repartitioned_hydrogen_masses(tmp_path):
     (["run", "--smiles", "CCO", "--fallback-steps", "0"], "fallback_steps must be an integer ≥ 1"),
     (["evaluate", "--smiles", "CCO", "--fallback-steps", "0"], "fallback_steps must be an integer ≥ 1"),
     (["evaluate", "--smiles", "CCO", "--mollify"], "mollify (--mollify) applies to the respa contender"),
+    (["evaluate", "--smiles", "CCO", "--fast-every", "2"], "fast_every (--fast-every) applies to the respa contender"),
+    (["evaluate", "--smiles", "CCO", "--fast", "gfn2-fast", "--fast-every", "3"], "fast_every = 3 must divide every k"),
+    (["run", "--smiles", "CCO", "--integrator", "respa", "--fast", "mmff", "--fast-every", "2"],
+     "fast_every > 1 (--fast-every) splits a learned fast force"),
+    (["run", "--smiles", "CCO", "--integrator", "verlet", "--fast-every", "2"],
+     "--fast, --k and --fast-every are only used with --integrator respa"),
+    (["run", "--smiles", "CCO", "--integrator", "respa", "--fast", "gfn2-fast", "--fast-every", "0"],
+     "fast_every must be an integer ≥ 1"),
+    (["run", "--smiles", "CCO", "--integrator", "respa", "--fast", "gfn2-fast", "--fast-every", "3"],
+     "fast_every = 3 must divide k = 8"),
     (["run", "--smiles", "CCO", "--equilibrate-ps", "0.1", "--equilibrate-dt", "0"], "equilibrate_dt must be a finite value > 0 fs"),
     (["run", "--smiles", "CCO", "--ps", "-1"], "ps must be a finite value > 0, got -1.0"),
     (["run", "--smiles", "CCO", "--hydrogen-mass", "0"], "hydrogen_mass must be a positive mass in amu"),

@@ -29,6 +29,7 @@ def test_summary_has_the_api_keys(evaluation):
     assert set(r["noise_floor"]) == FLOOR_KEYS
     assert set(r["contenders"]) == {"reference", "verlet_kdt", "corrector_only", "kstep", "mmff_respa", "respa"}
     assert r["mollified"] is True                    # the respa contender (gfn2-fast) is mollified
+    assert r["fast_every"] == 2                      # and in three levels, by default
     assert r["contenders"]["mmff_respa"]["fallbacks"] == 0 == r["contenders"]["respa"]["fallbacks"]
     for name in ("reference", "verlet_kdt", "corrector_only", "mmff_respa", "respa"):
         assert CONTENDER_KEYS <= set(r["contenders"][name]), name

@@ -1,4 +1,5 @@
-"""jkstep.respa: exactness, time reversibility, symplecticity, momenta, call counts, faults, NVT, mollifier."""
+"""jkstep.respa: exactness, time reversibility, symplecticity, momenta, call counts, faults, NVT, mollifier,
+three levels."""
 
 from __future__ import annotations
 
@@ -51,14 +52,31 @@ def test_zero_fast_force_is_verlet_at_k_dt(ethanol, mm):
     assert int(s.force_calls) == int(r.force_calls) == 51 and int(s.step) == 50 * k
 
 
-@pytest.fixture(params=["impulse", pytest.param("mollified", marks=pytest.mark.slow)])
-def mollifier(request, ethanol):
-    return None if request.param == "impulse" else xh_mollifier(ethanol)
+def test_inner_force_felt_every_step_is_two_level_respa(ethanol, mm):
+    """inner + (fast − inner) kicks every dt compose to Verlet steps on fast: two-level RESPA."""
+    v = ethanol.thermal_velocities(300.0, seed=1)
+    slow = scaled(mm, 1.2)
+    init2, apply2 = jkstep.respa(mm, slow, ethanol.masses, k=8, dt=0.25)
+    init3, apply3 = jkstep.respa(mm, slow, ethanol.masses, k=8, dt=0.25, inner=scaled(mm, 0.6), fast_every=1)
+    s2 = jax.jit(lambda s: run(apply2, s, 30))(init2(ethanol.positions, v))
+    s3 = jax.jit(lambda s: run(apply3, s, 30))(init3(ethanol.positions, v))
+    np.testing.assert_allclose(s3.positions, s2.positions, rtol=0, atol=1e-10)
+    np.testing.assert_allclose(s3.velocities, s2.velocities, rtol=0, atol=1e-11)
+    np.testing.assert_allclose(s3.inner_forces, 0.6 * s3.fast_forces, rtol=0, atol=1e-10)
+    assert int(s3.force_calls) == int(s2.force_calls) == 31
 
 
-def test_time_reversible(ethanol, mm, mollifier):
+@pytest.fixture(params=["impulse", pytest.param("mollified", marks=pytest.mark.slow), "three-level"])
+def variant(request, ethanol, mm):
+    """respa's keyword arguments: impulse RESPA, mollified on X–H, or three levels (an inner force
+    every dt, the fast kicks every 2·dt)."""
+    return {"impulse": {}, "mollified": {"mollifier": xh_mollifier(ethanol)},
+            "three-level": {"inner": scaled(mm, 0.7), "fast_every": 2}}[request.param]
+
+
+def test_time_reversible(ethanol, mm, variant):
     v = ethanol.thermal_velocities(300.0, seed=2)
-    init, apply = jkstep.respa(mm, scaled(mm, 1.3), ethanol.masses, k=8, dt=0.25, mollifier=mollifier)
+    init, apply = jkstep.respa(mm, scaled(mm, 1.3), ethanol.masses, k=8, dt=0.25, **variant)
     go = jax.jit(lambda s: run(apply, s, 40))
     s = go(init(ethanol.positions, v))
     assert float(jnp.max(jnp.abs(s.positions - ethanol.positions))) > 0.05   # it moved
@@ -67,10 +85,10 @@ def test_time_reversible(ethanol, mm, mollifier):
     np.testing.assert_allclose(-back.velocities, v, rtol=0, atol=1e-11)
 
 
-def test_symplectic(ethanol, mm, mollifier):
+def test_symplectic(ethanol, mm, variant):
     m = jnp.asarray(ethanol.masses)[:, None]
-    slow = mm if mollifier is None else scaled(mm, 1.3)   # mm − mm ≡ 0 would leave A(x) unused
-    init, apply = jkstep.respa(mm, slow, ethanol.masses, k=4, dt=0.5, mollifier=mollifier)
+    slow = mm if not variant else scaled(mm, 1.3)   # mm − mm ≡ 0 would leave A(x) or the split unused
+    init, apply = jkstep.respa(mm, slow, ethanol.masses, k=4, dt=0.5, **variant)
     n = len(ethanol) * 3
 
     def step(z):  # (x, p = m·v) → (x', p') of one macro-step
@@ -87,10 +105,10 @@ def test_symplectic(ethanol, mm, mollifier):
     assert float(err) < 1e-10
 
 
-def test_momenta_conserved(ethanol, mm, mollifier):
+def test_momenta_conserved(ethanol, mm, variant):
     v = ethanol.thermal_velocities(300.0, seed=4)
     masses = jnp.asarray(ethanol.masses)
-    init, apply = jkstep.respa(mm, scaled(mm, 0.8), ethanol.masses, k=8, dt=0.25, mollifier=mollifier)
+    init, apply = jkstep.respa(mm, scaled(mm, 0.8), ethanol.masses, k=8, dt=0.25, **variant)
     s0 = init(ethanol.positions, v)
     s = jax.jit(lambda s: run(apply, s, 100))(s0)
     p0, p = (jnp.sum(masses[:, None] * x.velocities, 0) for x in (s0, s))
@@ -252,6 +270,18 @@ def test_bad_input(ethanol, mm):
         jkstep.respa(mm, mm, ethanol.masses, ensemble="npt")
     with pytest.raises(InputError, match="mollifier must be a function"):
         jkstep.respa(mm, mm, ethanol.masses, mollifier="xh")
+    with pytest.raises(InputError, match="needs an inner force"):
+        jkstep.respa(mm, mm, ethanol.masses, fast_every=2)
+    with pytest.raises(InputError, match="must divide k = 8"):
+        jkstep.respa(mm, mm, ethanol.masses, k=8, inner=mm, fast_every=3)
+    for bad in (0, 1.5, True):
+        with pytest.raises(InputError, match="fast_every must be an integer"):
+            jkstep.respa(mm, mm, ethanol.masses, inner=mm, fast_every=bad)
+    with pytest.raises(InputError, match="inner force must be a function"):
+        jkstep.respa(mm, mm, ethanol.masses, inner="mmff", fast_every=2)
+    init, _ = jkstep.respa(mm, mm, ethanol.masses, inner=other, fast_every=2)
+    with pytest.raises(InputError, match="inner force"):
+        init(ethanol.positions, ethanol.thermal_velocities(300.0, seed=0))
     for bad in ("CCO", ethanol.positions):
         with pytest.raises(InputError, match="xh_mollifier needs a jkstep.Molecule"):
             xh_mollifier(bad)

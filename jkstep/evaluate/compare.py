@@ -47,6 +47,7 @@ from jkstep.errors import (MAX_STEPS, MAX_TEMPERATURE_K, InputError, SimulationE
                            is_integer, is_interrupt)
 from jkstep.evaluate import metrics
 from jkstep.integrate import equal_cost_dt
+from jkstep.md import three_levels
 from jkstep.kstep import (REVERSAL_CORRECTION, Guards, KStepOptions, ballistic_jump, fallback_step_count,
                           kstep_integrator, model_jump)
 from jkstep.molecule import Molecule, check_seed
@@ -87,7 +88,9 @@ class EvalConfig:
     ``kstep`` made (``equal_cost_dt``). ``mmff_respa`` (default on): run ``jkstep.respa`` with
     MMFF94 as the fast force at k and dt (null with a ``reason`` where MMFF94 cannot type the
     molecule). ``fast``: a learned fast force (shipped name or checkpoint path,
-    ``jkstep.learned_potential``) for the ``respa`` contender (None: not run); ``mollify``: that
+    ``jkstep.learned_potential``) for the ``respa`` contender (None: not run); ``fast_every``: that
+    contender in three levels (MMFF94 every inner step, the rest of the fast force as kicks every
+    ``fast_every`` inner steps; 1: two levels); ``mollify``: that
     contender mollified on the X–H bonds (``jkstep.respa.xh_mollifier``; its energy figures are then
     the modified energy's, which the summary's ``mollified`` says; ``mmff_respa`` stays impulse)."""
 
@@ -109,6 +112,7 @@ class EvalConfig:
     equal_cost: bool = True
     mmff_respa: bool = True
     fast: str | None = None
+    fast_every: int = 1
     mollify: bool = False
 
     def __post_init__(self):
@@ -129,6 +133,11 @@ class EvalConfig:
                 raise InputError(f"{what} {getattr(self, what)} needs {steps:.3g} steps per replica; "
                                  "give a length in ps that can finish")
         check_seed(self.seed)
+        if isinstance(self.fast_every, bool) or not is_integer(self.fast_every, 1):
+            raise InputError(f"fast_every must be an integer ≥ 1 (inner steps per fast kick), got {self.fast_every!r}")
+        if self.fast_every > 1 and self.fast is None:
+            raise InputError("fast_every (--fast-every) applies to the respa contender: give a learned fast force "
+                             "too (fast=NAME, --fast NAME)")
         if self.mollify and self.fast is None:
             raise InputError("mollify (--mollify) applies to the respa contender: give a learned fast force too "
                              "(fast=NAME, --fast NAME)")
@@ -293,6 +302,8 @@ def evaluate_ks(molecule: Molecule, potential_factory: Callable[[], object], con
     ks = sorted(models)
     if not ks or min(ks) < 1:
         raise InputError(f"the k sweep needs ks ≥ 1, got {ks}")
+    if config.fast is not None and any(k % config.fast_every for k in ks):
+        raise InputError(f"fast_every = {config.fast_every} must divide every k ({ks}) (--fast-every, --k)")
     for k, bundle in models.items():
         if bundle is None:
             continue
@@ -388,8 +399,9 @@ def _k_runs(molecule, config, bundle, run, runs: dict) -> dict:
 
         fast = learned_potential(config.fast, molecule)
         mollifier = xh_mollifier(molecule) if config.mollify else None
+        split = three_levels(molecule, config.fast_every)
         runs["respa"] = run("respa", lambda pot: respa(fast, pot, masses, k, dt, fallback_steps=config.fallback_steps,
-                                                       mollifier=mollifier))
+                                                       mollifier=mollifier, **split))
     if bundle is not None:
         runs["kstep"] = run("kstep", lambda pot: hybrid(pot, _learned(bundle, molecule, config)))
         if config.equal_cost:
@@ -424,7 +436,8 @@ def _summary(molecule, config, bundle, runs, starts, terms, rotatable, plots) ->
     ref = runs["reference"]["frames"]
     out = {"molecule": molecule.name, "k": k, "simulated_fs": config.n_frames * frame_fs,
            "n_replicas": config.n_replicas, "dt_fs": dt, "temperature_k": config.temperature,
-           "fallback_steps": fallback_step_count(k, dt, config.fallback_steps), "mollified": config.mollify}
+           "fallback_steps": fallback_step_count(k, dt, config.fallback_steps), "mollified": config.mollify,
+           "fast_every": config.fast_every if config.fast is not None else None}
     out["one_jump"] = None if bundle is None else one_jump(_learned(bundle, molecule, config), ref, terms)
     # the same errors for Verlet at k·dt's positions (= the ballistic jump), on the same windows
     out["one_jump_verlet_kdt"] = one_jump(ballistic_jump(masses, k, dt), ref, terms)
