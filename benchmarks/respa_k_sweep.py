@@ -18,7 +18,8 @@ For each molecule: one Langevin thermalisation at 300 K and 4 same-energy replic
 (``Molecule.repartition_hydrogen_mass``: the same canonical distribution of positions, slower X–H
 vibrations; start velocities scaled by sqrt(m/m'), temperatures from the repartitioned masses) while
 the Langevin reference keeps the true ones; ``--mollify`` runs them mollified on the X–H bonds
-(``jkstep.respa.xh_mollifier``); ``--ks`` with no value skips the NVE sweep. Prints one
+(``jkstep.respa.xh_mollifier``); ``--fast-every N`` runs a learned fast force in three levels
+(MMFF94 every inner step); ``--ks`` with no value skips the NVE sweep. Prints one
 table per ensemble and writes everything as JSON (``--out``).
 
     python benchmarks/respa_k_sweep.py --molecules 1-propanol cytosine --ps 2 --out outputs/respa_k_sweep.json
@@ -39,7 +40,8 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from _args import positive_float, positive_int, qm_smiles  # noqa: E402
 
 
-def nvt_runs(molecule, factory, config, starts, ks, terms, fast="mmff", hydrogen_mass=None, mollify=False):
+def nvt_runs(molecule, factory, config, starts, ks, terms, fast="mmff", hydrogen_mass=None, mollify=False,
+             fast_every=1):
     import jax
 
     from jkstep import integrate
@@ -62,6 +64,7 @@ def nvt_runs(molecule, factory, config, starts, ks, terms, fast="mmff", hydrogen
         return run_contender(init, apply, per_frame, starts, cfg, lambda: pot.calls)
 
     mm = mmff_potential(molecule) if fast == "mmff" else learned_potential(fast, molecule)
+    split = {} if fast_every == 1 else {"inner": mmff_potential(respa_mol), "fast_every": fast_every}
     out = {}
     for k in ks:
         cfg = dataclasses.replace(config, k=k)
@@ -73,7 +76,7 @@ def nvt_runs(molecule, factory, config, starts, ks, terms, fast="mmff", hydrogen
         for where in ("macro", "inner"):
             r = run(lambda pot, w=where: respa(mm, pot, respa_masses, k, config.dt, ensemble="nvt",
                                                temperature=config.temperature, friction=config.friction,
-                                               thermostat=w, mollifier=mollifier), cfg, 1, respa_starts)
+                                               thermostat=w, mollifier=mollifier, **split), cfg, 1, respa_starts)
             row[where] = summarise(r, ref, respa_masses, terms, k * config.dt, config.temperature)
         out[k] = row
     return out
@@ -107,8 +110,13 @@ def main(argv=None) -> int:
     parser.add_argument("--hydrogen-mass", type=positive_float, default=None,
                         help="NVT RESPA with hydrogen mass repartitioning to this H mass, amu (e.g. 3.024)")
     parser.add_argument("--mollify", action="store_true", help="NVT RESPA mollified on the X–H bonds")
+    parser.add_argument("--fast-every", type=positive_int, default=1,
+                        help="NVT RESPA with a learned --fast in three levels: MMFF94 every inner step, the rest "
+                             "of the fast force as kicks every N inner steps (default 1)")
     parser.add_argument("--out", default="outputs/respa_k_sweep.json")
     args = parser.parse_args(argv)
+    if args.fast_every > 1 and args.fast == "mmff":
+        parser.error("--fast-every splits a learned --fast; MMFF94 alone has nothing to split")
     if any(k % 2 for k in args.nvt_ks):
         parser.error("--nvt-ks must be even (the 0.5 fs Langevin reference is read every k/2 steps)")
 
@@ -126,11 +134,11 @@ def main(argv=None) -> int:
         starts = thermalised_starts(mol, factory(), config)
         terms = metrics.internal_coordinates(mol.numbers, starts[0][0], mol.mol_block)
         nvt = nvt_runs(mol, factory, config, starts, args.nvt_ks, terms, args.fast,
-                       args.hydrogen_mass, args.mollify) if args.nvt_ks else {}
+                       args.hydrogen_mass, args.mollify, args.fast_every) if args.nvt_ks else {}
         results[name] = {"nve": {k: {"reference_temperature_k": s["contenders"]["reference"]["mean_temperature_k"],
                                      "verlet_kdt": s["contenders"]["verlet_kdt"],
                                      "mmff_respa": s["contenders"]["mmff_respa"]} for k, s in nve.items()},
-                         "nvt": nvt, "nvt_fast": args.fast,
+                         "nvt": nvt, "nvt_fast": args.fast, "nvt_fast_every": args.fast_every,
                          "nvt_hydrogen_mass": args.hydrogen_mass, "nvt_mollified": args.mollify}
         os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
         with open(args.out + ".tmp", "w") as fh:
