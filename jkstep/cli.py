@@ -1021,7 +1021,9 @@ def _print_summary(s: dict):
     print(f"  xTB calls {s['xtb_calls']}  SCF failures {s.get('scf_failures', 0)}  blew up: {s['blew_up']}")
     if s["k"]:
         plain = s["steps"] + 1  # plain Verlet at the base step: one call per step and one at the start
-        what = (f"macro-steps {s['accepted']} (fast force {s['fast']})" if s["integrator"] == "respa"
+        levels = (f"; MMFF94 every inner step, the rest as kicks every {s['fast_every']}"
+                  if s.get("fast_every", 1) > 1 else "")
+        what = (f"macro-steps {s['accepted']} (fast force {s['fast']}{levels})" if s["integrator"] == "respa"
                 else f"jumps accepted {s['accepted']}, rejected attempts {s['rejected']}")
         print(f"  k {s['k']}: {what}, fallbacks to Verlet {s['fallbacks']}; Verlet at {s['dt_fs']} fs would make "
               f"{plain} xTB calls ({plain / max(1, s['xtb_calls']):.1f}x more)")
