@@ -73,14 +73,15 @@ def main(argv=None) -> int:
     import numpy as np
 
     import jkstep
+    from jkstep.md import three_levels
     from jkstep.rollout import runner
 
     mol = jkstep.Molecule.from_smiles(args.smiles, seed=0)
     pot = jkstep.xtb_potential(mol, workers=1)
     fast = jkstep.mmff_potential(mol) if args.fast == "mmff" else jkstep.learned_potential(args.fast, mol)
     v0 = mol.thermal_velocities(300.0, seed=0)
-    split = {} if args.fast_every == 1 else {"inner": jkstep.mmff_potential(mol), "fast_every": args.fast_every}
-    r_init, r_apply = jkstep.respa(fast, pot, mol.masses, k=args.k, dt=args.dt, **split)
+    r_init, r_apply = jkstep.respa(fast, pot, mol.masses, k=args.k, dt=args.dt,
+                                   **three_levels(mol, fast, args.fast_every))
     v_init, v_apply = jkstep.verlet(pot, mol.masses, dt=0.25)
     n = args.macro_steps
     tau = args.k * args.dt

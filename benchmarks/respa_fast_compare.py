@@ -37,6 +37,7 @@ import jkstep  # noqa: E402
 from jkstep import analysis  # noqa: E402
 from jkstep.data.store import write_json  # noqa: E402
 from jkstep.evaluate.compare import EvalConfig, run_contender, thermalised_starts  # noqa: E402
+from jkstep.md import three_levels  # noqa: E402
 from jkstep.respa import xh_mollifier  # noqa: E402
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
@@ -78,11 +79,10 @@ def main(argv=None) -> int:
             respa_starts, hmr = (starts[0], starts[1] * np.sqrt(mol.masses / respa_mol.masses)[:, None]), \
                 f", H {args.hydrogen_mass:g} amu"
         mollifier, molly = (xh_mollifier(respa_mol), " + MOLLY") if args.mollify else (None, "")
-        split = dict(inner=jkstep.mmff_potential(respa_mol), fast_every=args.fast_every) if args.fast_every > 1 else {}
-        every = f", fast every {args.fast_every}" if split else ""
+        every = f", fast every {args.fast_every}" if args.fast_every > 1 else ""
         runs = [(k, label + hmr + molly + ("" if label == "MMFF94" else every),
                  jkstep.respa(fast, pot, respa_mol.masses, k, 0.25, mollifier=mollifier,
-                              **({} if label == "MMFF94" else split)),
+                              **({} if label == "MMFF94" else three_levels(respa_mol, fast, args.fast_every))),
                  respa_mol.masses, respa_starts, args.mollify) for k in args.k for label, fast in fasts.items()]
         runs += [(round(dt / 0.25), f"Verlet {dt:g} fs", jkstep.verlet(pot, mol.masses, dt), mol.masses, starts,
                   False) for dt in args.verlet_dt]

@@ -46,6 +46,7 @@ def nvt_runs(molecule, factory, config, starts, ks, terms, fast="mmff", hydrogen
 
     from jkstep import integrate
     from jkstep.evaluate.compare import run_contender
+    from jkstep.md import three_levels
     from jkstep.model.potential import learned_potential
     from jkstep.potentials.mmff import mmff_potential
     from jkstep.respa import respa, xh_mollifier
@@ -64,7 +65,7 @@ def nvt_runs(molecule, factory, config, starts, ks, terms, fast="mmff", hydrogen
         return run_contender(init, apply, per_frame, starts, cfg, lambda: pot.calls)
 
     mm = mmff_potential(molecule) if fast == "mmff" else learned_potential(fast, molecule)
-    split = {} if fast_every == 1 else {"inner": mmff_potential(respa_mol), "fast_every": fast_every}
+    split = three_levels(respa_mol, mm, fast_every)
     out = {}
     for k in ks:
         cfg = dataclasses.replace(config, k=k)

@@ -22,9 +22,10 @@ DEFAULT_MODEL = "gfn2-k8"
 #: DEFAULT_MODEL; chosen on the validation molecules (docs/results.md, "The shipped fast force").
 DEFAULT_FAST = "gfn2-fast"
 DEFAULT_K = 8
-#: A learned fast force runs in three levels: MMFF94 every inner step, the network's correction as
-#: kicks every DEFAULT_FAST_EVERY inner steps where that divides k (as well conserved as every step
-#: on the validation molecules, for half the network calls: docs/results.md, "Three levels").
+#: A learned Δ-potential on MMFF94 runs in three levels: MMFF94 every inner step, the network's
+#: correction as kicks every DEFAULT_FAST_EVERY inner steps where that divides k (as well conserved
+#: as every step on the validation molecules, for half the network calls: docs/results.md, "Three
+#: levels"). A full network (no MMFF94 baseline) runs in two levels unless --fast-every says otherwise.
 DEFAULT_FAST_EVERY = 2
 DEFAULT_EQUILIBRATE_PS = 0.5   # jkstep run: Langevin thermalisation before production by default
 
@@ -136,16 +137,21 @@ def _add_fast_every_arg(parser):
     parser.add_argument("--fast-every", type=int, default=None, metavar="N",
                         help=f"respa with a learned --fast: MMFF94 every inner step and the network's correction as "
                              f"kicks every N inner steps (three-level RESPA; 1: the whole fast force every step; "
-                             f"default {DEFAULT_FAST_EVERY} where it divides --k, else 1)")
+                             f"default {DEFAULT_FAST_EVERY} for a Δ-potential on MMFF94 such as gfn2-fast where it "
+                             f"divides --k, else 1)")
 
 
 def _fast_every(args, k: int) -> int:
-    """--fast-every, or its default for the fast force named by --fast (1 for MMFF94 or none)."""
+    """--fast-every, or its default for the fast force named by --fast: DEFAULT_FAST_EVERY for a
+    Δ-potential on MMFF94 where it divides k, else 1 (MMFF94 itself, a full network, none)."""
     if args.fast_every is not None:
         return args.fast_every
     if args.fast in (None, "mmff") or k % DEFAULT_FAST_EVERY:
         return 1
-    return DEFAULT_FAST_EVERY
+    from jkstep.model.potential import read_potential_checkpoint
+
+    _, _, config = read_potential_checkpoint(args.fast)   # an unknown name or path fails here, early
+    return DEFAULT_FAST_EVERY if config.baseline == "mmff" else 1
 
 
 def _run_parser(sub):

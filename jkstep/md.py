@@ -166,14 +166,17 @@ def blew_up(frames: Frames, masses, temperature_limit: float) -> bool:
     return bool(np.asarray(frames.failed).any() or not finite or (t > temperature_limit).any())
 
 
-def three_levels(molecule: Molecule, fast_every: int) -> dict:
+def three_levels(molecule: Molecule, fast, fast_every: int) -> dict:
     """``jkstep.respa``'s keyword arguments for ``fast_every`` inner steps per fast kick: none for 1,
-    else MMFF94 of ``molecule`` as the inner force."""
+    else MMFF94 of ``molecule`` as the inner force (a Δ-potential's own baseline where it has one)."""
     if fast_every == 1:
         return {}
-    from jkstep.potentials.mmff import mmff_potential
+    inner = getattr(fast, "baseline", None)
+    if inner is None:
+        from jkstep.potentials.mmff import mmff_potential
 
-    return {"inner": mmff_potential(molecule), "fast_every": fast_every}
+        inner = mmff_potential(molecule)
+    return {"inner": inner, "fast_every": fast_every}
 
 
 def run_md(molecule: Molecule, potential: Callable, config: RunConfig, jump=None, k: int = 1,
@@ -255,7 +258,7 @@ def run_md(molecule: Molecule, potential: Callable, config: RunConfig, jump=None
         init, apply = respa(fast, potential, masses, k, config.dt, ensemble=config.ensemble,
                             temperature=config.temperature, friction=config.friction,
                             fallback_steps=config.kstep_options.fallback_steps,
-                            **three_levels(molecule, config.fast_every))
+                            **three_levels(molecule, fast, config.fast_every))
         state = init(positions, velocities, key)
     else:
         init, apply = kstep_integrator(jump, potential, molecule.numbers, masses, k, config.dt,

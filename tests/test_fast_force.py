@@ -157,6 +157,15 @@ def test_checkpoint_round_trip_and_errors(tmp_path, mol, pot):
         learned_potential("gfn2-k8", mol)
     with pytest.raises(InputError, match=f"for {len(mol)} atoms"):
         loaded(np.zeros((3, 3)))
+    # the command line's three-level default: 2 for a Δ-potential on MMFF94, 1 for this full network
+    from argparse import Namespace
+
+    from jkstep.cli import _fast_every
+    assert _fast_every(Namespace(fast_every=None, fast=str(tmp_path / "fast")), 8) == 1
+    assert _fast_every(Namespace(fast_every=None, fast="gfn2-fast"), 8) == 2
+    assert _fast_every(Namespace(fast_every=None, fast="gfn2-fast"), 3) == 1
+    assert _fast_every(Namespace(fast_every=None, fast="mmff"), 8) == 1
+    assert _fast_every(Namespace(fast_every=4, fast=str(tmp_path / "fast")), 8) == 4
 
 
 def test_config_errors_and_offsets():

@@ -399,7 +399,7 @@ def _k_runs(molecule, config, bundle, run, runs: dict) -> dict:
 
         fast = learned_potential(config.fast, molecule)
         mollifier = xh_mollifier(molecule) if config.mollify else None
-        split = three_levels(molecule, config.fast_every)
+        split = three_levels(molecule, fast, config.fast_every)
         runs["respa"] = run("respa", lambda pot: respa(fast, pot, masses, k, dt, fallback_steps=config.fallback_steps,
                                                        mollifier=mollifier, **split))
     if bundle is not None:
