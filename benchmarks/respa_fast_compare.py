@@ -10,7 +10,7 @@ Verlet at 1 fs from the same starts (what a k = 4 evaluation's ``verlet_kdt`` is
 ``--hydrogen-mass 3.024`` runs RESPA with repartitioned hydrogen masses
 (``Molecule.repartition_hydrogen_mass``; each atom's start velocity scaled by sqrt(m/m') so its
 kinetic energy, and so the total energy, is the start's): a longer macro-step before the X–H
-resonances, other vibrational dynamics; Verlet keeps the true masses. ``--fast-every N`` runs the learned fast force in three
+resonances, other vibrational dynamics; Verlet keeps the true masses. ``--average-with NAME`` runs the mean of two learned fast forces. ``--fast-every N`` runs the learned fast force in three
 levels (``jkstep.respa(inner=MMFF94, fast_every=N)``). ``--mollify`` runs RESPA
 mollified on the X–H bonds (``jkstep.respa.xh_mollifier``): its E std is that of the modified
 energy it conserves, and the true energy (xTB at the positions themselves, every 5th frame, calls
@@ -44,6 +44,18 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from _args import positive_float, positive_int, qm_smiles  # noqa: E402
 
 
+class averaged:
+    """(energy, forces) mean of two fast forces; ``baseline``: the first one's (its MMFF94), so
+    three levels split it as MMFF94 + the mean network correction."""
+
+    def __init__(self, a, b):
+        self.a, self.b, self.baseline = a, b, getattr(a, "baseline", None)
+
+    def __call__(self, x):
+        (ea, fa), (eb, fb) = self.a(x), self.b(x)
+        return 0.5 * (ea + eb), 0.5 * (fa + fb)
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--fast", required=True, help="a learned fast force: shipped name or checkpoint path")
@@ -57,6 +69,9 @@ def main(argv=None) -> int:
     parser.add_argument("--hydrogen-mass", type=positive_float, default=None,
                         help="RESPA with hydrogen mass repartitioning to this H mass, amu (e.g. 3.024)")
     parser.add_argument("--mollify", action="store_true", help="RESPA mollified on the X–H bonds (equilibrium MOLLY)")
+    parser.add_argument("--average-with", default=None, metavar="NAME|PATH",
+                        help="use the mean of --fast and this second learned fast force (energies and forces "
+                             "averaged; both Δ-potentials on MMFF94 give MMFF94 + the mean correction)")
     parser.add_argument("--fast-every", type=positive_int, default=1,
                         help="three-level RESPA: MMFF94 every inner step, the rest of the learned fast force as "
                              "kicks every N inner steps (default 1: two-level)")
@@ -73,6 +88,10 @@ def main(argv=None) -> int:
         starts = thermalised_starts(mol, pot, EvalConfig(k=8, dt=0.25, ps=args.ps, n_replicas=4, seed=0))
         fasts = {} if args.no_mmff else {"MMFF94": jkstep.mmff_potential(mol)}
         fasts[args.fast] = jkstep.learned_potential(args.fast, mol)
+        if args.average_with:
+            fasts = {k: v for k, v in fasts.items() if k != args.fast}
+            fasts[f"mean of {args.fast} and {args.average_with}"] = averaged(
+                jkstep.learned_potential(args.fast, mol), jkstep.learned_potential(args.average_with, mol))
         respa_mol, respa_starts, hmr = mol, starts, ""
         if args.hydrogen_mass:
             respa_mol = mol.repartition_hydrogen_mass(args.hydrogen_mass)
