@@ -8,7 +8,10 @@ slightly moved geometry each time. Prints ms per step and the fraction of an xTB
 resulting RESPA wall-clock ceiling over Verlet at 0.25 fs for k = 8 and 16:
 k·t_xtb / (t_xtb + k·t_fast).
 
-    OMP_NUM_THREADS=1 python benchmarks/bench_fast_force.py [--model gfn2-fast|PATH] [--json out.json]
+    OMP_NUM_THREADS=1 python benchmarks/bench_fast_force.py [--model gfn2-fast|PATH] [--fast-every 2] [--json out.json]
+
+``--fast-every N`` times three-level RESPA's inner steps instead: MMFF94 every step and the fast
+force (MMFF94 + network) every N-th, per inner step.
 
 Without a trained model the config of configs/fast/model.yaml is timed with random weights (the
 cost does not depend on the weights). On a shared machine the numbers move with the load: the
@@ -43,17 +46,26 @@ def fast_force(model, mol):
     return LearnedPotential(init_params(cfg), cfg, mol.numbers, name="untrained configs/fast/model.yaml")
 
 
-def per_step(pot, mol, replicas: int, steps: int) -> float:
-    """ms per inner step (per replica when vmapped), best of three."""
+def per_step(pot, mol, replicas: int, steps: int, inner=None, every: int = 1) -> float:
+    """ms per inner step (per replica when vmapped), best of three. With ``inner`` (three levels):
+    ``inner`` every step and ``pot`` once every ``every`` steps, as ``jkstep.respa`` does."""
     inv_m = jnp.asarray(1e-4 / mol.masses)[:, None]
 
+    def update(force, c):
+        x, v = c
+        _, f = force(x)
+        v = v + f * inv_m
+        return x + 0.01 * v, v
+
     def one(x, v):
-        def body(_, c):
+        if inner is None:
+            return jax.lax.fori_loop(0, steps, lambda _, c: update(pot, c), (x, v))
+
+        def block(_, c):
+            c = jax.lax.fori_loop(0, every, lambda _, c: update(inner, c), c)
             x, v = c
-            _, f = pot(x)
-            v = v + f * inv_m
-            return x + 0.01 * v, v
-        return jax.lax.fori_loop(0, steps, body, (x, v))
+            return x, v + pot(x)[1] * inv_m
+        return jax.lax.fori_loop(0, steps // every, block, (x, v))
 
     x0 = jnp.asarray(mol.positions)
     if replicas > 1:
@@ -92,6 +104,8 @@ def main(argv=None):
     parser.add_argument("--model", default=None, help="a fast force name or path (default: untrained config)")
     parser.add_argument("--steps", type=int, default=500)
     parser.add_argument("--replicas", type=int, default=64)
+    parser.add_argument("--fast-every", type=int, default=1,
+                        help="three levels: MMFF94 every inner step and the fast force every N (default 1)")
     parser.add_argument("--json", default=None)
     args = parser.parse_args(argv)
     rows = []
@@ -99,9 +113,10 @@ def main(argv=None):
         mol = jkstep.Molecule.from_smiles(smiles, seed=0)
         pot = fast_force(args.model, mol)
         mm = jkstep.mmff_potential(mol)
+        split = {} if args.fast_every == 1 else {"inner": mm, "every": args.fast_every}
         row = {"molecule": name, "atoms": len(mol), "xtb_ms": xtb_call(mol),
-               "fast_ms": per_step(pot, mol, 1, args.steps),
-               "fast_vmap_ms": per_step(pot, mol, args.replicas, max(args.steps // 10, 20)),
+               "fast_ms": per_step(pot, mol, 1, args.steps, **split),
+               "fast_vmap_ms": per_step(pot, mol, args.replicas, max(args.steps // 10, 20), **split),
                "mmff_ms": per_step(mm, mol, 1, args.steps)}
         row["fast_fraction_of_xtb"] = row["fast_ms"] / row["xtb_ms"]
         row["fast_vmap_fraction_of_xtb"] = row["fast_vmap_ms"] / row["xtb_ms"]
@@ -113,7 +128,8 @@ def main(argv=None):
               f"{row['fast_vmap_ms']:.3f} ms per replica-step ({100 * row['fast_vmap_fraction_of_xtb']:.1f} %); "
               f"MMFF94 {row['mmff_ms']:.3f} ms; RESPA ceiling over Verlet 0.25 fs: k=8 {row['respa_ceiling_k8']:.1f}x, "
               f"k=16 {row['respa_ceiling_k16']:.1f}x", flush=True)
-    out = {"model": args.model or "untrained configs/fast/model.yaml", "device": jax.devices()[0].platform,
+    out = {"model": args.model or "untrained configs/fast/model.yaml", "fast_every": args.fast_every,
+           "device": jax.devices()[0].platform,
            "replicas": args.replicas, "rows": rows}
     if args.json:
         with open(args.json, "w") as fh:
