@@ -141,17 +141,22 @@ def _add_fast_every_arg(parser):
                              f"divides --k, else 1)")
 
 
-def _fast_every(args, k: int) -> int:
-    """--fast-every, or its default for the fast force named by --fast: DEFAULT_FAST_EVERY for a
-    Δ-potential on MMFF94 where it divides k, else 1 (MMFF94 itself, a full network, none)."""
+def _fast_every(args, k: int, fast=None) -> int:
+    """--fast-every, or its default for the fast force named by --fast (``fast``: that force, where
+    it is loaded already): DEFAULT_FAST_EVERY for a Δ-potential on MMFF94 where it divides k, else 1
+    (MMFF94 itself, a full network, none)."""
     if args.fast_every is not None:
         return args.fast_every
     if args.fast in (None, "mmff") or k % DEFAULT_FAST_EVERY:
         return 1
-    from jkstep.model.potential import read_potential_checkpoint
+    if fast is None:
+        from jkstep.model.potential import read_potential_checkpoint
 
-    _, _, config = read_potential_checkpoint(args.fast)   # an unknown name or path fails here, early
-    return DEFAULT_FAST_EVERY if config.baseline == "mmff" else 1
+        _, _, config = read_potential_checkpoint(args.fast)   # an unknown name or path fails here, early
+        delta = config.baseline == "mmff"
+    else:
+        delta = getattr(fast, "baseline", None) is not None
+    return DEFAULT_FAST_EVERY if delta else 1
 
 
 def _run_parser(sub):
@@ -411,7 +416,7 @@ def cmd_run(args) -> int:
                                        else 0.0 if args.keep_velocities else DEFAULT_EQUILIBRATE_PS),
                        equilibrate_dt=args.equilibrate_dt,
                        save_every=args.save_every, seed=args.seed, fast=args.fast or "mmff",
-                       fast_every=_fast_every(args, k) if args.integrator == "respa" else 1,
+                       fast_every=_fast_every(args, k, fast) if args.integrator == "respa" else 1,
                        kstep_options=options)
     if args.replicas != 1 or args.workers is not None or args.scheduler is not None:
         return _run_replicas(args, molecule, config, k, velocities)

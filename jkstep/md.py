@@ -22,7 +22,7 @@ from jkstep.errors import (MAX_STEPS, MAX_TEMPERATURE_K, InputError, SimulationE
                            is_integer, is_interrupt)
 from jkstep.integrate import ENSEMBLES, fallback_step_count
 from jkstep.kstep import KStepOptions, kstep_integrator
-from jkstep.respa import respa
+from jkstep.respa import check_fast_every, respa
 from jkstep.molecule import Molecule, check_seed
 from jkstep.rollout import Frames, concat, frames_of, runner
 
@@ -94,8 +94,7 @@ class RunConfig:
         if self.integrator == "respa" and not (isinstance(self.fast, str) and self.fast):
             raise InputError(f"fast must name the fast force (mmff, a shipped name or a checkpoint path), "
                              f"got {self.fast!r}")
-        if isinstance(self.fast_every, bool) or not is_integer(self.fast_every, 1):
-            raise InputError(f"fast_every must be an integer ≥ 1 (inner steps per fast kick), got {self.fast_every!r}")
+        check_fast_every(self.fast_every)
         if self.fast_every > 1 and (self.integrator != "respa" or self.fast == "mmff"):
             raise InputError("fast_every > 1 (--fast-every) splits a learned fast force into MMFF94 every inner step "
                              "and the network's correction as kicks: it needs --integrator respa with a learned "

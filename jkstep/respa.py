@@ -151,6 +151,13 @@ def _mollified(slow_eval, fast_eval, mollifier):
     return evaluate
 
 
+def check_fast_every(fast_every) -> int:
+    """``fast_every`` as an int, or one InputError: inner steps per fast kick, an integer ≥ 1."""
+    if isinstance(fast_every, bool) or not is_integer(fast_every, 1):
+        raise InputError(f"fast_every must be an integer ≥ 1 (inner steps per fast kick), got {fast_every!r}")
+    return int(fast_every)
+
+
 def respa(fast, slow, masses, k: int = 8, dt: float = 0.25, ensemble: str = "nve", temperature: float = 300.0,
           friction: float = 0.01, thermostat: str = DEFAULT_THERMOSTAT, fallback_steps: int | None = None,
           mollifier=None, inner=None, fast_every: int = 1):
@@ -197,9 +204,7 @@ def respa(fast, slow, masses, k: int = 8, dt: float = 0.25, ensemble: str = "nve
     if inner is not None and not callable(inner):
         raise InputError(f"the inner force must be a function of positions returning (energy, forces), "
                          f"e.g. jkstep.mmff_potential(mol); got {inner!r:.60}")
-    if isinstance(fast_every, bool) or not is_integer(fast_every, 1):
-        raise InputError(f"fast_every must be an integer ≥ 1 (inner steps per fast kick), got {fast_every!r}")
-    fast_every = int(fast_every)
+    fast_every = check_fast_every(fast_every)
     if fast_every > 1 and inner is None:
         raise InputError(f"fast_every = {fast_every} needs an inner force to integrate between the fast kicks "
                          f"(inner=jkstep.mmff_potential(mol) under a learned Δ fast force)")

@@ -47,12 +47,12 @@ from jkstep.errors import (MAX_STEPS, MAX_TEMPERATURE_K, InputError, SimulationE
                            is_integer, is_interrupt)
 from jkstep.evaluate import metrics
 from jkstep.integrate import equal_cost_dt
-from jkstep.md import three_levels
 from jkstep.kstep import (REVERSAL_CORRECTION, Guards, KStepOptions, ballistic_jump, fallback_step_count,
                           kstep_integrator, model_jump)
+from jkstep.md import three_levels
 from jkstep.molecule import Molecule, check_seed
 from jkstep.potentials.mmff import mmff_potential
-from jkstep.respa import respa, xh_mollifier
+from jkstep.respa import check_fast_every, respa, xh_mollifier
 from jkstep.rollout import Frames, concat, frames_of, runner
 
 CONTENDERS = ("reference", "verlet_kdt", "corrector_only", "kstep", "mmff_respa", "respa")
@@ -133,8 +133,7 @@ class EvalConfig:
                 raise InputError(f"{what} {getattr(self, what)} needs {steps:.3g} steps per replica; "
                                  "give a length in ps that can finish")
         check_seed(self.seed)
-        if isinstance(self.fast_every, bool) or not is_integer(self.fast_every, 1):
-            raise InputError(f"fast_every must be an integer ≥ 1 (inner steps per fast kick), got {self.fast_every!r}")
+        check_fast_every(self.fast_every)
         if self.fast_every > 1 and self.fast is None:
             raise InputError("fast_every (--fast-every) applies to the respa contender: give a learned fast force "
                              "too (fast=NAME, --fast NAME)")
