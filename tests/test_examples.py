@@ -143,3 +143,13 @@ def test_qmmm_droplet(tmp_path):
     assert "verlet (reference)   xTB calls    161" in out
     assert "kstep (hybrid)" in out and "accepted" in out and "xTB calls saved by the hybrid" in out
     assert (tmp_path / "q.png").stat().st_size > 0
+
+
+@pytest.mark.slow
+def test_respa_three_levels(tmp_path):
+    out = run_example("respa_three_levels.py", cwd=tmp_path)
+    for label in ("two levels", "three levels"):
+        m = re.search(label + r": 20 macro-steps of 2 fs, xTB calls 21 \(force_calls 21\), total energy std "
+                      r"([0-9.]+) kJ/mol", out)
+        assert m and 0 < float(m.group(1)) < 1.0, out
+    assert "one xTB call per macro-step in both: OK" in out
