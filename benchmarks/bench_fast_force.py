@@ -49,6 +49,7 @@ def fast_force(model, mol):
 def per_step(pot, mol, replicas: int, steps: int, inner=None, every: int = 1) -> float:
     """ms per inner step (per replica when vmapped), best of three. With ``inner`` (three levels):
     ``inner`` every step and ``pot`` once every ``every`` steps, as ``jkstep.respa`` does."""
+    steps = steps // every * every   # whole blocks: the time is divided by the steps made
     inv_m = jnp.asarray(1e-4 / mol.masses)[:, None]
 
     def update(force, c):

@@ -103,7 +103,8 @@ def main(argv=None) -> int:
         ratios.append(tv / tr)
     print(f"{args.smiles} ({len(mol)} atoms), k = {args.k} x {args.dt:g} fs (one xTB call per {tau:g} fs), "
           f"{args.repeats} alternating pairs of {ps:g} ps")
-    print(f"  RESPA({args.fast}{'' if args.fast_every == 1 else f', fast every {args.fast_every}'}): {statistics.median(speed['respa']):.3f} ps/s; Verlet 0.25 fs: "
+    every = "" if args.fast_every == 1 else f", fast every {args.fast_every}"
+    print(f"  RESPA({args.fast}{every}): {statistics.median(speed['respa']):.3f} ps/s; Verlet 0.25 fs: "
           f"{statistics.median(speed['verlet']):.3f} ps/s; speed-up median {statistics.median(ratios):.2f}x "
           f"(range {min(ratios):.2f}-{max(ratios):.2f})")
 

@@ -10,8 +10,9 @@ Verlet at 1 fs from the same starts (what a k = 4 evaluation's ``verlet_kdt`` is
 ``--hydrogen-mass 3.024`` runs RESPA with repartitioned hydrogen masses
 (``Molecule.repartition_hydrogen_mass``; each atom's start velocity scaled by sqrt(m/m') so its
 kinetic energy, and so the total energy, is the start's): a longer macro-step before the X–H
-resonances, other vibrational dynamics; Verlet keeps the true masses. ``--average-with NAME`` runs the mean of two learned fast forces. ``--fast-every N`` runs the learned fast force in three
-levels (``jkstep.respa(inner=MMFF94, fast_every=N)``). ``--mollify`` runs RESPA
+resonances, other vibrational dynamics; Verlet keeps the true masses. ``--average-with NAME`` runs
+the mean of two learned fast forces. ``--fast-every N`` runs the learned fast force in three levels
+(``jkstep.respa(inner=MMFF94, fast_every=N)``). ``--mollify`` runs RESPA
 mollified on the X–H bonds (``jkstep.respa.xh_mollifier``): its E std is that of the modified
 energy it conserves, and the true energy (xTB at the positions themselves, every 5th frame, calls
 made after the run and not counted) is reported beside it.
@@ -87,11 +88,12 @@ def main(argv=None) -> int:
         pot = jkstep.xtb_potential(mol)
         starts = thermalised_starts(mol, pot, EvalConfig(k=8, dt=0.25, ps=args.ps, n_replicas=4, seed=0))
         fasts = {} if args.no_mmff else {"MMFF94": jkstep.mmff_potential(mol)}
-        fasts[args.fast] = jkstep.learned_potential(args.fast, mol)
+        learned = jkstep.learned_potential(args.fast, mol)
         if args.average_with:
-            fasts = {k: v for k, v in fasts.items() if k != args.fast}
             fasts[f"mean of {args.fast} and {args.average_with}"] = averaged(
-                jkstep.learned_potential(args.fast, mol), jkstep.learned_potential(args.average_with, mol))
+                learned, jkstep.learned_potential(args.average_with, mol))
+        else:
+            fasts[args.fast] = learned
         respa_mol, respa_starts, hmr = mol, starts, ""
         if args.hydrogen_mass:
             respa_mol = mol.repartition_hydrogen_mass(args.hydrogen_mass)
