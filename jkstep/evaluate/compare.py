@@ -9,7 +9,8 @@
    jump + corrector; with jkstep's Verlet-consistent final kick it is Verlet at k·dt by
    construction, so it checks the plumbing), ``kstep`` (the model), ``mmff_respa`` (``jkstep.respa``
    with MMFF94 as the fast force, one xTB call per k·dt) and ``respa`` (the same with a learned
-   fast force, ``EvalConfig.fast``). Frames of all of
+   fast force, ``EvalConfig.fast``; with ``EvalConfig.adapt`` also ``respa_adapted``, that force
+   fine-tuned on the thermalisation's own xTB frames, ``jkstep.model.adapt``). Frames of all of
    them are k·dt apart, so spectra and distributions see the same sampling. Because rejected
    jumps and fallbacks make the model dearer than Verlet at k·dt, ``verlet_equal_cost`` then
    runs Verlet at the time step that makes as many xTB calls as ``kstep`` actually made
@@ -50,13 +51,15 @@ from jkstep.integrate import equal_cost_dt
 from jkstep.kstep import (REVERSAL_CORRECTION, Guards, KStepOptions, ballistic_jump, fallback_step_count,
                           kstep_integrator, model_jump)
 from jkstep.md import three_levels
+from jkstep.model.adapt import ADAPT_EVERY_FS, MIN_FRAMES, AdaptConfig
 from jkstep.molecule import Molecule, check_seed
 from jkstep.potentials.mmff import mmff_potential
 from jkstep.respa import check_fast_every, respa, xh_mollifier
 from jkstep.rollout import Frames, concat, frames_of, runner
 
 CONTENDERS = ("reference", "verlet_kdt", "corrector_only", "kstep", "mmff_respa", "respa")
-VARIANTS = ("verlet_equal_cost", "kstep_rescaled", "kstep_relaxed", "kstep_windowed")   # reported beside kstep
+VARIANTS = ("verlet_equal_cost", "kstep_rescaled", "kstep_relaxed", "kstep_windowed",   # reported beside kstep
+            "respa_adapted")                                                            # and beside respa
 DISTRIBUTION_KEYS = ("bond_js", "angle_js", "dihedral_js", "spectrum_overlap", "xh_band_shift_cm1")
 RESULT_KEYS = ("xtb_calls", "blew_up", "drift_kj_mol_ps", "energy_std_kj_mol", "mean_temperature_k",
                *DISTRIBUTION_KEYS, "flip_rate_ratio", "wall_s")
@@ -114,6 +117,7 @@ class EvalConfig:
     fast: str | None = None
     fast_every: int = 1
     mollify: bool = False
+    adapt: bool = False
 
     def __post_init__(self):
         if not is_integer(self.k, 1):
@@ -137,6 +141,12 @@ class EvalConfig:
         if self.fast_every > 1 and self.fast is None:
             raise InputError("fast_every (--fast-every) applies to the respa contender: give a learned fast force "
                              "too (fast=NAME, --fast NAME)")
+        if self.adapt and self.fast is None:
+            raise InputError("adapt (--adapt) fine-tunes the learned fast force of the respa contender: give one "
+                             "too (fast=NAME, --fast NAME)")
+        if self.adapt and self.equilibrate_ps * 1000.0 < ADAPT_EVERY_FS * MIN_FRAMES / (1.0 - AdaptConfig.holdout):
+            raise InputError(f"adapt (--adapt) trains on the thermalisation's frames (one every {ADAPT_EVERY_FS:g} fs): "
+                             f"give equilibrate_ps (--equilibrate-ps) of at least 0.1 ps, got {self.equilibrate_ps!r}")
         if self.mollify and self.fast is None:
             raise InputError("mollify (--mollify) applies to the respa contender: give a learned fast force too "
                              "(fast=NAME, --fast NAME)")
@@ -154,12 +164,28 @@ class EvalConfig:
 def thermalised_starts(molecule: Molecule, potential, config: EvalConfig):
     """(positions (R,N,3), velocities (R,N,3)): one Langevin-thermalised geometry with
     ``n_replicas`` same-energy velocity sets."""
+    return thermalise(molecule, potential, config)[:2]
+
+
+def thermalise(molecule: Molecule, potential, config: EvalConfig, record_every: int | None = None):
+    """``thermalised_starts`` and, with ``record_every`` (steps of 0.5 fs), the thermalisation's
+    frames every that many steps: (positions, velocities, frames) with frames None or
+    {"positions": (F, N, 3) Å, "energy": (F,) eV, "forces": (F, N, 3) eV/Å} of ``potential``.
+    (Recording runs the same steps in other compiled chunks, so the start can differ from the
+    unrecorded one by round-off grown over the thermalisation.)"""
     init, apply = integrate.langevin(potential, molecule.masses, 0.5, config.temperature, config.friction)
     state = init(molecule.positions, molecule.thermal_velocities(config.temperature, config.seed),
                  jax.random.PRNGKey(config.seed))
     integrate.check_start(state, molecule.name)
     n_eq = int(round(config.equilibrate_ps * 2000.0))
-    if n_eq:
+    frames = None
+    if record_every and n_eq >= record_every:
+        state, fr = runner(apply, n_eq // record_every, record_every)(state)
+        frames = {"positions": np.asarray(fr.positions, np.float64), "energy": np.asarray(fr.energy, np.float64),
+                  "forces": np.asarray(fr.forces, np.float64)}
+        if n_eq % record_every:
+            state, _ = runner(apply, 1, n_eq % record_every)(state)
+    elif n_eq:
         state, _ = runner(apply, 1, n_eq)(state)
     if bool(state.failed):
         raise SimulationError(f"the xTB SCF failed for good during the thermalisation (after {int(state.step)} "
@@ -167,7 +193,7 @@ def thermalised_starts(molecule: Molecule, potential, config: EvalConfig):
     x0, v0 = np.asarray(state.positions), np.asarray(state.velocities)
     vs = np.stack([same_energy_velocities(molecule, x0, v0, seed=config.seed * 1000 + r + 1)
                    for r in range(config.n_replicas)])
-    return np.broadcast_to(x0, vs.shape).copy(), vs
+    return np.broadcast_to(x0, vs.shape).copy(), vs, frames
 
 
 def run_contender(init, apply, applies_per_frame: int, starts, config: EvalConfig, calls: Callable[[], int],
@@ -324,10 +350,18 @@ def evaluate_ks(molecule: Molecule, potential_factory: Callable[[], object], con
         return executor.submit(parallel.Task(key, fn, *args, cache=True), results=results, on_done=done)
 
     therm = {"temperature": config.temperature, "friction": config.friction, "equilibrate_ps": config.equilibrate_ps,
-             "seed": config.seed, "n_replicas": config.n_replicas}
+             "seed": config.seed, "n_replicas": config.n_replicas, "record": config.adapt}
     start = submit("thermalisation", parallel.task_key("evaluate-thermalise", identity[:2], therm),
                    _thermalise_task, molecule, potential_factory, config).result()
     starts = (start["positions"], start["velocities"])
+    adapted = None
+    if config.adapt:    # once for every k: the fast force fine-tuned on the thermalisation's frames
+        from jkstep.model.adapt import adapt_potential
+        from jkstep.model.potential import learned_potential
+
+        fr = start["frames"]
+        adapted = adapt_potential(learned_potential(config.fast, molecule), fr["positions"], fr["energy"],
+                                  fr["forces"])
     terms = metrics.internal_coordinates(molecule.numbers, starts[0][0], molecule.mol_block)
     rotatable = metrics.rotatable_dihedrals(molecule.numbers, starts[0][0], molecule.mol_block)
 
@@ -349,7 +383,8 @@ def evaluate_ks(molecule: Molecule, potential_factory: Callable[[], object], con
         runs = {"reference": ref_run}
         if not interrupted:
             try:
-                _k_runs(molecule, cfg, models[k], lambda name, build, c=cfg: run(name, c, build, 1), runs)
+                _k_runs(molecule, cfg, models[k], lambda name, build, c=cfg: run(name, c, build, 1), runs,
+                        adapted)
                 for r in runs.values():
                     if isinstance(r, _Pending):
                         r.resolve()
@@ -365,16 +400,18 @@ def evaluate_ks(molecule: Molecule, potential_factory: Callable[[], object], con
                             executor.cancel(r.handles)
                             del runs[name]
         directory = None if not plots else plots if len(ks) == 1 else os.path.join(plots, f"k{k}")
-        out[k] = _summary(molecule, cfg, models[k], runs, starts, terms, rotatable, directory)
+        out[k] = _summary(molecule, cfg, models[k], runs, starts, terms, rotatable, directory,
+                          None if adapted is None else adapted[1])
         if interrupted:
             out[k]["interrupted"] = True
     return out
 
 
-def _k_runs(molecule, config, bundle, run, runs: dict) -> dict:
+def _k_runs(molecule, config, bundle, run, runs: dict, adapted=None) -> dict:
     """Verlet at k·dt, the zero-network corrector and the model's contenders at ``config.k``
     (``run(name, build, config)``: one contender, frames every apply of ``config``), added to
-    ``runs`` one by one as they finish (so an interrupt leaves the finished ones there)."""
+    ``runs`` one by one as they finish (so an interrupt leaves the finished ones there).
+    ``adapted``: (the adapted fast force, its report) for ``respa_adapted``, or None."""
     k, dt, masses = config.k, config.dt, molecule.masses
 
     options = KStepOptions(fallback_steps=config.fallback_steps)
@@ -401,6 +438,11 @@ def _k_runs(molecule, config, bundle, run, runs: dict) -> dict:
         split = three_levels(molecule, fast, config.fast_every)
         runs["respa"] = run("respa", lambda pot: respa(fast, pot, masses, k, dt, fallback_steps=config.fallback_steps,
                                                        mollifier=mollifier, **split))
+        if adapted is not None:
+            tuned = adapted[0]
+            runs["respa_adapted"] = run("respa_adapted", lambda pot: respa(
+                tuned, pot, masses, k, dt, fallback_steps=config.fallback_steps, mollifier=mollifier,
+                **three_levels(molecule, tuned, config.fast_every)))
     if bundle is not None:
         runs["kstep"] = run("kstep", lambda pot: hybrid(pot, _learned(bundle, molecule, config)))
         if config.equal_cost:
@@ -428,15 +470,17 @@ def _learned(bundle, molecule, config):
     return model_jump(bundle, molecule.numbers, molecule.masses, config.reversal_correction)
 
 
-def _summary(molecule, config, bundle, runs, starts, terms, rotatable, plots) -> dict:
-    """The summary of one k from its runs (the reference's frames k·dt apart)."""
+def _summary(molecule, config, bundle, runs, starts, terms, rotatable, plots, adaptation=None) -> dict:
+    """The summary of one k from its runs (the reference's frames k·dt apart); ``adaptation``:
+    the report of ``jkstep.model.adapt.adapt_potential`` (its wall time is added to
+    ``respa_adapted``'s)."""
     k, dt, masses = config.k, config.dt, molecule.masses
     frame_fs = k * dt
     ref = runs["reference"]["frames"]
     out = {"molecule": molecule.name, "k": k, "simulated_fs": config.n_frames * frame_fs,
            "n_replicas": config.n_replicas, "dt_fs": dt, "temperature_k": config.temperature,
            "fallback_steps": fallback_step_count(k, dt, config.fallback_steps), "mollified": config.mollify,
-           "fast_every": config.fast_every if config.fast is not None else None}
+           "fast_every": config.fast_every if config.fast is not None else None, "fast_adaptation": adaptation}
     out["one_jump"] = None if bundle is None else one_jump(_learned(bundle, molecule, config), ref, terms)
     # the same errors for Verlet at k·dt's positions (= the ballistic jump), on the same windows
     out["one_jump_verlet_kdt"] = one_jump(ballistic_jump(masses, k, dt), ref, terms)
@@ -453,6 +497,8 @@ def _summary(molecule, config, bundle, runs, starts, terms, rotatable, plots) ->
         fr, state = run["frames"], run["state"]
         exploded = bool(np.asarray(fr.failed).any()) or metrics.blew_up(fr.positions, terms[0], starts[0][0])
         res = {"xtb_calls": int(run["xtb_calls"]), "blew_up": exploded, "wall_s": run["wall_s"]}
+        if name == "respa_adapted" and adaptation is not None:   # the fine-tuning is part of its cost
+            res["wall_s"] += adaptation["wall_s"]
         spacing = run.get("frame_fs", frame_fs)    # verlet_equal_cost: frames every step of its own dt
         if "frame_fs" in run:
             res["dt_fs"] = spacing
@@ -509,9 +555,14 @@ def _bundle_identity(bundle):
 
 
 def _thermalise_task(molecule: Molecule, potential_factory, config: EvalConfig) -> dict:
-    """The thermalisation as a task: {"positions": (R, N, 3), "velocities": (R, N, 3)}."""
-    x, v = thermalised_starts(molecule, potential_factory(), config)
-    return {"positions": np.asarray(x, np.float64), "velocities": np.asarray(v, np.float64)}
+    """The thermalisation as a task: {"positions": (R, N, 3), "velocities": (R, N, 3)}, and with
+    ``config.adapt`` its frames every 2 fs under "frames" (``thermalise``)."""
+    every = int(round(ADAPT_EVERY_FS / 0.5)) if config.adapt else None
+    x, v, frames = thermalise(molecule, potential_factory(), config, every)
+    out = {"positions": np.asarray(x, np.float64), "velocities": np.asarray(v, np.float64)}
+    if frames is not None:
+        out["frames"] = frames
+    return out
 
 
 def _contender_task(build, potential_factory, per_frame: int, config: EvalConfig, positions, velocities,
