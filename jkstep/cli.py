@@ -175,6 +175,9 @@ def _run_parser(sub):
     run.add_argument("--k", type=int, default=None,
                      help=f"respa: inner steps of --dt per xTB call (default {DEFAULT_K})")
     _add_fast_every_arg(run)
+    run.add_argument("--adapt", action="store_true",
+                     help="respa with a learned --fast: fine-tune it on the Langevin equilibration's own xTB frames "
+                          "before the run (no extra xTB call; about 15 s of CPU; needs --equilibrate-ps ≥ 0.1)")
     run.add_argument("--model", help=f"kstep: a shipped model name (`jkstep models` lists them) or the path of an "
                                      f"Orbax checkpoint directory (default {DEFAULT_MODEL})")
     run.add_argument("--ensemble", default=None, choices=["nve", "nvt"],
@@ -408,8 +411,8 @@ def cmd_run(args) -> int:
     if args.integrator == "respa":
         k = DEFAULT_K if args.k is None else args.k
         fast = _fast_force(args.fast or "mmff", molecule)
-    elif args.fast or args.k is not None or args.fast_every is not None:
-        raise InputError("--fast, --k and --fast-every are only used with --integrator respa")
+    elif args.fast or args.k is not None or args.fast_every is not None or args.adapt:
+        raise InputError("--fast, --k, --fast-every and --adapt are only used with --integrator respa")
     if args.integrator == "langevin" and args.ensemble == "nve":
         raise InputError("--integrator langevin is NVT (a thermostat); for NVE use verlet or kstep")
     ensemble = args.ensemble or ("nvt" if args.integrator == "langevin" else "nve")
@@ -420,7 +423,7 @@ def cmd_run(args) -> int:
                        equilibrate_dt=args.equilibrate_dt,
                        save_every=args.save_every, seed=args.seed, fast=args.fast or "mmff",
                        fast_every=_fast_every(args, k, fast) if args.integrator == "respa" else 1,
-                       kstep_options=options)
+                       adapt=args.adapt, kstep_options=options)
     if args.replicas != 1 or args.workers is not None or args.scheduler is not None:
         return _run_replicas(args, molecule, config, k, velocities)
     pot = xtb_potential(molecule, method=args.method, fallback_method=args.fallback_method,
@@ -1045,6 +1048,11 @@ def _print_summary(s: dict):
                   if s.get("fast_every", 1) > 1 else "")
         what = (f"macro-steps {s['accepted']} (fast force {s['fast']}{levels})" if s["integrator"] == "respa"
                 else f"jumps accepted {s['accepted']}, rejected attempts {s['rejected']}")
+        adapted = s.get("fast_adaptation")
+        if adapted:
+            print(f"  fast force adapted on {adapted['train_frames']} equilibration frames ({adapted['steps']} steps, "
+                  f"{adapted['wall_s']:.1f} s): force RMSE on the last {adapted['holdout_frames']} "
+                  f"{fmt(adapted['force_rmse_before_ev_a'], '.3f')} -> {fmt(adapted['force_rmse_after_ev_a'], '.3f')} eV/Å")
         print(f"  k {s['k']}: {what}, fallbacks to Verlet {s['fallbacks']}; Verlet at {s['dt_fs']} fs would make "
               f"{plain} xTB calls ({plain / max(1, s['xtb_calls']):.1f}x more)")
         from jkstep.integrate import equal_cost_dt

@@ -23,6 +23,7 @@ from jkstep.errors import (MAX_STEPS, MAX_TEMPERATURE_K, InputError, SimulationE
 from jkstep.integrate import ENSEMBLES, fallback_step_count
 from jkstep.kstep import KStepOptions, kstep_integrator
 from jkstep.respa import check_fast_every, respa
+from jkstep.model.adapt import ADAPT_EVERY_FS, MIN_FRAMES, AdaptConfig, adapt_potential
 from jkstep.molecule import Molecule, check_seed
 from jkstep.rollout import Frames, concat, frames_of, runner
 
@@ -39,7 +40,9 @@ class RunConfig:
     (one xTB call each); ``fast`` names the fast force (``"mmff"``, a shipped learned fast force
     or a checkpoint path; the summary reports it); ``fast_every`` > 1 runs respa in three levels,
     MMFF94 every inner step and the rest of the (learned) fast force as kicks every ``fast_every``
-    inner steps (``jkstep.respa``'s ``inner``/``fast_every``). ``equilibrate_dt``: time step of the Langevin
+    inner steps (``jkstep.respa``'s ``inner``/``fast_every``); ``adapt`` fine-tunes the learned fast
+    force on the Langevin equilibration's own xTB frames (one every ``ADAPT_EVERY_FS``) before the
+    run (``jkstep.model.adapt``; reported under ``fast_adaptation``). ``equilibrate_dt``: time step of the Langevin
     thermalisation (None: ``dt``); give the same one to runs with different time steps to start
     them from the same state (e.g. Verlet at the hybrid's equal-cost step and the hybrid itself).
     ``settle`` (NVE runs after a Langevin thermalisation): then run NVE velocity Verlet at that
@@ -66,6 +69,7 @@ class RunConfig:
     kstep_options: KStepOptions = KStepOptions()
     fast: str = "mmff"
     fast_every: int = 1
+    adapt: bool = False
 
     def __post_init__(self):
         if self.integrator not in INTEGRATORS:
@@ -99,6 +103,12 @@ class RunConfig:
             raise InputError("fast_every > 1 (--fast-every) splits a learned fast force into MMFF94 every inner step "
                              "and the network's correction as kicks: it needs --integrator respa with a learned "
                              f"--fast, not {self.fast if self.integrator == 'respa' else self.integrator}")
+        if self.adapt and (self.integrator != "respa" or self.fast == "mmff"):
+            raise InputError("adapt (--adapt) fine-tunes a learned fast force: it needs --integrator respa with a "
+                             f"learned --fast, not {self.fast if self.integrator == 'respa' else self.integrator}")
+        if self.adapt and self.equilibrate_ps * 1000.0 < ADAPT_EVERY_FS * MIN_FRAMES / (1.0 - AdaptConfig.holdout):
+            raise InputError(f"adapt (--adapt) trains on the equilibration's frames (one every {ADAPT_EVERY_FS:g} fs): "
+                             f"give equilibrate_ps (--equilibrate-ps) of at least 0.1 ps, got {self.equilibrate_ps!r}")
         if self.integrator == "verlet" and self.ensemble == "nvt":
             raise InputError("velocity Verlet is NVE; for NVT use the langevin integrator "
                              "(or kstep with ensemble nvt)")
@@ -235,7 +245,12 @@ def run_md(molecule: Molecule, potential: Callable, config: RunConfig, jump=None
         state = init(positions, velocities, sub)
         integrate.check_start(state, molecule.name)
         n_eq = int(round(config.equilibrate_ps * 1000.0 / dt_eq))
-        if n_eq:
+        every = max(1, int(round(ADAPT_EVERY_FS / dt_eq)))
+        if config.adapt and n_eq >= every:    # the frames the fast force is adapted on
+            state, eq_frames = runner(apply, n_eq // every, every)(state)
+            if n_eq % every:
+                state, _ = runner(apply, 1, n_eq % every)(state)
+        elif n_eq:
             state, _ = runner(apply, 1, n_eq)(state)
         positions, velocities = state.positions, state.velocities
         if bool(state.failed):
@@ -246,6 +261,10 @@ def run_md(molecule: Molecule, potential: Callable, config: RunConfig, jump=None
             positions, velocities, settled = settle_temperature(potential, masses, positions, velocities,
                                                                 config.temperature, dt_eq)
 
+    adaptation = None
+    if config.adapt:
+        fast, adaptation = adapt_potential(fast, np.asarray(eq_frames.positions), np.asarray(eq_frames.energy),
+                                           np.asarray(eq_frames.forces))
     calls_before = calls()
     if config.integrator == "verlet":
         init, apply = integrate.verlet(potential, masses, config.dt)
@@ -329,6 +348,7 @@ def run_md(molecule: Molecule, potential: Callable, config: RunConfig, jump=None
     if config.integrator == "respa":
         summary["fast"] = config.fast
         summary["fast_every"] = config.fast_every
+        summary["fast_adaptation"] = adaptation
     if hybrid:
         summary["fallback_steps"] = fallback_step_count(k, config.dt, config.kstep_options.fallback_steps)
         # [simulated fs, integrator calls, fallbacks] so far, every chunk_frames frames: over long

@@ -153,7 +153,7 @@ def test_run_respa_learned_fast_force_in_three_levels(tmp_path):
     (["run", "--smiles", "CCO", "--integrator", "respa", "--fast", "mmff", "--fast-every", "2"],
      "fast_every > 1 (--fast-every) splits a learned fast force"),
     (["run", "--smiles", "CCO", "--integrator", "verlet", "--fast-every", "2"],
-     "--fast, --k and --fast-every are only used with --integrator respa"),
+     "--fast, --k, --fast-every and --adapt are only used with --integrator respa"),
     (["run", "--smiles", "CCO", "--integrator", "respa", "--fast", "gfn2-fast", "--fast-every", "0"],
      "fast_every must be an integer ≥ 1"),
     (["run", "--smiles", "CCO", "--integrator", "respa", "--fast", "gfn2-fast", "--fast-every", "3"],

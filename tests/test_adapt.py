@@ -1,0 +1,84 @@
+"""Adapting a learned fast force to its molecule (jkstep.model.adapt): it learns a reference it
+was not trained on, leaves the shipped force untouched, and refuses bad frames with one line."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+import jkstep
+from jkstep.errors import InputError
+from jkstep.model.adapt import AdaptConfig, adapt_potential
+
+
+@pytest.fixture(scope="module")
+def setup():
+    mol = jkstep.Molecule.from_smiles("CCO", seed=0)
+    fast = jkstep.learned_potential("gfn2-fast", mol)
+    # a "reference" the fast force does not know: itself plus a stiffer C–O bond (invariant, smooth)
+    x0 = np.asarray(mol.positions)
+    i, j = 1, 2      # C and O of CCO (atoms 0, 1, 2 are C, C, O)
+    assert mol.numbers[i] == 6 and mol.numbers[j] == 8
+    d0 = float(np.linalg.norm(x0[i] - x0[j]))
+
+    def reference(x):
+        e, f = fast(x)
+        extra = lambda y: 2.0 * (jnp.linalg.norm(y[i] - y[j]) - d0) ** 2     # eV, κ = 4 eV/Å²
+        return e + extra(x), f - jax.grad(extra)(x)
+
+    rng = np.random.default_rng(0)
+    x = x0 + 0.04 * rng.standard_normal((120,) + x0.shape)
+    e, f = jax.vmap(reference)(jnp.asarray(x))
+    return mol, fast, x, np.asarray(e) - 123.0, np.asarray(f)     # any constant energy offset
+
+
+def test_adaptation_learns_the_reference_and_keeps_the_shipped_force(setup):
+    mol, fast, x, e, f = setup
+    params_before = jax.tree.map(np.array, fast.params)
+    adapted, report = adapt_potential(fast, x, e, f, AdaptConfig(steps=300))
+    assert report["frames"] == 120 and report["train_frames"] == 96 and report["holdout_frames"] == 24
+    assert report["steps"] == 300 and report["wall_s"] > 0
+    # the held-out force error falls (the extra bond force is about 0.16 eV/Å RMS per component on it)
+    assert report["force_rmse_after_ev_a"] < 0.6 * report["force_rmse_before_ev_a"], report
+    held = x[96:]
+    err_before = np.sqrt(np.mean((np.asarray(fast(held)[1]) - f[96:]) ** 2))
+    err_after = np.sqrt(np.mean((np.asarray(adapted(held)[1]) - f[96:]) ** 2))
+    np.testing.assert_allclose(err_before, report["force_rmse_before_ev_a"], rtol=1e-5)
+    np.testing.assert_allclose(err_after, report["force_rmse_after_ev_a"], rtol=1e-5)
+    # the same molecule and MMFF94 baseline, forces still −∂E/∂x; the shipped weights untouched
+    assert adapted.n_atoms == fast.n_atoms and adapted.baseline is fast.baseline
+    assert adapted.meta["adapted"] == report and "adapted" not in fast.meta
+    g = -np.asarray(jax.grad(lambda y: adapted(y)[0])(jnp.asarray(held[0])))
+    np.testing.assert_allclose(np.asarray(adapted(held[0])[1]), g, atol=1e-6)
+    for a, b in zip(jax.tree.leaves(params_before), jax.tree.leaves(fast.params)):
+        np.testing.assert_array_equal(a, np.asarray(b))
+    # and RESPA with it is still one slow call per macro-step (the adapted force is a plain fast force)
+    init, apply = jkstep.respa(adapted, fast, mol.masses, k=4, dt=0.25, inner=fast.baseline, fast_every=2)
+    state = apply(init(held[0], mol.thermal_velocities(300.0, seed=0)))
+    assert int(state.force_calls) == 2 and np.isfinite(float(state.energy))
+
+
+def test_bad_frames_are_refused_with_one_line(setup):
+    mol, fast, x, e, f = setup
+    with pytest.raises(InputError, match=r"positions \(F, 9, 3\)"):
+        adapt_potential(fast, x[:, :5], e, f)
+    with pytest.raises(InputError, match="must be finite"):
+        adapt_potential(fast, x, np.where(np.arange(len(e)) == 3, np.nan, e), f)
+    with pytest.raises(InputError, match="at least 10 training frames"):
+        adapt_potential(fast, x[:8], e[:8], f[:8])
+    with pytest.raises(InputError, match="only a learned fast force can be adapted"):
+        adapt_potential(jkstep.mmff_potential(mol), x, e, f)
+    with pytest.raises(InputError, match="steps must be a whole number"):
+        AdaptConfig(steps=0)
+    with pytest.raises(InputError, match="holdout must be a fraction"):
+        AdaptConfig(holdout=1.0)
+
+
+def test_evaluate_config_needs_a_fast_force_and_a_thermalisation():
+    from jkstep.evaluate.compare import EvalConfig
+
+    with pytest.raises(InputError, match="adapt .* give one too"):
+        EvalConfig(adapt=True)
+    with pytest.raises(InputError, match="at least 0.1 ps"):
+        EvalConfig(adapt=True, fast="gfn2-fast", equilibrate_ps=0.01)
+    assert EvalConfig(adapt=True, fast="gfn2-fast").adapt
