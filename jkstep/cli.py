@@ -1052,7 +1052,8 @@ def _print_summary(s: dict):
         if adapted:
             print(f"  fast force adapted on {adapted['train_frames']} equilibration frames ({adapted['steps']} steps, "
                   f"{adapted['wall_s']:.1f} s): force RMSE on the last {adapted['holdout_frames']} "
-                  f"{fmt(adapted['force_rmse_before_ev_a'], '.3f')} -> {fmt(adapted['force_rmse_after_ev_a'], '.3f')} eV/Å")
+                  f"{fmt(adapted['force_rmse_before_ev_a'], '.3f')} -> "
+                  f"{fmt(adapted['force_rmse_after_ev_a'], '.3f')} eV/Å")
         print(f"  k {s['k']}: {what}, fallbacks to Verlet {s['fallbacks']}; Verlet at {s['dt_fs']} fs would make "
               f"{plain} xTB calls ({plain / max(1, s['xtb_calls']):.1f}x more)")
         from jkstep.integrate import equal_cost_dt

@@ -23,7 +23,7 @@ from jkstep.errors import (MAX_STEPS, MAX_TEMPERATURE_K, InputError, SimulationE
 from jkstep.integrate import ENSEMBLES, fallback_step_count
 from jkstep.kstep import KStepOptions, kstep_integrator
 from jkstep.respa import check_fast_every, respa
-from jkstep.model.adapt import ADAPT_EVERY_FS, MIN_FRAMES, AdaptConfig, adapt_potential
+from jkstep.model.adapt import ADAPT_EVERY_FS, MIN_ADAPT_PS, adapt_potential
 from jkstep.molecule import Molecule, check_seed
 from jkstep.rollout import Frames, concat, frames_of, runner
 
@@ -106,9 +106,10 @@ class RunConfig:
         if self.adapt and (self.integrator != "respa" or self.fast == "mmff"):
             raise InputError("adapt (--adapt) fine-tunes a learned fast force: it needs --integrator respa with a "
                              f"learned --fast, not {self.fast if self.integrator == 'respa' else self.integrator}")
-        if self.adapt and self.equilibrate_ps * 1000.0 < ADAPT_EVERY_FS * MIN_FRAMES / (1.0 - AdaptConfig.holdout):
+        if self.adapt and self.equilibrate_ps < MIN_ADAPT_PS:
             raise InputError(f"adapt (--adapt) trains on the equilibration's frames (one every {ADAPT_EVERY_FS:g} fs): "
-                             f"give equilibrate_ps (--equilibrate-ps) of at least 0.1 ps, got {self.equilibrate_ps!r}")
+                             f"give equilibrate_ps (--equilibrate-ps) of at least {MIN_ADAPT_PS:g} ps, "
+                             f"got {self.equilibrate_ps!r}")
         if self.integrator == "verlet" and self.ensemble == "nvt":
             raise InputError("velocity Verlet is NVE; for NVT use the langevin integrator "
                              "(or kstep with ensemble nvt)")

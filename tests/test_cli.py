@@ -138,7 +138,27 @@ def test_run_respa_learned_fast_force_in_three_levels(tmp_path):
             ("gfn2-fast", every, 8, 11, 0, False)
 
 
+@pytest.mark.slow
+def test_run_respa_adapted_fast_force(tmp_path):
+    """`jkstep run --adapt`: gfn2-fast fine-tuned on the equilibration's frames (0.1 ps at 0.5 fs, one
+    every 2 fs) before the run; the run itself is still one xTB call per macro-step."""
+    summary = tmp_path / "run.json"
+    assert cli.main(["run", "--smiles", "CCO", "--integrator", "respa", "--fast", "gfn2-fast", "--adapt",
+                     "--ps", "0.02", "--equilibrate-ps", "0.1", "--equilibrate-dt", "0.5", "--save-every", "8",
+                     "--summary", str(summary)]) == 0
+    s = json.loads(summary.read_text())
+    a = s["fast_adaptation"]
+    assert (a["frames"], a["train_frames"], a["holdout_frames"]) == (50, 40, 10)
+    assert a["force_rmse_after_ev_a"] < a["force_rmse_before_ev_a"]
+    assert (s["fast"], s["fast_every"], s["xtb_calls"], s["fallbacks"], s["blew_up"]) == ("gfn2-fast", 2, 11, 0, False)
+
+
 @pytest.mark.parametrize("argv, message", [
+    (["run", "--smiles", "CCO", "--integrator", "respa", "--fast", "mmff", "--adapt"],
+     "adapt (--adapt) fine-tunes a learned fast force"),
+    (["run", "--smiles", "CCO", "--integrator", "respa", "--fast", "gfn2-fast", "--adapt", "--equilibrate-ps", "0.05"],
+     "of at least 0.1 ps, got 0.05"),
+    (["evaluate", "--smiles", "CCO", "--adapt"], "give one too (fast=NAME, --fast NAME)"),
     (["run", "--smiles", "C1CC"], "cannot parse SMILES 'C1CC'"),
     (["run", "--file", "/no/such.xyz"], "no such file: /no/such.xyz"),
     (["run", "--smiles", "CCO", "--dt", "0"], "dt must be a finite value > 0, got 0.0"),

@@ -51,7 +51,7 @@ from jkstep.integrate import equal_cost_dt
 from jkstep.kstep import (REVERSAL_CORRECTION, Guards, KStepOptions, ballistic_jump, fallback_step_count,
                           kstep_integrator, model_jump)
 from jkstep.md import three_levels
-from jkstep.model.adapt import ADAPT_EVERY_FS, MIN_FRAMES, AdaptConfig
+from jkstep.model.adapt import ADAPT_EVERY_FS, MIN_ADAPT_PS
 from jkstep.molecule import Molecule, check_seed
 from jkstep.potentials.mmff import mmff_potential
 from jkstep.respa import check_fast_every, respa, xh_mollifier
@@ -144,9 +144,11 @@ class EvalConfig:
         if self.adapt and self.fast is None:
             raise InputError("adapt (--adapt) fine-tunes the learned fast force of the respa contender: give one "
                              "too (fast=NAME, --fast NAME)")
-        if self.adapt and self.equilibrate_ps * 1000.0 < ADAPT_EVERY_FS * MIN_FRAMES / (1.0 - AdaptConfig.holdout):
-            raise InputError(f"adapt (--adapt) trains on the thermalisation's frames (one every {ADAPT_EVERY_FS:g} fs): "
-                             f"give equilibrate_ps (--equilibrate-ps) of at least 0.1 ps, got {self.equilibrate_ps!r}")
+        if self.adapt and self.equilibrate_ps < MIN_ADAPT_PS:
+            raise InputError(f"adapt (--adapt) trains on the thermalisation's frames (one every "
+                             f"{ADAPT_EVERY_FS:g} fs): "
+                             f"give equilibrate_ps (--equilibrate-ps) of at least {MIN_ADAPT_PS:g} ps, "
+                             f"got {self.equilibrate_ps!r}")
         if self.mollify and self.fast is None:
             raise InputError("mollify (--mollify) applies to the respa contender: give a learned fast force too "
                              "(fast=NAME, --fast NAME)")

@@ -31,6 +31,7 @@ from jkstep.model.state import compile_steps, create_train_state
 
 ADAPT_EVERY_FS = 2.0     # a thermalisation frame every 2 fs is a training frame
 MIN_FRAMES = 10
+MIN_ADAPT_PS = 0.1       # the shortest thermalisation a run or an evaluation adapts on (50 frames)
 
 
 @dataclasses.dataclass(frozen=True)
