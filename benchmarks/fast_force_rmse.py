@@ -7,10 +7,13 @@ own, from the same calls). Each fast force (``mmff`` for MMFF94, or a learned fa
 checkpoint path) is evaluated on those frames: force RMSE (eV/Å, over all components) and the RMS
 of the force error's change between consecutive frames, per fs (eV/Å/fs), which is what an
 impulse RESPA step feels: a fast force whose error is small but rough leaves a rough
-difference force. Test molecules are for reporting only.
+difference force. ``--adapt`` adds each learned fast force fine-tuned on the thermalisation's own
+xTB frames (``jkstep.model.adapt``, as ``jkstep evaluate --adapt`` does), labelled "NAME (adapted)".
+Test molecules are for reporting only.
 
     python benchmarks/fast_force_rmse.py --fast mmff gfn2-fast outputs/fast_delta \\
         --molecules alanine_dipeptide cysteine adenine paracetamol --json outputs/fast_force_rmse.json
+    python benchmarks/fast_force_rmse.py --fast mmff gfn2-fast --adapt --json outputs/adapt_eval/rmse.json
 """
 
 from __future__ import annotations
@@ -26,7 +29,8 @@ import numpy as np  # noqa: E402
 
 import jkstep  # noqa: E402
 from jkstep.data.store import write_json  # noqa: E402
-from jkstep.evaluate.compare import EvalConfig, run_contender, thermalised_starts  # noqa: E402
+from jkstep.evaluate.compare import EvalConfig, run_contender, thermalise  # noqa: E402
+from jkstep.model.adapt import ADAPT_EVERY_FS, adapt_potential  # noqa: E402
 from jkstep.integrate import verlet  # noqa: E402
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
@@ -40,15 +44,16 @@ def fast_forces(name: str, mol):
     return jkstep.learned_potential(name, mol)
 
 
-def reference_frames(mol, ps: float, every: int):
-    """(positions (F, N, 3) Å, xTB forces (F, N, 3) eV/Å, frame spacing fs) of the 0.25 fs reference."""
+def reference_frames(mol, ps: float, every: int, record: bool = False):
+    """(positions (F, N, 3) Å, xTB forces (F, N, 3) eV/Å, frame spacing fs, the thermalisation's
+    frames or None) of the 0.25 fs reference; ``record``: keep a thermalisation frame every 2 fs."""
     pot = jkstep.xtb_potential(mol)
     cfg = EvalConfig(k=every, dt=0.25, ps=ps, n_replicas=4, seed=0)
-    starts = thermalised_starts(mol, pot, cfg)
+    x, v, therm = thermalise(mol, pot, cfg, int(round(ADAPT_EVERY_FS / 0.5)) if record else None)
     init, apply = verlet(pot, mol.masses, 0.25)
-    run = run_contender(lambda x, v: init(x, v), apply, every, starts, cfg, lambda: pot.calls)
+    run = run_contender(lambda x, v: init(x, v), apply, every, (x, v), cfg, lambda: pot.calls)
     frames = run["frames"]
-    return np.asarray(frames.positions), np.asarray(frames.forces), every * 0.25
+    return np.asarray(frames.positions), np.asarray(frames.forces), every * 0.25, therm
 
 
 def errors(fast, positions, forces, spacing_fs: float) -> dict:
@@ -72,6 +77,8 @@ def main(argv=None) -> int:
                         help="names of data/qm_molecules.smi (default: the test molecules)")
     parser.add_argument("--ps", type=positive_float, default=0.5, help="reference length per replica, ps (0.5)")
     parser.add_argument("--every", type=positive_int, default=4, help="base steps between frames (4: 1 fs)")
+    parser.add_argument("--adapt", action="store_true",
+                        help="also each learned fast force adapted on the thermalisation's frames")
     parser.add_argument("--json", default=None, help="write the table as JSON here")
     args = parser.parse_args(argv)
     smiles = qm_smiles(parser, args.molecules)
@@ -80,13 +87,19 @@ def main(argv=None) -> int:
     print("|---|---|---|---|---|---|")
     for name in args.molecules:
         mol = jkstep.Molecule.from_smiles(smiles[name])
-        positions, forces, spacing = reference_frames(mol, args.ps, args.every)
+        positions, forces, spacing, therm = reference_frames(mol, args.ps, args.every, args.adapt)
         results[name] = {}
         for fast_name in args.fast:
-            r = errors(fast_forces(fast_name, mol), positions, forces, spacing)
-            results[name][fast_name] = r
-            print(f"| {name} | {fast_name} | {r['frames']} | {r['force_rmse_ev_a']:.3f} | "
-                  f"{r['error_change_rms_ev_a_fs']:.3f} | {r['xtb_force_change_rms_ev_a_fs']:.3f} |", flush=True)
+            fast = fast_forces(fast_name, mol)
+            candidates = [(fast_name, fast)]
+            if args.adapt and fast_name != "mmff":
+                adapted, report = adapt_potential(fast, therm["positions"], therm["energy"], therm["forces"])
+                candidates.append((f"{fast_name} (adapted)", adapted))
+            for label, f in candidates:
+                r = errors(f, positions, forces, spacing)
+                results[name][label] = r
+                print(f"| {name} | {label} | {r['frames']} | {r['force_rmse_ev_a']:.3f} | "
+                      f"{r['error_change_rms_ev_a_fs']:.3f} | {r['xtb_force_change_rms_ev_a_fs']:.3f} |", flush=True)
     if args.json:
         os.makedirs(os.path.dirname(os.path.abspath(args.json)), exist_ok=True)
         write_json(args.json, results)

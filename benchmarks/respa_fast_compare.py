@@ -12,7 +12,9 @@ Verlet at 1 fs from the same starts (what a k = 4 evaluation's ``verlet_kdt`` is
 kinetic energy, and so the total energy, is the start's): a longer macro-step before the X–H
 resonances, other vibrational dynamics; Verlet keeps the true masses. ``--average-with NAME`` runs
 the mean of two learned fast forces. ``--fast-every N`` runs the learned fast force in three levels
-(``jkstep.respa(inner=MMFF94, fast_every=N)``). ``--mollify`` runs RESPA
+(``jkstep.respa(inner=MMFF94, fast_every=N)``). ``--adapt`` runs the learned fast force fine-tuned
+on the thermalisation's own xTB frames (``jkstep.model.adapt``, as ``jkstep evaluate --adapt``) in
+place of the shipped one. ``--mollify`` runs RESPA
 mollified on the X–H bonds (``jkstep.respa.xh_mollifier``): its E std is that of the modified
 energy it conserves, and the true energy (xTB at the positions themselves, every 5th frame, calls
 made after the run and not counted) is reported beside it.
@@ -37,8 +39,9 @@ import numpy as np  # noqa: E402
 import jkstep  # noqa: E402
 from jkstep import analysis  # noqa: E402
 from jkstep.data.store import write_json  # noqa: E402
-from jkstep.evaluate.compare import EvalConfig, run_contender, thermalised_starts  # noqa: E402
+from jkstep.evaluate.compare import EvalConfig, run_contender, thermalise  # noqa: E402
 from jkstep.md import three_levels  # noqa: E402
+from jkstep.model.adapt import ADAPT_EVERY_FS, adapt_potential  # noqa: E402
 from jkstep.respa import xh_mollifier  # noqa: E402
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
@@ -76,6 +79,8 @@ def main(argv=None) -> int:
     parser.add_argument("--fast-every", type=positive_int, default=1,
                         help="three-level RESPA: MMFF94 every inner step, the rest of the learned fast force as "
                              "kicks every N inner steps (default 1: two-level)")
+    parser.add_argument("--adapt", action="store_true",
+                        help="the learned fast force fine-tuned on the thermalisation's frames (jkstep.model.adapt)")
     parser.add_argument("--json", default=None, help="write every run's figures as JSON here")
     args = parser.parse_args(argv)
     smiles = qm_smiles(parser, args.molecules)
@@ -86,14 +91,20 @@ def main(argv=None) -> int:
     for name in args.molecules:
         mol = jkstep.Molecule.from_smiles(smiles[name])
         pot = jkstep.xtb_potential(mol)
-        starts = thermalised_starts(mol, pot, EvalConfig(k=8, dt=0.25, ps=args.ps, n_replicas=4, seed=0))
+        x0, v0, therm = thermalise(mol, pot, EvalConfig(k=8, dt=0.25, ps=args.ps, n_replicas=4, seed=0),
+                                   int(round(ADAPT_EVERY_FS / 0.5)) if args.adapt else None)
+        starts = (x0, v0)
         fasts = {} if args.no_mmff else {"MMFF94": jkstep.mmff_potential(mol)}
         learned = jkstep.learned_potential(args.fast, mol)
+        if args.adapt:
+            learned, report = adapt_potential(learned, therm["positions"], therm["energy"], therm["forces"])
+            print(f"adapted on {report['train_frames']} frames: held-out force RMSE "
+                  f"{report['force_rmse_before_ev_a']:.3f} -> {report['force_rmse_after_ev_a']:.3f} eV/Å", flush=True)
         if args.average_with:
             fasts[f"mean of {args.fast} and {args.average_with}"] = averaged(
                 learned, jkstep.learned_potential(args.average_with, mol))
         else:
-            fasts[args.fast] = learned
+            fasts[args.fast + (" (adapted)" if args.adapt else "")] = learned
         respa_mol, respa_starts, hmr = mol, starts, ""
         if args.hydrogen_mass:
             respa_mol = mol.repartition_hydrogen_mass(args.hydrogen_mass)
