@@ -51,7 +51,7 @@ from jkstep.integrate import equal_cost_dt
 from jkstep.kstep import (REVERSAL_CORRECTION, Guards, KStepOptions, ballistic_jump, fallback_step_count,
                           kstep_integrator, model_jump)
 from jkstep.md import three_levels
-from jkstep.model.adapt import ADAPT_EVERY_FS, MIN_ADAPT_PS
+from jkstep.model.adapt import ADAPT_EVERY_FS, MIN_ADAPT_PS, adapt_potential
 from jkstep.molecule import Molecule, check_seed
 from jkstep.potentials.mmff import mmff_potential
 from jkstep.respa import check_fast_every, respa, xh_mollifier
@@ -358,7 +358,6 @@ def evaluate_ks(molecule: Molecule, potential_factory: Callable[[], object], con
     starts = (start["positions"], start["velocities"])
     adapted = None
     if config.adapt:    # once for every k: the fast force fine-tuned on the thermalisation's frames
-        from jkstep.model.adapt import adapt_potential
         from jkstep.model.potential import learned_potential
 
         fr = start["frames"]
