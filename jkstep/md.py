@@ -246,11 +246,11 @@ def run_md(molecule: Molecule, potential: Callable, config: RunConfig, jump=None
         state = init(positions, velocities, sub)
         integrate.check_start(state, molecule.name)
         n_eq = int(round(config.equilibrate_ps * 1000.0 / dt_eq))
-        every = max(1, int(round(ADAPT_EVERY_FS / dt_eq)))
-        if config.adapt and n_eq >= every:    # the frames the fast force is adapted on
-            state, eq_frames = runner(apply, n_eq // every, every)(state)
-            if n_eq % every:
-                state, _ = runner(apply, 1, n_eq % every)(state)
+        record = max(1, int(round(ADAPT_EVERY_FS / dt_eq)))   # steps between the frames adapted on
+        if config.adapt and n_eq >= record:
+            state, eq_frames = runner(apply, n_eq // record, record)(state)
+            if n_eq % record:
+                state, _ = runner(apply, 1, n_eq % record)(state)
         elif n_eq:
             state, _ = runner(apply, 1, n_eq)(state)
         positions, velocities = state.positions, state.velocities
