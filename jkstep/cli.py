@@ -177,7 +177,7 @@ def _run_parser(sub):
     _add_fast_every_arg(run)
     run.add_argument("--adapt", action="store_true",
                      help="respa with a learned --fast: fine-tune it on the Langevin equilibration's own xTB frames "
-                          "before the run (no extra xTB call; about 15 s of CPU; needs --equilibrate-ps ≥ 0.1)")
+                          "before the run (no extra xTB call; 30-60 s of CPU; needs --equilibrate-ps ≥ 0.1)")
     run.add_argument("--model", help=f"kstep: a shipped model name (`jkstep models` lists them) or the path of an "
                                      f"Orbax checkpoint directory (default {DEFAULT_MODEL})")
     run.add_argument("--ensemble", default=None, choices=["nve", "nvt"],
@@ -255,7 +255,7 @@ def _evaluate_parser(sub):
                          "the modified energy the scheme conserves); mmff_respa stays impulse")
     ev.add_argument("--adapt", action="store_true",
                     help="with --fast: also run respa_adapted, the fast force fine-tuned on the thermalisation's "
-                         "own xTB frames (no extra xTB call; about 15 s of CPU, counted in its wall_s)")
+                         "own xTB frames (no extra xTB call; 30-60 s of CPU, counted in its wall_s)")
     ev.add_argument("--summary", help="write the evaluation as JSON to this path")
     ev.add_argument("--plots", help="directory for the energy, spectrum and distribution plots")
     _add_parallel_args(ev, "one task per contender and replica")

@@ -7,7 +7,7 @@ frames (positions, energy, forces) are labelled data for exactly this molecule i
 region of configuration space the production run visits. ``adapt_potential`` fine-tunes the
 network on them (energy-and-force matching, the training loss of ``jkstep.model.potential``, from
 the shipped weights) and returns a new fast force for the same molecule. It makes no xTB call;
-its cost is CPU time (about 15 s on 2 cores for 2000 steps), reported as ``wall_s``.
+its cost is CPU time (26–58 s for 2000 steps on a 2-core CPU), reported as ``wall_s``.
 
 The adapted force is fixed before the production run starts, so RESPA with it stays symplectic
 and time-reversible. The last ``holdout`` fraction of the frames (the end of the thermalisation
