@@ -23,9 +23,9 @@ from jkstep.errors import (MAX_STEPS, MAX_TEMPERATURE_K, InputError, SimulationE
 from jkstep.integrate import ENSEMBLES, fallback_step_count
 from jkstep.kstep import KStepOptions, kstep_integrator
 from jkstep.respa import check_fast_every, respa
-from jkstep.model.adapt import ADAPT_EVERY_FS, MIN_ADAPT_PS, adapt_potential
+from jkstep.model.adapt import ADAPT_EVERY_FS, adapt_potential, check_adapt_length
 from jkstep.molecule import Molecule, check_seed
-from jkstep.rollout import Frames, concat, frames_of, runner
+from jkstep.rollout import Frames, concat, frames_of, run_steps, runner
 
 INTEGRATORS = ("verlet", "langevin", "kstep", "respa")
 
@@ -106,10 +106,8 @@ class RunConfig:
         if self.adapt and (self.integrator != "respa" or self.fast == "mmff"):
             raise InputError("adapt (--adapt) fine-tunes a learned fast force: it needs --integrator respa with a "
                              f"learned --fast, not {self.fast if self.integrator == 'respa' else self.integrator}")
-        if self.adapt and self.equilibrate_ps < MIN_ADAPT_PS:
-            raise InputError(f"adapt (--adapt) trains on the equilibration's frames (one every {ADAPT_EVERY_FS:g} fs): "
-                             f"give equilibrate_ps (--equilibrate-ps) of at least {MIN_ADAPT_PS:g} ps, "
-                             f"got {self.equilibrate_ps!r}")
+        if self.adapt:
+            check_adapt_length(self.equilibrate_ps)
         if self.integrator == "verlet" and self.ensemble == "nvt":
             raise InputError("velocity Verlet is NVE; for NVT use the langevin integrator "
                              "(or kstep with ensemble nvt)")
@@ -246,13 +244,8 @@ def run_md(molecule: Molecule, potential: Callable, config: RunConfig, jump=None
         state = init(positions, velocities, sub)
         integrate.check_start(state, molecule.name)
         n_eq = int(round(config.equilibrate_ps * 1000.0 / dt_eq))
-        record = max(1, int(round(ADAPT_EVERY_FS / dt_eq)))   # steps between the frames adapted on
-        if config.adapt and n_eq >= record:
-            state, eq_frames = runner(apply, n_eq // record, record)(state)
-            if n_eq % record:
-                state, _ = runner(apply, 1, n_eq % record)(state)
-        elif n_eq:
-            state, _ = runner(apply, 1, n_eq)(state)
+        record = max(1, int(round(ADAPT_EVERY_FS / dt_eq))) if config.adapt else None   # frames adapted on
+        state, eq_frames = run_steps(apply, state, n_eq, record)
         positions, velocities = state.positions, state.velocities
         if bool(state.failed):
             raise SimulationError(f"the xTB SCF failed for good during the Langevin equilibration (after "

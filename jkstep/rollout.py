@@ -98,6 +98,20 @@ def runner(apply_fn, n_frames: int, every: int = 1, batched: bool = False):
     return jax.jit(jax.vmap(fn) if batched else fn)
 
 
+def run_steps(apply_fn, state, n_steps: int, record_every: int | None = None):
+    """``n_steps`` applies of ``apply_fn`` from ``state`` in one jitted run: (state, None), or with
+    ``record_every`` (state, Frames of every ``record_every``-th apply) when there is at least one
+    such frame (the remainder runs after the last one, unrecorded)."""
+    if n_steps <= 0:
+        return state, None
+    if not record_every or n_steps < record_every:
+        return runner(apply_fn, 1, n_steps)(state)[0], None
+    state, frames = runner(apply_fn, n_steps // record_every, record_every)(state)
+    if n_steps % record_every:
+        state, _ = runner(apply_fn, 1, n_steps % record_every)(state)
+    return state, frames
+
+
 def concat(chunks: list[Frames]) -> Frames:
     """Join chunks of frames along the frame axis (the last axis before the per-frame shape)."""
     if not chunks:

@@ -51,11 +51,11 @@ from jkstep.integrate import equal_cost_dt
 from jkstep.kstep import (REVERSAL_CORRECTION, Guards, KStepOptions, ballistic_jump, fallback_step_count,
                           kstep_integrator, model_jump)
 from jkstep.md import three_levels
-from jkstep.model.adapt import ADAPT_EVERY_FS, MIN_ADAPT_PS, adapt_potential
+from jkstep.model.adapt import ADAPT_EVERY_FS, adapt_potential, check_adapt_length
 from jkstep.molecule import Molecule, check_seed
 from jkstep.potentials.mmff import mmff_potential
 from jkstep.respa import check_fast_every, respa, xh_mollifier
-from jkstep.rollout import Frames, concat, frames_of, runner
+from jkstep.rollout import Frames, concat, frames_of, run_steps, runner
 
 CONTENDERS = ("reference", "verlet_kdt", "corrector_only", "kstep", "mmff_respa", "respa")
 VARIANTS = ("verlet_equal_cost", "kstep_rescaled", "kstep_relaxed", "kstep_windowed",   # reported beside kstep
@@ -144,11 +144,8 @@ class EvalConfig:
         if self.adapt and self.fast is None:
             raise InputError("adapt (--adapt) fine-tunes the learned fast force of the respa contender: give one "
                              "too (fast=NAME, --fast NAME)")
-        if self.adapt and self.equilibrate_ps < MIN_ADAPT_PS:
-            raise InputError(f"adapt (--adapt) trains on the thermalisation's frames (one every "
-                             f"{ADAPT_EVERY_FS:g} fs): "
-                             f"give equilibrate_ps (--equilibrate-ps) of at least {MIN_ADAPT_PS:g} ps, "
-                             f"got {self.equilibrate_ps!r}")
+        if self.adapt:
+            check_adapt_length(self.equilibrate_ps)
         if self.mollify and self.fast is None:
             raise InputError("mollify (--mollify) applies to the respa contender: give a learned fast force too "
                              "(fast=NAME, --fast NAME)")
@@ -180,15 +177,9 @@ def thermalise(molecule: Molecule, potential, config: EvalConfig, record_every: 
                  jax.random.PRNGKey(config.seed))
     integrate.check_start(state, molecule.name)
     n_eq = int(round(config.equilibrate_ps * 2000.0))
-    frames = None
-    if record_every and n_eq >= record_every:
-        state, fr = runner(apply, n_eq // record_every, record_every)(state)
-        frames = {"positions": np.asarray(fr.positions, np.float64), "energy": np.asarray(fr.energy, np.float64),
-                  "forces": np.asarray(fr.forces, np.float64)}
-        if n_eq % record_every:
-            state, _ = runner(apply, 1, n_eq % record_every)(state)
-    elif n_eq:
-        state, _ = runner(apply, 1, n_eq)(state)
+    state, fr = run_steps(apply, state, n_eq, record_every)
+    frames = None if fr is None else {key: np.asarray(getattr(fr, key), np.float64)
+                                      for key in ("positions", "energy", "forces")}
     if bool(state.failed):
         raise SimulationError(f"the xTB SCF failed for good during the thermalisation (after {int(state.step)} "
                               f"of {n_eq} steps of 0.5 fs)")

@@ -34,6 +34,14 @@ MIN_FRAMES = 10
 MIN_ADAPT_PS = 0.1       # the shortest thermalisation a run or an evaluation adapts on (50 frames)
 
 
+def check_adapt_length(equilibrate_ps) -> None:
+    """InputError unless a thermalisation of ``equilibrate_ps`` ps is long enough to adapt on."""
+    if not equilibrate_ps >= MIN_ADAPT_PS:
+        raise InputError(f"adapt (--adapt) trains on the Langevin thermalisation's frames (one every "
+                         f"{ADAPT_EVERY_FS:g} fs): give equilibrate_ps (--equilibrate-ps) of at least "
+                         f"{MIN_ADAPT_PS:g} ps, got {equilibrate_ps!r}")
+
+
 @dataclasses.dataclass(frozen=True)
 class AdaptConfig:
     """Settings of ``adapt_potential`` (chosen on the validation molecules, docs/results.md).
