@@ -153,3 +153,14 @@ def test_respa_three_levels(tmp_path):
                       r"([0-9.]+) kJ/mol", out)
         assert m and 0 < float(m.group(1)) < 1.0, out
     assert "one xTB call per macro-step in both: OK" in out
+
+
+@pytest.mark.slow
+def test_respa_adapted(tmp_path):
+    out = run_example("respa_adapted.py", cwd=tmp_path)
+    assert "thermalised 100 fs: xTB calls 201, 50 frames kept" in out
+    m = re.search(r"adapted on 40 frames in \d+ s: force RMSE on the last 10 ([\d.]+) -> ([\d.]+) eV/Å", out)
+    assert m and float(m.group(2)) < float(m.group(1))
+    assert "gfn2-fast: 20 macro-steps of 2 fs, xTB calls 21" in out
+    assert "adapted: 20 macro-steps of 2 fs, xTB calls 21" in out
+    assert "one xTB call per macro-step with either force: OK" in out
