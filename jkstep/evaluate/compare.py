@@ -344,16 +344,19 @@ def evaluate_ks(molecule: Molecule, potential_factory: Callable[[], object], con
 
     therm = {"temperature": config.temperature, "friction": config.friction, "equilibrate_ps": config.equilibrate_ps,
              "seed": config.seed, "n_replicas": config.n_replicas, "record": config.adapt}
+    fasts = {}   # the respa contenders' learned fast forces, loaded (a bad name fails here) and adapted once
+    if config.fast is not None:
+        from jkstep.model.potential import learned_potential
+
+        fasts["respa"] = learned_potential(config.fast, molecule)
     start = submit("thermalisation", parallel.task_key("evaluate-thermalise", identity[:2], therm),
                    _thermalise_task, molecule, potential_factory, config).result()
     starts = (start["positions"], start["velocities"])
-    adapted = None
-    if config.adapt:    # once for every k: the fast force fine-tuned on the thermalisation's frames
-        from jkstep.model.potential import learned_potential
-
+    adaptation = None
+    if config.adapt:    # the fast force fine-tuned on the thermalisation's frames
         fr = start["frames"]
-        adapted = adapt_potential(learned_potential(config.fast, molecule), fr["positions"], fr["energy"],
-                                  fr["forces"])
+        fasts["respa_adapted"], adaptation = adapt_potential(fasts["respa"], fr["positions"], fr["energy"],
+                                                             fr["forces"])
     terms = metrics.internal_coordinates(molecule.numbers, starts[0][0], molecule.mol_block)
     rotatable = metrics.rotatable_dihedrals(molecule.numbers, starts[0][0], molecule.mol_block)
 
@@ -376,7 +379,7 @@ def evaluate_ks(molecule: Molecule, potential_factory: Callable[[], object], con
         if not interrupted:
             try:
                 _k_runs(molecule, cfg, models[k], lambda name, build, c=cfg: run(name, c, build, 1), runs,
-                        adapted)
+                        fasts)
                 for r in runs.values():
                     if isinstance(r, _Pending):
                         r.resolve()
@@ -392,18 +395,18 @@ def evaluate_ks(molecule: Molecule, potential_factory: Callable[[], object], con
                             executor.cancel(r.handles)
                             del runs[name]
         directory = None if not plots else plots if len(ks) == 1 else os.path.join(plots, f"k{k}")
-        out[k] = _summary(molecule, cfg, models[k], runs, starts, terms, rotatable, directory,
-                          None if adapted is None else adapted[1])
+        out[k] = _summary(molecule, cfg, models[k], runs, starts, terms, rotatable, directory, adaptation)
         if interrupted:
             out[k]["interrupted"] = True
     return out
 
 
-def _k_runs(molecule, config, bundle, run, runs: dict, adapted=None) -> dict:
+def _k_runs(molecule, config, bundle, run, runs: dict, fasts: dict | None = None) -> dict:
     """Verlet at k·dt, the zero-network corrector and the model's contenders at ``config.k``
     (``run(name, build, config)``: one contender, frames every apply of ``config``), added to
     ``runs`` one by one as they finish (so an interrupt leaves the finished ones there).
-    ``adapted``: (the adapted fast force, its report) for ``respa_adapted``, or None."""
+    ``fasts``: {contender name: learned fast force} of the respa contenders (``respa``,
+    ``respa_adapted``), each run as RESPA with it."""
     k, dt, masses = config.k, config.dt, molecule.masses
 
     options = KStepOptions(fallback_steps=config.fallback_steps)
@@ -422,19 +425,11 @@ def _k_runs(molecule, config, bundle, run, runs: dict, adapted=None) -> dict:
         else:
             runs["mmff_respa"] = run("mmff_respa", lambda pot: respa(mmff, pot, masses, k, dt,
                                                                      fallback_steps=config.fallback_steps))
-    if config.fast is not None:
-        from jkstep.model.potential import learned_potential
-
-        fast = learned_potential(config.fast, molecule)
-        mollifier = xh_mollifier(molecule) if config.mollify else None
+    mollifier = xh_mollifier(molecule) if config.mollify and fasts else None
+    for name, fast in (fasts or {}).items():
         split = three_levels(molecule, fast, config.fast_every)
-        runs["respa"] = run("respa", lambda pot: respa(fast, pot, masses, k, dt, fallback_steps=config.fallback_steps,
-                                                       mollifier=mollifier, **split))
-        if adapted is not None:
-            tuned = adapted[0]
-            runs["respa_adapted"] = run("respa_adapted", lambda pot: respa(
-                tuned, pot, masses, k, dt, fallback_steps=config.fallback_steps, mollifier=mollifier,
-                **three_levels(molecule, tuned, config.fast_every)))
+        runs[name] = run(name, lambda pot, fast=fast, split=split: respa(
+            fast, pot, masses, k, dt, fallback_steps=config.fallback_steps, mollifier=mollifier, **split))
     if bundle is not None:
         runs["kstep"] = run("kstep", lambda pot: hybrid(pot, _learned(bundle, molecule, config)))
         if config.equal_cost:
