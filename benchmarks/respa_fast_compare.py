@@ -39,9 +39,9 @@ import numpy as np  # noqa: E402
 import jkstep  # noqa: E402
 from jkstep import analysis  # noqa: E402
 from jkstep.data.store import write_json  # noqa: E402
-from jkstep.evaluate.compare import EvalConfig, run_contender, thermalise  # noqa: E402
+from jkstep.evaluate.compare import THERMALISE_DT_FS, EvalConfig, run_contender, thermalise  # noqa: E402
 from jkstep.md import three_levels  # noqa: E402
-from jkstep.model.adapt import ADAPT_EVERY_FS, adapt_potential  # noqa: E402
+from jkstep.model.adapt import adapt_potential  # noqa: E402
 from jkstep.respa import xh_mollifier  # noqa: E402
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
@@ -92,12 +92,13 @@ def main(argv=None) -> int:
         mol = jkstep.Molecule.from_smiles(smiles[name])
         pot = jkstep.xtb_potential(mol)
         x0, v0, therm = thermalise(mol, pot, EvalConfig(k=8, dt=0.25, ps=args.ps, n_replicas=4, seed=0),
-                                   int(round(ADAPT_EVERY_FS / 0.5)) if args.adapt else None)
+                                   1 if args.adapt else None)
         starts = (x0, v0)
         fasts = {} if args.no_mmff else {"MMFF94": jkstep.mmff_potential(mol)}
         learned = jkstep.learned_potential(args.fast, mol)
         if args.adapt:
-            learned, report = adapt_potential(learned, therm["positions"], therm["energy"], therm["forces"])
+            learned, report = adapt_potential(learned, therm["positions"], therm["energy"], therm["forces"],
+                                              spacing_fs=THERMALISE_DT_FS)
             print(f"adapted on {report['train_frames']} frames: held-out force RMSE "
                   f"{report['force_rmse_before_ev_a']:.3f} -> {report['force_rmse_after_ev_a']:.3f} eV/Å", flush=True)
         if args.average_with:

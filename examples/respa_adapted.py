@@ -1,10 +1,11 @@
 """The learned fast force fine-tuned on the molecule's own thermalisation, then RESPA with it.
 
-A Langevin thermalisation on xTB makes xTB calls anyway; ``jkstep.rollout.run_steps`` keeps a frame
-every 2 fs of it (positions, energy, forces). ``jkstep.model.adapt.adapt_potential`` fine-tunes
-gfn2-fast on those frames (no xTB call; tens of seconds of CPU) and returns a fast force for this
-molecule and a report (the force error on the held-out last fifth of the frames, before and
-after). The adapted force is fixed before the run, so RESPA with it stays symplectic; both
+A Langevin thermalisation on xTB makes xTB calls anyway; ``jkstep.rollout.run_steps`` keeps every
+step's frame (positions, energy, forces). ``jkstep.model.adapt.adapt_potential`` fine-tunes
+gfn2-fast on those frames (no xTB call; tens of seconds of CPU): forces and energies, and the
+curvature of its energy error along the path, which is what RESPA's energy fluctuation is made of.
+It returns a fast force for this molecule and a report (the force error and the curvature on the
+held-out last fifth of the frames, before and after). The adapted force is fixed before the run, so RESPA with it stays symplectic; both
 forces then run from the same state, one xTB call per macro-step each. (``jkstep run --adapt``
 and ``jkstep evaluate --adapt`` do the same from the command line.)
 
@@ -35,18 +36,20 @@ thermalise_fs = 100.0 if QUICK else 500.0
 mol = jkstep.Molecule.from_smiles(smiles, seed=0)
 pot = jkstep.xtb_potential(mol)
 
-# 1. thermalise: Langevin on xTB at 0.5 fs, a frame every 4 steps (2 fs)
+# 1. thermalise: Langevin on xTB at 0.5 fs, keeping every step's frame
 init_fn, apply_fn = jkstep.langevin(pot, mol.masses, dt=0.5, temperature=300.0)
 state = init_fn(mol.positions, mol.thermal_velocities(300.0, seed=0), jax.random.PRNGKey(0))
-state, frames = run_steps(apply_fn, state, int(thermalise_fs / 0.5), record_every=4)
+state, frames = run_steps(apply_fn, state, int(thermalise_fs / 0.5), record_every=1)
 print(f"thermalised {thermalise_fs:g} fs: xTB calls {pot.calls}, {frames.energy.shape[0]} frames kept")
 
 # 2. adapt gfn2-fast on those frames
 fast = jkstep.learned_potential("gfn2-fast", mol)
 adapted, report = adapt_potential(fast, np.asarray(frames.positions), np.asarray(frames.energy),
-                                  np.asarray(frames.forces))
+                                  np.asarray(frames.forces), spacing_fs=0.5)
 print(f"adapted on {report['train_frames']} frames in {report['wall_s']:.0f} s: force RMSE on the last "
-      f"{report['holdout_frames']} {report['force_rmse_before_ev_a']:.3f} -> {report['force_rmse_after_ev_a']:.3f} eV/Å")
+      f"{report['holdout_frames']} {report['force_rmse_before_ev_a']:.3f} -> {report['force_rmse_after_ev_a']:.3f} eV/Å; "
+      f"energy-error curvature {report['curvature_rms_before']:.2e} -> {report['curvature_rms_after']:.2e} eV/fs² "
+      f"(RESPA at 2 fs fluctuates by about 2²/12 times it)")
 
 # 3. RESPA (three levels: MMFF94 every 0.25 fs, the network's correction every 0.5 fs) with each
 x0, v0 = state.positions, state.velocities

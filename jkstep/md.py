@@ -23,7 +23,7 @@ from jkstep.errors import (MAX_STEPS, MAX_TEMPERATURE_K, InputError, SimulationE
 from jkstep.integrate import ENSEMBLES, fallback_step_count
 from jkstep.kstep import KStepOptions, kstep_integrator
 from jkstep.respa import check_fast_every, respa
-from jkstep.model.adapt import ADAPT_EVERY_FS, adapt_potential, check_adapt_length
+from jkstep.model.adapt import adapt_potential, check_adapt_length
 from jkstep.molecule import Molecule, check_seed
 from jkstep.rollout import Frames, concat, frames_of, run_steps, runner
 
@@ -41,8 +41,8 @@ class RunConfig:
     or a checkpoint path; the summary reports it); ``fast_every`` > 1 runs respa in three levels,
     MMFF94 every inner step and the rest of the (learned) fast force as kicks every ``fast_every``
     inner steps (``jkstep.respa``'s ``inner``/``fast_every``); ``adapt`` fine-tunes the learned fast
-    force on the Langevin equilibration's own xTB frames (one every ``ADAPT_EVERY_FS``) before the
-    run (``jkstep.model.adapt``; reported under ``fast_adaptation``). ``equilibrate_dt``: time step of the Langevin
+    force on the Langevin equilibration's own xTB frames (every step) before the run
+    (``jkstep.model.adapt``; reported under ``fast_adaptation``). ``equilibrate_dt``: time step of the Langevin
     thermalisation (None: ``dt``); give the same one to runs with different time steps to start
     them from the same state (e.g. Verlet at the hybrid's equal-cost step and the hybrid itself).
     ``settle`` (NVE runs after a Langevin thermalisation): then run NVE velocity Verlet at that
@@ -244,8 +244,7 @@ def run_md(molecule: Molecule, potential: Callable, config: RunConfig, jump=None
         state = init(positions, velocities, sub)
         integrate.check_start(state, molecule.name)
         n_eq = int(round(config.equilibrate_ps * 1000.0 / dt_eq))
-        record = max(1, int(round(ADAPT_EVERY_FS / dt_eq))) if config.adapt else None   # frames adapted on
-        state, eq_frames = run_steps(apply, state, n_eq, record)
+        state, eq_frames = run_steps(apply, state, n_eq, 1 if config.adapt else None)   # frames adapted on
         positions, velocities = state.positions, state.velocities
         if bool(state.failed):
             raise SimulationError(f"the xTB SCF failed for good during the Langevin equilibration (after "
@@ -258,7 +257,7 @@ def run_md(molecule: Molecule, potential: Callable, config: RunConfig, jump=None
     adaptation = None
     if config.adapt:
         fast, adaptation = adapt_potential(fast, np.asarray(eq_frames.positions), np.asarray(eq_frames.energy),
-                                           np.asarray(eq_frames.forces))
+                                           np.asarray(eq_frames.forces), spacing_fs=dt_eq)
     calls_before = calls()
     if config.integrator == "verlet":
         init, apply = integrate.verlet(potential, masses, config.dt)

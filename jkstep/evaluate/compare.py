@@ -51,7 +51,7 @@ from jkstep.integrate import equal_cost_dt
 from jkstep.kstep import (REVERSAL_CORRECTION, Guards, KStepOptions, ballistic_jump, fallback_step_count,
                           kstep_integrator, model_jump)
 from jkstep.md import three_levels
-from jkstep.model.adapt import ADAPT_EVERY_FS, adapt_potential, check_adapt_length
+from jkstep.model.adapt import adapt_potential, check_adapt_length
 from jkstep.molecule import Molecule, check_seed
 from jkstep.potentials.mmff import mmff_potential
 from jkstep.respa import check_fast_every, respa, xh_mollifier
@@ -60,6 +60,7 @@ from jkstep.rollout import Frames, concat, frames_of, run_steps, runner
 CONTENDERS = ("reference", "verlet_kdt", "corrector_only", "kstep", "mmff_respa", "respa")
 VARIANTS = ("verlet_equal_cost", "kstep_rescaled", "kstep_relaxed", "kstep_windowed",   # reported beside kstep
             "respa_adapted")                                                            # and beside respa
+THERMALISE_DT_FS = 0.5   # the Langevin thermalisation's time step, fs
 DISTRIBUTION_KEYS = ("bond_js", "angle_js", "dihedral_js", "spectrum_overlap", "xh_band_shift_cm1")
 RESULT_KEYS = ("xtb_calls", "blew_up", "drift_kj_mol_ps", "energy_std_kj_mol", "mean_temperature_k",
                *DISTRIBUTION_KEYS, "flip_rate_ratio", "wall_s")
@@ -132,7 +133,7 @@ class EvalConfig:
         if not is_integer(self.n_replicas, 2):
             raise InputError(f"at least 2 replicas are needed for a noise floor, got {self.n_replicas!r}")
         for what, steps in (("ps", self.ps * 1000.0 / (self.k * self.dt)),
-                            ("equilibrate_ps", self.equilibrate_ps * 2000.0)):
+                            ("equilibrate_ps", self.equilibrate_ps * 1000.0 / THERMALISE_DT_FS)):
             if steps * self.n_replicas > MAX_STEPS:
                 raise InputError(f"{what} {getattr(self, what)} needs {steps:.3g} steps per replica; "
                                  "give a length in ps that can finish")
@@ -167,22 +168,23 @@ def thermalised_starts(molecule: Molecule, potential, config: EvalConfig):
 
 
 def thermalise(molecule: Molecule, potential, config: EvalConfig, record_every: int | None = None):
-    """``thermalised_starts`` and, with ``record_every`` (steps of 0.5 fs), the thermalisation's
+    """``thermalised_starts`` and, with ``record_every`` (steps of THERMALISE_DT_FS), the thermalisation's
     frames every that many steps: (positions, velocities, frames) with frames None or
     {"positions": (F, N, 3) Å, "energy": (F,) eV, "forces": (F, N, 3) eV/Å} of ``potential``.
     (Recording runs the same steps in other compiled chunks, so the start can differ from the
     unrecorded one by round-off grown over the thermalisation.)"""
-    init, apply = integrate.langevin(potential, molecule.masses, 0.5, config.temperature, config.friction)
+    init, apply = integrate.langevin(potential, molecule.masses, THERMALISE_DT_FS, config.temperature,
+                                     config.friction)
     state = init(molecule.positions, molecule.thermal_velocities(config.temperature, config.seed),
                  jax.random.PRNGKey(config.seed))
     integrate.check_start(state, molecule.name)
-    n_eq = int(round(config.equilibrate_ps * 2000.0))
+    n_eq = int(round(config.equilibrate_ps * 1000.0 / THERMALISE_DT_FS))
     state, fr = run_steps(apply, state, n_eq, record_every)
     frames = None if fr is None else {key: np.asarray(getattr(fr, key), np.float64)
                                       for key in ("positions", "energy", "forces")}
     if bool(state.failed):
         raise SimulationError(f"the xTB SCF failed for good during the thermalisation (after {int(state.step)} "
-                              f"of {n_eq} steps of 0.5 fs)")
+                              f"of {n_eq} steps of {THERMALISE_DT_FS:g} fs)")
     x0, v0 = np.asarray(state.positions), np.asarray(state.velocities)
     vs = np.stack([same_energy_velocities(molecule, x0, v0, seed=config.seed * 1000 + r + 1)
                    for r in range(config.n_replicas)])
@@ -356,7 +358,7 @@ def evaluate_ks(molecule: Molecule, potential_factory: Callable[[], object], con
     if config.adapt:    # the fast force fine-tuned on the thermalisation's frames
         fr = start["frames"]
         fasts["respa_adapted"], adaptation = adapt_potential(fasts["respa"], fr["positions"], fr["energy"],
-                                                             fr["forces"])
+                                                             fr["forces"], spacing_fs=THERMALISE_DT_FS)
     terms = metrics.internal_coordinates(molecule.numbers, starts[0][0], molecule.mol_block)
     rotatable = metrics.rotatable_dihedrals(molecule.numbers, starts[0][0], molecule.mol_block)
 
@@ -543,9 +545,8 @@ def _bundle_identity(bundle):
 
 def _thermalise_task(molecule: Molecule, potential_factory, config: EvalConfig) -> dict:
     """The thermalisation as a task: {"positions": (R, N, 3), "velocities": (R, N, 3)}, and with
-    ``config.adapt`` its frames every 2 fs under "frames" (``thermalise``)."""
-    every = int(round(ADAPT_EVERY_FS / 0.5)) if config.adapt else None
-    x, v, frames = thermalise(molecule, potential_factory(), config, every)
+    ``config.adapt`` its frames (every step) under "frames" (``thermalise``)."""
+    x, v, frames = thermalise(molecule, potential_factory(), config, 1 if config.adapt else None)
     out = {"positions": np.asarray(x, np.float64), "velocities": np.asarray(v, np.float64)}
     if frames is not None:
         out["frames"] = frames

@@ -26,7 +26,8 @@ import numpy as np
 from jkstep.errors import InputError, is_integer
 from jkstep.model.config import TrainConfig
 from jkstep.model.losses import scale_array
-from jkstep.model.potential import LearnedPotential, energy_and_forces, estimate_potential_scales
+from jkstep.model.potential import (LearnedPotential, energy_and_forces, energy_error_curvature,
+                                    estimate_potential_scales)
 from jkstep.model.state import compile_steps, create_train_state
 
 ADAPT_EVERY_FS = 2.0     # a thermalisation frame every 2 fs is a training frame
@@ -50,7 +51,9 @@ class AdaptConfig:
     warm-up over the first tenth, cosine decay to 2 %).   ema_decay: of the weights, which are
     what is returned.   w_energy: weight of the energy term (energies are matched up to a constant).
     holdout: fraction of the frames (the last ones) kept out of training for the report.
-    seed: batch order."""
+    seed: batch order.   w_curvature: weight of the energy error's curvature along the frames
+    (``TrainConfig.w_curvature``; batches are then ``batch_size`` triplets of frames
+    ``curvature_spacing_fs`` fs apart, scaled by the reference's own curvature RMS), 0 = off."""
 
     steps: int = 2000
     batch_size: int = 16
@@ -59,6 +62,8 @@ class AdaptConfig:
     w_energy: float = 0.05
     holdout: float = 0.2
     seed: int = 0
+    w_curvature: float = 1.0
+    curvature_spacing_fs: float = 0.5
 
     def __post_init__(self):
         for name in ("steps", "batch_size"):
@@ -66,31 +71,44 @@ class AdaptConfig:
                 raise InputError(f"adaptation {name} must be a whole number ≥ 1, got {getattr(self, name)!r}")
         if not 0.0 <= self.holdout < 1.0:
             raise InputError(f"adaptation holdout must be a fraction in [0, 1), got {self.holdout!r}")
+        if not (self.w_curvature >= 0 and self.curvature_spacing_fs > 0):
+            raise InputError(f"adaptation w_curvature must be >= 0 and curvature_spacing_fs > 0, got "
+                             f"{self.w_curvature!r} and {self.curvature_spacing_fs!r}")
         if not self.learning_rate > 0:
             raise InputError(f"adaptation learning_rate must be > 0, got {self.learning_rate!r}")
 
-    def train_config(self) -> TrainConfig:
+    def train_config(self, scale_curvature: float | None = None, spacing_fs: float | None = None) -> TrainConfig:
+        """The ``TrainConfig`` of these settings; ``scale_curvature`` (eV/fs²) and ``spacing_fs`` (fs,
+        default ``curvature_spacing_fs``): the curvature term's scale and its triplets' spacing."""
         return TrainConfig(learning_rate=self.learning_rate, warmup_steps=max(1, self.steps // 10),
                            total_steps=self.steps, end_lr_fraction=0.02, weight_decay=0.0, clip_norm=10.0,
-                           ema_decay=self.ema_decay, w_force=1.0, w_energy=self.w_energy)
+                           ema_decay=self.ema_decay, w_force=1.0, w_energy=self.w_energy,
+                           w_curvature=self.w_curvature, curvature_spacing_fs=spacing_fs or self.curvature_spacing_fs,
+                           scale_curvature=scale_curvature if self.w_curvature else None)
 
 
-def adapt_potential(fast: LearnedPotential, positions, energies, forces,
-                    config: AdaptConfig = AdaptConfig()) -> tuple[LearnedPotential, dict]:
+def adapt_potential(fast: LearnedPotential, positions, energies, forces, config: AdaptConfig = AdaptConfig(),
+                    spacing_fs: float = ADAPT_EVERY_FS) -> tuple[LearnedPotential, dict]:
     """Fine-tune ``fast`` on reference frames of its own molecule.
 
     Args:
         fast: a ``LearnedPotential`` (``jkstep.learned_potential(name, mol)``); a Δ-potential on
             MMFF94 learns the reference minus its MMFF94, as in training.
         positions: (F, N, 3) Å; energies: (F,) eV (absolute, any constant offset); forces:
-            (F, N, 3) eV/Å: the reference potential's (GFN2-xTB's) at those positions, e.g. the
-            frames of a Langevin thermalisation in time order.
+            (F, N, 3) eV/Å: the reference potential's (GFN2-xTB's) at those positions, frames of
+            one trajectory (e.g. a Langevin thermalisation) in time order, ``spacing_fs`` apart.
         config: ``AdaptConfig``.
+        spacing_fs: time between consecutive frames, fs. The force and energy terms train on a
+            frame every ``ADAPT_EVERY_FS`` (the nearest whole number of frames); the curvature term
+            (``config.w_curvature``) and the report's curvature on triplets about
+            ``config.curvature_spacing_fs`` apart (a whole number of frames, at least one).
 
     Returns (the adapted ``LearnedPotential`` for the same molecule, report): ``frames``,
     ``train_frames``, ``holdout_frames``, ``steps``, ``force_rmse_before_ev_a`` and
-    ``force_rmse_after_ev_a`` (full fast force against the reference on the held-out frames;
-    None without a holdout) and ``wall_s``.
+    ``force_rmse_after_ev_a`` (eV/Å, full fast force against the reference on the held-out frames,
+    one every ``ADAPT_EVERY_FS``), ``curvature_rms_before`` and ``curvature_rms_after`` (eV/fs²,
+    RMS second time difference of the energy error over the held-out frames: RESPA at macro-step τ
+    fluctuates in energy by about τ²/12 times it), None without a holdout, and ``wall_s``.
     """
     t0 = time.perf_counter()
     if not isinstance(fast, LearnedPotential):
@@ -105,47 +123,74 @@ def adapt_potential(fast: LearnedPotential, positions, energies, forces,
                          f"(F, {n}, 3) eV/Å; got {x.shape}, {e.shape}, {f.shape}")
     if not (np.isfinite(x).all() and np.isfinite(e).all() and np.isfinite(f).all()):
         raise InputError("adaptation frames must be finite (a frame of a failed SCF?)")
+    if not (isinstance(spacing_fs, (int, float)) and spacing_fs > 0):
+        raise InputError(f"adaptation frame spacing_fs must be a time in fs > 0, got {spacing_fs!r}")
+    stride = max(1, round(ADAPT_EVERY_FS / spacing_fs))              # frames of the force and energy terms
+    gap = max(1, round(config.curvature_spacing_fs / spacing_fs))    # triplets of the curvature term
+    s_fs = gap * spacing_fs
     n_frames = x.shape[0]
     n_train = n_frames - int(round(config.holdout * n_frames))
-    if n_train < MIN_FRAMES:
-        raise InputError(f"adaptation needs at least {MIN_FRAMES} training frames, got {n_train} of {n_frames}: "
-                         "thermalise longer")
+    train_idx = np.arange(0, n_train, stride)
+    if len(train_idx) < MIN_FRAMES:
+        raise InputError(f"adaptation needs at least {MIN_FRAMES} training frames ({ADAPT_EVERY_FS:g} fs apart), got "
+                         f"{len(train_idx)} of {n_frames} frames {spacing_fs:g} fs apart: thermalise longer")
 
     if fast.baseline is not None:       # a Δ-potential learns the reference minus its baseline
         e_b, f_b = jax.vmap(fast.baseline)(jnp.asarray(x))
         e, f = e - np.asarray(e_b), f - np.asarray(f_b)
     model = fast.model
     z = np.broadcast_to(fast.numbers, x.shape[:2]).astype(np.int32)
-    e_net = np.asarray(energy_and_forces(model, fast.params, jnp.asarray(z[:n_train]), None,
-                                         jnp.asarray(x[:n_train]))[0])
-    e = e - e[:n_train].mean() + e_net.mean()    # energies are matched up to a constant
+    e_net = np.asarray(energy_and_forces(model, fast.params, jnp.asarray(z[train_idx]), None,
+                                         jnp.asarray(x[train_idx]))[0])
+    e = e - e[train_idx].mean() + e_net.mean()    # energies are matched up to a constant
 
     def batch(idx):
         return {"numbers": jnp.asarray(z[idx]), "mask": jnp.asarray(z[idx] > 0), "positions": jnp.asarray(x[idx]),
                 "energy": jnp.asarray(e[idx]), "forces": jnp.asarray(f[idx])}
 
-    train_config = config.train_config()
-    fns = compile_steps(fast.config, train_config, config.learning_rate, ())
-    train_idx = np.arange(n_train)
     scales = scale_array(estimate_potential_scales(
         {"numbers": z[train_idx], "mask": z[train_idx] > 0, "energy": e[train_idx], "forces": f[train_idx]},
-        fast.config, train_config))
+        fast.config, None))
+    scale_curvature = None
+    if config.w_curvature:     # the scale: the labels' own curvature (the network's error at zero)
+        centres = np.arange(gap, n_train - gap)
+        scale_curvature = max(_rms(energy_error_curvature(-e[triplets_of(centres, gap)], s_fs)), 1e-6)
+    train_config = config.train_config(scale_curvature, s_fs)
+    fns = compile_steps(fast.config, train_config, config.learning_rate, ())
     state = create_train_state(fast.params, fns.tx, fns.model.apply)
     rng = np.random.default_rng(config.seed)
-    size = min(config.batch_size, n_train)
     for _ in range(config.steps):
-        state, _ = fns.train_step(state, batch(rng.choice(n_train, size, replace=False)), scales)
+        if config.w_curvature:
+            idx = triplets_of(rng.choice(centres, min(config.batch_size, len(centres)), replace=False), gap)
+        else:
+            idx = rng.choice(train_idx, min(config.batch_size, len(train_idx)), replace=False)
+        state, _ = fns.train_step(state, batch(idx), scales)
     params = state.ema_params
 
-    before = after = None
-    if n_train < n_frames:
-        held = batch(np.arange(n_train, n_frames))
-        before = float(fns.eval_step(fast.params, held, scales)["rmse_force"])
-        after = float(fns.eval_step(params, held, scales)["rmse_force"])
     report = {"frames": int(n_frames), "train_frames": int(n_train), "holdout_frames": int(n_frames - n_train),
-              "steps": int(config.steps), "force_rmse_before_ev_a": before, "force_rmse_after_ev_a": after,
-              "wall_s": time.perf_counter() - t0}
+              "steps": int(config.steps), "force_rmse_before_ev_a": None, "force_rmse_after_ev_a": None,
+              "curvature_rms_before": None, "curvature_rms_after": None}
+    if n_train < n_frames:     # held-out errors (the network's against the labels: the full force's too)
+        held = np.arange(n_train, n_frames, stride)
+        centres = np.arange(n_train + gap, n_frames - gap)
+        idx = triplets_of(centres, gap)
+        for when, p in (("before", fast.params), ("after", params)):
+            energy, frc = energy_and_forces(model, p, jnp.asarray(z[held]), None, jnp.asarray(x[held]))
+            report[f"force_rmse_{when}_ev_a"] = _rms(np.asarray(frc) - f[held])
+            if len(centres):
+                energy = energy_and_forces(model, p, jnp.asarray(z[idx]), None, jnp.asarray(x[idx]))[0]
+                report[f"curvature_rms_{when}"] = _rms(energy_error_curvature(np.asarray(energy) - e[idx], s_fs))
+    report["wall_s"] = time.perf_counter() - t0
     meta = dict(fast.meta, adapted=report)
     adapted = LearnedPotential(params, fast.config, fast.numbers, meta, name=f"{fast.name} (adapted)",
                                baseline=fast.baseline)
     return adapted, report
+
+
+def triplets_of(centres, gap: int):
+    """Frame indices (3G,) of G triplets in three blocks: all at t − gap, all at t, all at t + gap."""
+    return np.concatenate([centres - gap, centres, centres + gap])
+
+
+def _rms(a) -> float:
+    return float(np.sqrt(np.mean(np.square(np.asarray(a)))))

@@ -375,7 +375,22 @@ def compute_potential_losses(model: EnergyNet, params, batch, scales, train_conf
     loss = train_config.w_force * weighted_f / scales[2] ** 2 + train_config.w_energy * mse_e / scales[3] ** 2
     metrics = {"loss": loss, "rmse_force": jnp.sqrt(mse_f), "rmse_energy_per_atom": jnp.sqrt(mse_e),
                "mae_force": jnp.sum(jnp.abs(df)) / n3}
+    if train_config.w_curvature > 0:
+        curvature = energy_error_curvature(energy - batch["energy"], train_config.curvature_spacing_fs)
+        mse_c = jnp.mean(curvature**2)
+        loss = loss + train_config.w_curvature * mse_c / train_config.scale_curvature**2
+        metrics.update(loss=loss, rms_curvature=jnp.sqrt(mse_c))
     return loss, metrics
+
+
+def energy_error_curvature(error, spacing_fs: float):
+    """Second time difference (G,) eV/fs² of an energy error (3G,) eV over a batch of G frame
+    triplets laid out as three blocks (all frames at t − s, all at t, all at t + s; s = ``spacing_fs``).
+    Impulse RESPA's energy fluctuates by about τ²/12 times its RMS (``TrainConfig.w_curvature``)."""
+    if error.shape[0] % 3:
+        raise InputError(f"the curvature term needs a batch of frame triplets (3G frames), got {error.shape[0]}")
+    before, centre, after = error.reshape(3, -1)
+    return (before - 2.0 * centre + after) / spacing_fs**2
 
 
 def estimate_potential_scales(batch, config: PotentialConfig, train_config=None) -> dict[str, float]:

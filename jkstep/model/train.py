@@ -145,6 +145,9 @@ def train(model_config: ModelConfig, train_config: TrainConfig, batches_train: I
     if train_config.force_weighting != "uniform" and not isinstance(model_config, PotentialConfig):
         raise InputError(f"train config: force_weighting {train_config.force_weighting!r} applies to a learned "
                          "potential (kind: potential); a k-step model's loss weighs the forces uniformly")
+    if train_config.w_curvature > 0:
+        raise InputError("train config: w_curvature needs batches of consecutive-frame triplets, which only the "
+                         "per-run adaptation (jkstep.model.adapt) makes: set it to 0 for jkstep train")
     learning_rate = float(learning_rate or train_config.learning_rate)
     freeze = tuple(freeze)
     fns = compile_steps(model_config, train_config, learning_rate, freeze)
