@@ -177,7 +177,7 @@ def _run_parser(sub):
     _add_fast_every_arg(run)
     run.add_argument("--adapt", action="store_true",
                      help="respa with a learned --fast: fine-tune it on the Langevin equilibration's own xTB frames "
-                          "before the run (no extra xTB call; 30-60 s of CPU; needs --equilibrate-ps ≥ 0.1)")
+                          "before the run (no extra xTB call; 25-60 s of CPU; needs --equilibrate-ps ≥ 0.1)")
     run.add_argument("--model", help=f"kstep: a shipped model name (`jkstep models` lists them) or the path of an "
                                      f"Orbax checkpoint directory (default {DEFAULT_MODEL})")
     run.add_argument("--ensemble", default=None, choices=["nve", "nvt"],
@@ -654,7 +654,8 @@ def _print_evaluation(r: dict):
         print(f"respa_adapted: the fast force fine-tuned on {adaptation['train_frames']} thermalisation frames "
               f"({adaptation['steps']} steps, {adaptation['wall_s']:.1f} s); force RMSE on the last "
               f"{adaptation['holdout_frames']} {fmt(adaptation['force_rmse_before_ev_a'])} -> "
-              f"{fmt(adaptation['force_rmse_after_ev_a'])} eV/Å")
+              f"{fmt(adaptation['force_rmse_after_ev_a'])} eV/Å, energy-error curvature "
+              f"{fmt(adaptation['curvature_rms_before'])} -> {fmt(adaptation['curvature_rms_after'])} eV/fs²")
     if r["one_jump"]:
         print("one jump: " + ", ".join(f"{k} {fmt(v)}" for k, v in r["one_jump"].items()))
     if r.get("one_jump_verlet_kdt"):
@@ -1053,7 +1054,8 @@ def _print_summary(s: dict):
             print(f"  fast force adapted on {adapted['train_frames']} equilibration frames ({adapted['steps']} steps, "
                   f"{adapted['wall_s']:.1f} s): force RMSE on the last {adapted['holdout_frames']} "
                   f"{fmt(adapted['force_rmse_before_ev_a'], '.3f')} -> "
-                  f"{fmt(adapted['force_rmse_after_ev_a'], '.3f')} eV/Å")
+                  f"{fmt(adapted['force_rmse_after_ev_a'], '.3f')} eV/Å, energy-error curvature "
+                  f"{fmt(adapted['curvature_rms_before'], '.2e')} -> {fmt(adapted['curvature_rms_after'], '.2e')} eV/fs²")
         print(f"  k {s['k']}: {what}, fallbacks to Verlet {s['fallbacks']}; Verlet at {s['dt_fs']} fs would make "
               f"{plain} xTB calls ({plain / max(1, s['xtb_calls']):.1f}x more)")
         from jkstep.integrate import equal_cost_dt

@@ -140,16 +140,17 @@ def test_run_respa_learned_fast_force_in_three_levels(tmp_path):
 
 @pytest.mark.slow
 def test_run_respa_adapted_fast_force(tmp_path):
-    """`jkstep run --adapt`: gfn2-fast fine-tuned on the equilibration's frames (0.1 ps at 0.5 fs, one
-    every 2 fs) before the run; the run itself is still one xTB call per macro-step."""
+    """`jkstep run --adapt`: gfn2-fast fine-tuned on the equilibration's frames (0.1 ps at 0.5 fs, every
+    step) before the run; the run itself is still one xTB call per macro-step."""
     summary = tmp_path / "run.json"
     assert cli.main(["run", "--smiles", "CCO", "--integrator", "respa", "--fast", "gfn2-fast", "--adapt",
                      "--ps", "0.02", "--equilibrate-ps", "0.1", "--equilibrate-dt", "0.5", "--save-every", "8",
                      "--summary", str(summary)]) == 0
     s = json.loads(summary.read_text())
     a = s["fast_adaptation"]
-    assert (a["frames"], a["train_frames"], a["holdout_frames"]) == (50, 40, 10)
+    assert (a["frames"], a["train_frames"], a["holdout_frames"]) == (200, 160, 40)
     assert a["force_rmse_after_ev_a"] < a["force_rmse_before_ev_a"]
+    assert a["curvature_rms_after"] < a["curvature_rms_before"]
     assert (s["fast"], s["fast_every"], s["xtb_calls"], s["fallbacks"], s["blew_up"]) == ("gfn2-fast", 2, 11, 0, False)
 
 

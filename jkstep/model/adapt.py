@@ -1,17 +1,20 @@
 """Fine-tune a learned fast force on one molecule's own reference frames (per-run adaptation).
 
-A shipped fast force has never seen the molecule it runs on; its force error there (0.2–0.45 eV/Å
-against GFN2-xTB on the test molecules) is what RESPA's energy fluctuation is made of. Every run
+A shipped fast force has never seen the molecule it runs on; its error there (force RMSE 0.2–0.6
+eV/Å against GFN2-xTB on the test molecules) is what RESPA's energy fluctuation is made of: to
+leading order (τ²/12)·RMS(d²e/dt²), e the fast force's energy error along the motion. Every run
 that starts from a thermalised state has already made the xTB calls of that thermalisation: its
 frames (positions, energy, forces) are labelled data for exactly this molecule in exactly the
 region of configuration space the production run visits. ``adapt_potential`` fine-tunes the
-network on them (energy-and-force matching, the training loss of ``jkstep.model.potential``, from
-the shipped weights) and returns a new fast force for the same molecule. It makes no xTB call;
-its cost is CPU time (26–58 s for 2000 steps on a 2-core CPU), reported as ``wall_s``.
+network on them (energy-and-force matching, the training loss of ``jkstep.model.potential``, plus
+the curvature term ``TrainConfig.w_curvature`` over consecutive frames, from the shipped weights)
+and returns a new fast force for the same molecule. It makes no xTB call; its cost is CPU time
+(25–60 s for 2000 steps on a 2-core CPU), reported as ``wall_s``.
 
 The adapted force is fixed before the production run starts, so RESPA with it stays symplectic
 and time-reversible. The last ``holdout`` fraction of the frames (the end of the thermalisation
-in time) is not trained on: the force RMSE there, before and after, is the report's check.
+in time) is not trained on: the force RMSE and the curvature there, before and after, are the
+report's check.
 """
 
 from __future__ import annotations
@@ -30,7 +33,7 @@ from jkstep.model.potential import (LearnedPotential, energy_and_forces, energy_
                                     estimate_potential_scales)
 from jkstep.model.state import compile_steps, create_train_state
 
-ADAPT_EVERY_FS = 2.0     # a thermalisation frame every 2 fs is a training frame
+ADAPT_EVERY_FS = 2.0     # without the curvature term, a frame every 2 fs is a training frame
 MIN_FRAMES = 10
 MIN_ADAPT_PS = 0.1       # the shortest thermalisation a run or an evaluation adapts on (50 frames)
 
@@ -98,10 +101,12 @@ def adapt_potential(fast: LearnedPotential, positions, energies, forces, config:
             (F, N, 3) eV/Å: the reference potential's (GFN2-xTB's) at those positions, frames of
             one trajectory (e.g. a Langevin thermalisation) in time order, ``spacing_fs`` apart.
         config: ``AdaptConfig``.
-        spacing_fs: time between consecutive frames, fs. The force and energy terms train on a
-            frame every ``ADAPT_EVERY_FS`` (the nearest whole number of frames); the curvature term
-            (``config.w_curvature``) and the report's curvature on triplets about
-            ``config.curvature_spacing_fs`` apart (a whole number of frames, at least one).
+        spacing_fs: time between consecutive frames, fs. With the curvature term
+            (``config.w_curvature`` > 0) each batch is ``batch_size`` triplets of frames about
+            ``config.curvature_spacing_fs`` apart (a whole number of frames, at least one) centred
+            on any training frame, and the force and energy terms see all their frames; without it,
+            a batch is ``batch_size`` of the frames every ``ADAPT_EVERY_FS``. At least
+            ``MIN_FRAMES`` frames ``ADAPT_EVERY_FS`` apart must precede the holdout.
 
     Returns (the adapted ``LearnedPotential`` for the same molecule, report): ``frames``,
     ``train_frames``, ``holdout_frames``, ``steps``, ``force_rmse_before_ev_a`` and
