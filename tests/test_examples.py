@@ -158,9 +158,10 @@ def test_respa_three_levels(tmp_path):
 @pytest.mark.slow
 def test_respa_adapted(tmp_path):
     out = run_example("respa_adapted.py", cwd=tmp_path)
-    assert "thermalised 100 fs: xTB calls 201, 50 frames kept" in out
-    m = re.search(r"adapted on 40 frames in \d+ s: force RMSE on the last 10 ([\d.]+) -> ([\d.]+) eV/Å", out)
-    assert m and float(m.group(2)) < float(m.group(1))
+    assert "thermalised 100 fs: xTB calls 201, 200 frames kept" in out
+    m = re.search(r"adapted on 160 frames in \d+ s: force RMSE on the last 40 ([\d.]+) -> ([\d.]+) eV/Å; "
+                  r"energy-error curvature ([\d.e+-]+) -> ([\d.e+-]+) eV/fs²", out)
+    assert m and float(m.group(2)) < float(m.group(1)) and float(m.group(4)) < float(m.group(3))
     assert "gfn2-fast: 20 macro-steps of 2 fs, xTB calls 21" in out
     assert "adapted: 20 macro-steps of 2 fs, xTB calls 21" in out
     assert "one xTB call per macro-step with either force: OK" in out
