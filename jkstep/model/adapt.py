@@ -177,12 +177,12 @@ def adapt_potential(fast: LearnedPotential, positions, energies, forces, config:
               "curvature_rms_before": None, "curvature_rms_after": None}
     if n_train < n_frames:     # held-out errors (the network's against the labels: the full force's too)
         held = np.arange(n_train, n_frames, stride)
-        centres = np.arange(n_train + gap, n_frames - gap)
-        idx = triplets_of(centres, gap)
+        held_centres = np.arange(n_train + gap, n_frames - gap)
+        idx = triplets_of(held_centres, gap)
         for when, p in (("before", fast.params), ("after", params)):
-            energy, frc = energy_and_forces(model, p, jnp.asarray(z[held]), None, jnp.asarray(x[held]))
+            frc = energy_and_forces(model, p, jnp.asarray(z[held]), None, jnp.asarray(x[held]))[1]
             report[f"force_rmse_{when}_ev_a"] = _rms(np.asarray(frc) - f[held])
-            if len(centres):
+            if len(held_centres):
                 energy = energy_and_forces(model, p, jnp.asarray(z[idx]), None, jnp.asarray(x[idx]))[0]
                 report[f"curvature_rms_{when}"] = _rms(energy_error_curvature(np.asarray(energy) - e[idx], s_fs))
     report["wall_s"] = time.perf_counter() - t0
