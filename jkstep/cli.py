@@ -255,7 +255,7 @@ def _evaluate_parser(sub):
                          "the modified energy the scheme conserves); mmff_respa stays impulse")
     ev.add_argument("--adapt", action="store_true",
                     help="with --fast: also run respa_adapted, the fast force fine-tuned on the thermalisation's "
-                         "own xTB frames (no extra xTB call; 30-60 s of CPU, counted in its wall_s)")
+                         "own xTB frames (no extra xTB call; 25-60 s of CPU, counted in its wall_s)")
     ev.add_argument("--summary", help="write the evaluation as JSON to this path")
     ev.add_argument("--plots", help="directory for the energy, spectrum and distribution plots")
     _add_parallel_args(ev, "one task per contender and replica")
