@@ -326,6 +326,10 @@ def _generate_fast_parser(sub):
     ff.add_argument("--compact", metavar="PATH", default=None,
                     help="instead of generating, pack the generated molecule files into one committed float32 "
                          "file (e.g. data/fast_frames.npz) with a provenance file beside it")
+    ff.add_argument("--triplets", action="store_true",
+                    help="--config is a triplet config (configs/fast/triplets.yaml): label, for each frame of its "
+                         "frame file, the frames one short step before and after along a thermal motion (the "
+                         "training's curvature term, w_curvature); with --compact, pack those")
     _add_parallel_args(ff, "one task per molecule")
     ff.set_defaults(handler=cmd_generate_fast)
 
@@ -747,26 +751,34 @@ def _train_potential(args, model_config, train_config) -> int:
     """``jkstep train`` of a learned fast force: energy-and-force matching on the frame file of the
     train config's data: section; ``--pretrained`` restores a potential checkpoint (e.g. the MMFF94
     pretraining run) with Orbax and fine-tunes it at ``finetune_learning_rate``."""
+    import dataclasses
+
+    from jkstep.errors import InputError
     from jkstep.model.potential import potential_data, read_potential_checkpoint
     from jkstep.model.train import train
 
     if args.freeze_layers or args.heads != "map":
-        from jkstep.errors import InputError
-
         raise InputError("--freeze-layers and --heads are for k-step models; a potential fine-tunes all weights")
-    model_config, train_set, val_batches, prov = potential_data(model_config, train_config.data, train_config.seed)
+    curved = train_config.w_curvature > 0
+    model_config, train_set, val_batches, prov = potential_data(
+        model_config, train_config.data, train_config.seed, (train_config.curvature_triplets or 16) if curved else None)
     other = [k for k in prov if k.startswith("val_force_rmse_of_") and k.endswith("labels_ev_a")]
     print(f"train: {prov['train_molecules']} molecules, {prov['train_frames']} frames ({prov['labels']} labels); "
           f"validation: {len(prov['val_molecules'])} molecules, {prov['val_frames']} frames"
           + (f"; {other[0].split('_')[4]} force RMSE against them {prov[other[0]]:.4f} eV/Å" if other else ""))
+    if curved:
+        if abs(prov["triplet_spacing_fs"] - train_config.curvature_spacing_fs) > 1e-9:
+            raise InputError(f"train config: curvature_spacing_fs is {train_config.curvature_spacing_fs:g} fs but the "
+                             f"triplets are {prov['triplet_spacing_fs']:g} fs apart: make them agree")
+        train_config = dataclasses.replace(
+            train_config, curvature_triplets=train_config.curvature_triplets or 16,
+            scale_curvature=train_config.scale_curvature or prov["triplet_label_curvature_rms"])
+        print(f"curvature term: {prov['train_triplets']} training and {prov['val_triplets']} validation triplets, "
+              f"{train_config.curvature_triplets} per batch, scale {train_config.scale_curvature:.4g} eV/fs²")
     init, lr, extra = None, None, {"data_provenance": prov}
     if args.pretrained:
         init, meta, source_config = read_potential_checkpoint(args.pretrained)
-        import dataclasses
-
         if dataclasses.replace(source_config, element_energies=model_config.element_energies) != model_config:
-            from jkstep.errors import InputError
-
             raise InputError(f"{args.pretrained} is a potential of another architecture ({source_config}); "
                              "fine-tuning needs the same features, layers, cutoff and n_rbf")
         lr = train_config.finetune_learning_rate
@@ -986,18 +998,23 @@ def cmd_generate_fast(args) -> int:
     from jkstep.data import fastforce
 
     parallel.check_workers(args.workers, args.scheduler)
-    config = fastforce.load_config(args.config)
+    if args.triplets:
+        from jkstep.data import triplets as kind
+    else:
+        kind = fastforce
+    config = kind.load_config(args.config)
     if args.compact:
-        prov = fastforce.compact(config.output, args.compact,
-                                 command="jkstep generate-fast --config " + args.config + " && "
-                                         "jkstep generate-fast --config " + args.config + " --compact " + args.compact)
+        command = "jkstep generate-fast --config " + args.config + (" --triplets" if args.triplets else "")
+        prov = fastforce.compact(config.output, args.compact, command=command + " && " + command + " --compact "
+                                 + args.compact, blocks=3 if args.triplets else 1)
         print(f"{args.compact}: {prov['molecules']} molecules, {prov['frames']} frames, {prov['bytes'] / 1e6:.1f} MB")
         return 0
 
     def progress(name, i, n):
         print(f"[{i}/{n}] {name}", file=sys.stderr, flush=True)
 
-    summary = fastforce.generate(config, progress=progress, workers=args.workers, scheduler=args.scheduler)
+    make = kind.generate_triplets if args.triplets else fastforce.generate
+    summary = make(config, progress=progress, workers=args.workers, scheduler=args.scheduler)
     print(json.dumps(summary))
     return 0
 

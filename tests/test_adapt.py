@@ -130,13 +130,5 @@ def test_curvature_term_lowers_the_energy_errors_curvature_along_a_trajectory():
 
 
 def test_curvature_settings_are_checked():
-    from jkstep.model.config import TrainConfig
-    from jkstep.model.potential import PotentialConfig
-    from jkstep.model.train import train
-
     with pytest.raises(InputError, match="w_curvature must be >= 0"):
         AdaptConfig(w_curvature=-1.0)
-    with pytest.raises(InputError, match="needs scale_curvature"):
-        TrainConfig(w_curvature=1.0)
-    with pytest.raises(InputError, match="only the per-run adaptation"):
-        train(PotentialConfig(), TrainConfig(w_curvature=1.0, scale_curvature=1e-3), [], [], "/nonexistent/x")

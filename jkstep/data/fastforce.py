@@ -405,10 +405,12 @@ def generate(cfg: FastDataConfig, progress: Callable[[str, int, int], None] | No
 # compact committed copy and loading
 
 
-def compact(directory, out_path, command: str = "", molecules=None) -> dict:
+def compact(directory, out_path, command: str = "", molecules=None, blocks: int = 1) -> dict:
     """Pack every ``directory/*.npz`` molecule file into one compressed ``out_path`` (float32
     positions and forces; energies as float32 offsets from a float64 per-molecule reference, the
-    mean xTB or MMFF energy of its frames) and write ``<out_path>.provenance.json``."""
+    mean xTB or MMFF energy of its frames) and write ``<out_path>.provenance.json``. ``blocks`` = 3:
+    the files are triplets (``jkstep.data.triplets``: each molecule's frames in three blocks x₋, x,
+    x₊, ``spacing_fs`` apart), recorded in the file as ``blocks`` and ``spacing_fs``."""
     directory, out_path = Path(directory), Path(out_path)
     files = sorted(directory.glob("*.npz"))
     if molecules is not None:
@@ -416,9 +418,11 @@ def compact(directory, out_path, command: str = "", molecules=None) -> dict:
     if not files:
         raise InputError(f"{directory} holds no molecule files")
     cols = {k: [] for k in ("numbers", "positions", "xtb_forces", "mmff_forces", "xtb_de", "mmff_de", "source")}
-    names, smiles, n_atoms, n_frames, xtb_ref, mm_ref = [], [], [], [], [], []
+    names, smiles, n_atoms, n_frames, xtb_ref, mm_ref, spacing = [], [], [], [], [], [], set()
     for f in files:
         with np.load(f) as d:
+            if blocks > 1:
+                spacing.add(float(d["spacing_fs"]) if "spacing_fs" in d.files else None)
             e, me = d["xtb_energy"], d["mmff_energy"]
             names.append(str(d["name"])), smiles.append(str(d["smiles"]))
             n_atoms.append(len(d["numbers"])), n_frames.append(len(e))
@@ -433,6 +437,10 @@ def compact(directory, out_path, command: str = "", molecules=None) -> dict:
     arrays = {k: np.concatenate(v) for k, v in cols.items()}
     arrays.update(names=np.array(names), smiles=np.array(smiles), n_atoms=np.array(n_atoms, np.int32),
                   n_frames=np.array(n_frames, np.int32), xtb_ref=np.array(xtb_ref), mmff_ref=np.array(mm_ref))
+    if blocks > 1:
+        if len(spacing) != 1 or None in spacing or any(n % blocks for n in n_frames):
+            raise InputError(f"{directory}: not {blocks} equal blocks of frames one spacing apart in every file")
+        arrays.update(blocks=np.array(blocks), spacing_fs=np.array(spacing.pop()))
     out_path.parent.mkdir(parents=True, exist_ok=True)
     tmp = out_path.with_name(f".{out_path.name}.tmp")
     with open(tmp, "wb") as fh:
@@ -448,6 +456,9 @@ def compact(directory, out_path, command: str = "", molecules=None) -> dict:
             "frames_per_source": {name: int(np.sum(arrays["source"] == code)) for code, name in enumerate(SOURCES)},
             "atoms_per_molecule": {"min": int(min(n_atoms)), "max": int(max(n_atoms)),
                                    "mean": round(float(np.mean(n_atoms)), 2)}}
+    if blocks > 1:
+        prov["layout"] += (f"; each molecule's frames in {blocks} blocks (x-, x, x+: triplets "
+                           f"{float(arrays['spacing_fs']):g} fs apart along a thermal motion)")
     with open(out_path.with_suffix(".provenance.json"), "w") as fh:
         json.dump(prov, fh, indent=2)
         fh.write("\n")
@@ -457,7 +468,8 @@ def compact(directory, out_path, command: str = "", molecules=None) -> dict:
 def load_frames(path) -> list[dict]:
     """Per-molecule frame sets of a compact file: a list of dicts with ``name``, ``smiles``,
     ``numbers`` (N,), ``positions`` (F, N, 3), ``xtb_energy``/``mmff_energy`` (F,) float64 eV
-    (reference + offset), ``xtb_forces``/``mmff_forces`` (F, N, 3) and ``source`` (F,)."""
+    (reference + offset), ``xtb_forces``/``mmff_forces`` (F, N, 3), ``source`` (F,) and, in a
+    triplet file, ``blocks`` (3) and ``spacing_fs``."""
     path = os.fspath(path)
     if not os.path.isfile(path):
         raise InputError(f"no fast-force frame file {path}: run `jkstep generate-fast` then "
@@ -477,5 +489,7 @@ def load_frames(path) -> list[dict]:
             "xtb_energy": a["xtb_ref"][m] + a["xtb_de"][fa:fa + f].astype(np.float64),
             "mmff_energy": a["mmff_ref"][m] + a["mmff_de"][fa:fa + f].astype(np.float64),
             "source": a["source"][fa:fa + f]})
+        if "blocks" in a:
+            out[-1].update(blocks=int(a["blocks"]), spacing_fs=float(a["spacing_fs"]))
         za, ia, fa = za + n, ia + f * n, fa + f
     return out

@@ -56,12 +56,15 @@ class TrainConfig:
             error times 1/m, normalised to mean 1 over the batch's atoms: a RESPA kick changes v
             by τΔF/m and the energy by about τ²ΔF²/m, so this weighs the errors as the fast force's
             energy error does; a hydrogen counts 12× a carbon).
-        w_curvature: weight of the energy error's curvature along the trajectory (a learned potential,
-            batches of consecutive-frame triplets: only ``jkstep.model.adapt`` makes them). Impulse
-            RESPA at macro-step τ conserves H + (τ²/12)·d²ΔV/dt² to leading order (ΔV: slow minus fast
-            potential), so its energy fluctuates by about (τ²/12)·RMS(d²ΔV/dt²): this term is the
-            mean of (e₋ − 2e₀ + e₊)²/s⁴ (e: energy error, eV; s = ``curvature_spacing_fs``) over
-            ``scale_curvature`` (eV/fs²)². docs/results.md, "The energy error's curvature".
+        w_curvature: weight of the energy error's curvature along the motion (a learned potential).
+            Impulse RESPA at macro-step τ conserves H + (τ²/12)·d²ΔV/dt² to leading order (ΔV: slow
+            minus fast potential), so its energy fluctuates by about (τ²/12)·RMS(d²ΔV/dt²): this term
+            is the mean of (e₋ − 2e₀ + e₊)²/s⁴ (e: energy error, eV; s = ``curvature_spacing_fs``) over
+            ``scale_curvature`` (eV/fs²)², on frame triplets: the last 3·``curvature_triplets``
+            frames of each batch in three blocks (x₋, x, x₊; None: the whole batch). ``jkstep
+            train`` takes them from the data section's ``triplets:`` file (``jkstep.data.triplets``)
+            and measures ``scale_curvature`` (None) as its labels' own RMS; ``jkstep.model.adapt``
+            from the thermalisation. docs/results.md, "The energy error's curvature".
         val_every, log_every, checkpoint_every: in steps.   keep_latest: latest checkpoints kept.
         patience: validations without improvement (by more than ``min_delta``) before training
             stops early; None never stops.   seed: parameter initialisation.
@@ -94,6 +97,7 @@ class TrainConfig:
     w_curvature: float = 0.0
     curvature_spacing_fs: float = 0.5
     scale_curvature: float | None = None
+    curvature_triplets: int | None = None
     val_every: int = 250
     log_every: int = 25
     checkpoint_every: int = 500
@@ -126,8 +130,12 @@ class TrainConfig:
         if float(self.w_curvature) < 0 or not float(self.curvature_spacing_fs) > 0:
             raise InputError(f"train config: w_curvature must be >= 0 and curvature_spacing_fs > 0, got "
                              f"{self.w_curvature!r} and {self.curvature_spacing_fs!r}")
-        if self.w_curvature > 0 and not (self.scale_curvature or 0) > 0:
-            raise InputError("train config: w_curvature > 0 needs scale_curvature (eV/fs²) > 0")
+        if self.scale_curvature is not None and not self.scale_curvature > 0:
+            raise InputError(f"train config: scale_curvature must be > 0 eV/fs² (or null: measured), "
+                             f"got {self.scale_curvature!r}")
+        if self.curvature_triplets is not None and int(self.curvature_triplets) < 1:
+            raise InputError(f"train config: curvature_triplets must be >= 1 (or null: the whole batch), "
+                             f"got {self.curvature_triplets!r}")
         if self.data is not None and not isinstance(self.data, Mapping):
             raise InputError(f"train config: data must be a mapping (the data: section with dir, splits, "
                              f"stride, batch_size, ...), got {self.data!r}")

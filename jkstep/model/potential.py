@@ -376,7 +376,10 @@ def compute_potential_losses(model: EnergyNet, params, batch, scales, train_conf
     metrics = {"loss": loss, "rmse_force": jnp.sqrt(mse_f), "rmse_energy_per_atom": jnp.sqrt(mse_e),
                "mae_force": jnp.sum(jnp.abs(df)) / n3}
     if train_config.w_curvature > 0:
-        curvature = energy_error_curvature(energy - batch["energy"], train_config.curvature_spacing_fs)
+        error = energy - batch["energy"]
+        if train_config.curvature_triplets is not None:     # the triplets follow the batch's plain frames
+            error = error[error.shape[0] - 3 * int(train_config.curvature_triplets):]
+        curvature = energy_error_curvature(error, train_config.curvature_spacing_fs)
         mse_c = jnp.mean(curvature**2)
         loss = loss + train_config.w_curvature * mse_c / train_config.scale_curvature**2
         metrics.update(loss=loss, rms_curvature=jnp.sqrt(mse_c))
@@ -507,24 +510,126 @@ class PotentialBatches:
                 yield {k: v[i:i + other.batch_size] for k, v in a.items()}
 
 
-def potential_data(config: PotentialConfig, data: dict, seed: int = 0):
+class TripletBatches:
+    """Frame triplets of a triplet file (``jkstep.data.triplets``) by size bucket: ``take(bucket)``
+    gives ``per_batch`` triplets of molecules in that bucket as one batch of 3G frames in three
+    blocks (x₋, x, x₊), cycling through a shuffled order per bucket (in file order with
+    ``shuffle=False``); resumable (``get_state`` / ``set_state``)."""
+
+    def __init__(self, molecules, labels: str, per_batch: int, buckets=(12, 20, 30), seed: int = 0,
+                 shuffle: bool = True):
+        self.per_batch, self.shuffle = int(per_batch), bool(shuffle)
+        self.arrays = {}
+        for b in sorted(buckets):
+            lower = max([c for c in buckets if c < b], default=0)
+            rows = {k: [] for k in POTENTIAL_BATCH_KEYS}
+            for m in molecules:
+                n = len(m["numbers"])
+                if not (lower < n <= b):
+                    continue
+                t = len(m["positions"]) // 3
+                z = np.zeros((3, t, b), np.int32)
+                z[..., :n] = m["numbers"]
+                x = np.zeros((3, t, b, 3))
+                x[:, :, :n] = m["positions"].reshape(3, t, n, 3)
+                frc = np.zeros((3, t, b, 3))
+                frc[:, :, :n] = m[f"{labels}_forces"].reshape(3, t, n, 3)
+                rows["numbers"].append(z), rows["positions"].append(x), rows["forces"].append(frc)
+                rows["mask"].append(z > 0), rows["energy"].append(m[f"{labels}_energy"].reshape(3, t))
+            if rows["numbers"]:
+                self.arrays[b] = {k: np.concatenate(v, axis=1) for k, v in rows.items()}
+        self.n_triplets = sum(a["energy"].shape[1] for a in self.arrays.values())
+        self._rngs = {b: np.random.default_rng([seed, b]) for b in self.arrays}   # one stream per bucket
+        self._order, self._drawn_from, self._pos = {}, {}, {}
+        for b in self.arrays:
+            self._new_order(b)
+
+    def _new_order(self, b):
+        self._drawn_from[b] = self._rngs[b].bit_generator.state
+        n = self.arrays[b]["energy"].shape[1]
+        self._order[b] = self._rngs[b].permutation(n) if self.shuffle else np.arange(n)
+        self._pos[b] = 0
+
+    def take(self, bucket: int) -> dict:
+        if bucket not in self.arrays:
+            raise InputError(f"the triplets: file has no molecule of the size bucket of {bucket} atoms")
+        idx = []
+        while len(idx) < self.per_batch:
+            order, pos = self._order[bucket], self._pos[bucket]
+            more = order[pos:pos + self.per_batch - len(idx)]
+            idx.extend(more)
+            self._pos[bucket] = pos + len(more)
+            if self._pos[bucket] >= len(order):
+                self._new_order(bucket)
+        idx = np.asarray(idx)
+        return {k: v[:, idx].reshape(-1, *v.shape[2:]) for k, v in self.arrays[bucket].items()}
+
+    def get_state(self) -> dict:
+        return {str(b): {"drawn_from": self._drawn_from[b], "pos": int(self._pos[b])} for b in self.arrays}
+
+    def set_state(self, state) -> None:
+        for b in self.arrays:
+            self._rngs[b].bit_generator.state = state[str(b)]["drawn_from"]
+            self._new_order(b)
+            self._pos[b] = int(state[str(b)]["pos"])
+
+
+class WithTriplets:
+    """Training batches of plain frames, each followed by triplets of its size bucket (the batch
+    layout ``TrainConfig.curvature_triplets`` expects); resumable like its two parts."""
+
+    def __init__(self, frames: PotentialBatches, triplets: TripletBatches):
+        self.frames, self.triplets = frames, triplets
+        self.n_frames = frames.n_frames
+
+    def __iter__(self):
+        return self
+
+    def __next__(self):
+        return join_triplets(next(self.frames), self.triplets)
+
+    def get_state(self) -> dict:
+        return {"frames": self.frames.get_state(), "triplets": self.triplets.get_state()}
+
+    def set_state(self, state) -> None:
+        self.frames.set_state(state["frames"])
+        self.triplets.set_state(state["triplets"])
+
+
+def join_triplets(batch: dict, triplets: TripletBatches) -> dict:
+    """``batch`` with ``triplets.per_batch`` triplets of its size bucket appended (3G frames)."""
+    more = triplets.take(batch["numbers"].shape[1])
+    return {k: np.concatenate([batch[k], more[k]]) for k in POTENTIAL_BATCH_KEYS}
+
+
+def potential_data(config: PotentialConfig, data: dict, seed: int = 0, triplets_per_batch: int | None = None):
     """(config with per-element energies fitted to the training molecules, train batches,
     validation batch list, provenance) from a train config's ``data:`` section: ``frames`` (the
     compact frame file), ``labels`` (xtb | mmff), ``batch_size``, optional ``val_molecules`` /
-    ``val_every_nth``, ``max_frames_per_molecule``, ``max_label_force`` (eV/Å) and ``sources``
-    (the kinds of frames kept, names of ``jkstep.data.fastforce.SOURCES``; default all)."""
+    ``val_every_nth``, ``max_frames_per_molecule``, ``max_label_force`` (eV/Å), ``sources``
+    (the kinds of frames kept, names of ``jkstep.data.fastforce.SOURCES``; default all) and
+    ``triplets`` (a triplet file of ``jkstep.data.triplets``, split by the same molecules: each
+    batch is then followed by ``triplets_per_batch`` triplets of its size bucket, and the
+    provenance gives ``triplet_spacing_fs`` and ``triplet_label_curvature_rms`` (eV/fs²), the
+    training labels' own RMS second time difference, the curvature term's scale)."""
     from jkstep.data.fastforce import SOURCES, load_frames
 
     if "frames" not in data:
         raise InputError("data: a potential's train config needs frames: (e.g. data/fast_frames.npz)")
     labels = data.get("labels", "xtb")
+    if bool(data.get("triplets")) != (triplets_per_batch is not None):
+        raise InputError("data: triplets: (a triplet file) and the train config's w_curvature > 0 go together: "
+                         "give both or neither")
     molecules = load_frames(data["frames"])
+    triplets = load_frames(data["triplets"]) if data.get("triplets") else []
+    if any(m.get("blocks") != 3 for m in triplets):
+        raise InputError(f"data: triplets: {data['triplets']} is not a triplet file (jkstep generate-fast --triplets)")
     if config.baseline == "mmff":
         # a Δ-potential learns the labels minus MMFF94 (the baseline it is added to at run time)
         if labels != "xtb":
             raise InputError(f"data: a Δ-potential on MMFF94 (baseline: mmff) learns xtb minus mmff labels; "
                              f"labels: {labels} has nothing to learn")
-        for m in molecules:
+        for m in molecules + triplets:
             m["delta_forces"] = m["xtb_forces"] - m["mmff_forces"]
             m["delta_energy"] = m["xtb_energy"] - m["mmff_energy"]
         labels = "delta"
@@ -558,6 +663,29 @@ def potential_data(config: PotentialConfig, data: dict, seed: int = 0):
     cap = data.get("max_frames_per_molecule")
     train = PotentialBatches(train_mols, labels, batch, seed=seed, max_frames_per_molecule=cap)
     val = PotentialBatches(val_mols, labels, batch, shuffle=False).once()
+    val_frames = int(sum(len(b["energy"]) for b in val))
+    trip_prov = {}
+    if triplets:
+        for m in triplets:      # a triplet goes if any of its three frames has wild labels
+            t = len(m["positions"]) // 3
+            wild = np.max(np.abs(m[f"{labels}_forces"]), axis=(1, 2)).reshape(3, t).max(0) > cap_force
+            for key in ("positions", "xtb_forces", "mmff_forces", "xtb_energy", "mmff_energy", "source",
+                        "delta_forces", "delta_energy"):
+                m[key] = np.concatenate([block[~wild] for block in np.split(m[key], 3)])
+        train_trip = [m for m in triplets if m["name"] in set(train_names) and len(m["positions"])]
+        val_trip = [m for m in triplets if m["name"] in set(val_names) and len(m["positions"])]
+        if not train_trip or not val_trip:
+            raise InputError(f"data: triplets: {data['triplets']} has no triplets of the training or of the "
+                             "validation molecules of the frame file")
+        spacing = triplets[0]["spacing_fs"]
+        second = np.concatenate([np.diff(m[f"{labels}_energy"].reshape(3, -1), 2, axis=0)[0] for m in train_trip])
+        train = WithTriplets(train, TripletBatches(train_trip, labels, triplets_per_batch, seed=seed + 1))
+        val_t = TripletBatches(val_trip, labels, triplets_per_batch, shuffle=False)
+        val = [join_triplets(b, val_t) for b in val]
+        trip_prov = {"triplets": os.fspath(data["triplets"]), "triplet_spacing_fs": spacing,
+                     "train_triplets": int(sum(len(m["positions"]) // 3 for m in train_trip)),
+                     "val_triplets": int(sum(len(m["positions"]) // 3 for m in val_trip)),
+                     "triplet_label_curvature_rms": float(np.sqrt(np.mean(second**2))) / spacing**2}
     # the force error of the other labels (for a Δ-potential: of MMFF94 alone) on the same frames
     other, mine = ("mmff", "xtb") if labels in ("xtb", "delta") else ("xtb", "mmff")
     diff = np.concatenate([(m[f"{other}_forces"] - m[f"{mine}_forces"]).ravel() for m in val_mols])
@@ -565,9 +693,9 @@ def potential_data(config: PotentialConfig, data: dict, seed: int = 0):
                     for m in val_mols}
     prov = {"frames": os.fspath(data["frames"]), "labels": labels, "train_molecules": len(train_mols),
             "val_molecules": val_names, "train_frames": train.n_frames,
-            "val_frames": int(sum(len(b["energy"]) for b in val)),
+            "val_frames": val_frames,
             "dropped_frames_label_force_above": {"ev_a": cap_force, "frames": dropped},
             "sources": list(sources), "frames_of_other_sources_left_out": left_out,
             f"val_force_rmse_of_{other}_labels_ev_a": float(np.sqrt(np.mean(diff**2))),
-            f"val_force_rmse_of_{other}_labels_per_molecule_ev_a": per_molecule}
+            f"val_force_rmse_of_{other}_labels_per_molecule_ev_a": per_molecule, **trip_prov}
     return config, train, val, prov

@@ -45,7 +45,7 @@ from jkstep.model.state import model_parts, prepare_for
 from jkstep.model.transfer import load_converted_params
 
 #: validation metrics kept in a checkpoint's history (those the model's loss reports)
-HISTORY_KEYS = ("loss", "rmse_x_a", "rmse_v", "rmse_force", "rmse_energy_per_atom")
+HISTORY_KEYS = ("loss", "rmse_x_a", "rmse_v", "rmse_force", "rmse_energy_per_atom", "rms_curvature")
 
 
 def _loss_scales(batch, model_config, train_config) -> dict:
@@ -145,9 +145,12 @@ def train(model_config: ModelConfig, train_config: TrainConfig, batches_train: I
     if train_config.force_weighting != "uniform" and not isinstance(model_config, PotentialConfig):
         raise InputError(f"train config: force_weighting {train_config.force_weighting!r} applies to a learned "
                          "potential (kind: potential); a k-step model's loss weighs the forces uniformly")
-    if train_config.w_curvature > 0:
-        raise InputError("train config: w_curvature needs batches of consecutive-frame triplets, which only the "
-                         "per-run adaptation (jkstep.model.adapt) makes: set it to 0 for jkstep train")
+    if train_config.w_curvature > 0 and not isinstance(model_config, PotentialConfig):
+        raise InputError("train config: w_curvature applies to a learned potential (kind: potential); "
+                         "set it to 0 for a k-step model")
+    if train_config.w_curvature > 0 and train_config.scale_curvature is None:
+        raise InputError("train config: w_curvature > 0 needs scale_curvature (eV/fs²) > 0 (jkstep train "
+                         "measures it from the data section's triplets: file)")
     learning_rate = float(learning_rate or train_config.learning_rate)
     freeze = tuple(freeze)
     fns = compile_steps(model_config, train_config, learning_rate, freeze)
