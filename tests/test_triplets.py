@@ -136,10 +136,11 @@ def test_batches_with_triplets_and_the_curvature_loss(tmp_path):
 
     val = [join_triplets(b, TripletBatches(trips, "xtb", 2, shuffle=False))
            for b in PotentialBatches(frames, "xtb", 4, shuffle=False).once()]
-    tc = dataclasses.replace(tc, learning_rate=3e-3, warmup_steps=2, total_steps=6, val_every=3, log_every=3,
-                             checkpoint_every=3, patience=None, clip_norm=10.0)
-    result = train(cfg, tc, stream, val, tmp_path / "run")
-    assert result.steps == 6 and all(np.isfinite(h["rms_curvature"]) for h in result.history)
+    tc = dataclasses.replace(tc, learning_rate=3e-3, warmup_steps=1, total_steps=4, val_every=2, log_every=2,
+                             checkpoint_every=2, patience=None, clip_norm=10.0)
+    result = train(cfg, tc, stream, val[:2], tmp_path / "run")
+    assert result.steps == 4 and len(result.history) == 2
+    assert all(0 < h["rms_curvature"] < np.inf for h in result.history)
     with pytest.raises(InputError, match="no molecule of the size bucket"):
         TripletBatches(trips, "xtb", 2).take(30)
 
