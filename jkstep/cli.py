@@ -759,19 +759,19 @@ def _train_potential(args, model_config, train_config) -> int:
 
     if args.freeze_layers or args.heads != "map":
         raise InputError("--freeze-layers and --heads are for k-step models; a potential fine-tunes all weights")
-    curved = train_config.w_curvature > 0
-    model_config, train_set, val_batches, prov = potential_data(
-        model_config, train_config.data, train_config.seed, (train_config.curvature_triplets or 16) if curved else None)
+    triplets = (train_config.curvature_triplets or 16) if train_config.w_curvature > 0 else None  # per batch
+    model_config, train_set, val_batches, prov = potential_data(model_config, train_config.data, train_config.seed,
+                                                                triplets)
     other = [k for k in prov if k.startswith("val_force_rmse_of_") and k.endswith("labels_ev_a")]
     print(f"train: {prov['train_molecules']} molecules, {prov['train_frames']} frames ({prov['labels']} labels); "
           f"validation: {len(prov['val_molecules'])} molecules, {prov['val_frames']} frames"
           + (f"; {other[0].split('_')[4]} force RMSE against them {prov[other[0]]:.4f} eV/Å" if other else ""))
-    if curved:
+    if triplets:
         if abs(prov["triplet_spacing_fs"] - train_config.curvature_spacing_fs) > 1e-9:
             raise InputError(f"train config: curvature_spacing_fs is {train_config.curvature_spacing_fs:g} fs but the "
                              f"triplets are {prov['triplet_spacing_fs']:g} fs apart: make them agree")
         train_config = dataclasses.replace(
-            train_config, curvature_triplets=train_config.curvature_triplets or 16,
+            train_config, curvature_triplets=triplets,
             scale_curvature=train_config.scale_curvature or prov["triplet_label_curvature_rms"])
         print(f"curvature term: {prov['train_triplets']} training and {prov['val_triplets']} validation triplets, "
               f"{train_config.curvature_triplets} per batch, scale {train_config.scale_curvature:.4g} eV/fs²")

@@ -37,7 +37,7 @@ def test_displaced_pair_is_one_verlet_step_each_way():
     assert abs(kt / (units.KB * 300.0) - 1) < 0.05
 
 
-def test_triplets_are_labelled_at_their_own_positions(tmp_path):
+def test_triplets_are_labelled_at_their_own_positions(tmp_path, capsys):
     """Each triplet's xTB labels belong to its x₋ and x₊ (the energy difference is the force along
     the step), its centre is the frame file's, only the asked kinds of frames are centres, and
     generation resumes and packs into a file that load_frames reads as three blocks."""
@@ -63,7 +63,10 @@ def test_triplets_are_labelled_at_their_own_positions(tmp_path):
 
     # through generate_triplets: a frame file of two molecules, resumed, packed, read back
     (tmp_path / "gen").mkdir()
-    for mol in (m, _frames("CC", 2, 1, [0, 1])):
+    other = _frames("CC", 2, 1, [0, 1])
+    other["xtb_energy"], other["xtb_forces"] = fastforce.label_xtb(
+        jkstep.xtb_potential(jkstep.Molecule.from_smiles("CC"), accuracy=0.01), other["positions"])
+    for mol in (m, other):
         fastforce._atomic_savez(tmp_path / "gen" / f"{mol['name']}.npz", {
             **{k: mol[k] for k in ("positions", "xtb_energy", "xtb_forces", "mmff_energy", "mmff_forces",
                                    "source", "numbers")}, "name": np.array(mol["name"]), "smiles": np.array(mol["smiles"])})
@@ -78,6 +81,28 @@ def test_triplets_are_labelled_at_their_own_positions(tmp_path):
     back = {b["name"]: b for b in fastforce.load_frames(tmp_path / "trip.npz")}
     assert back["CO"]["blocks"] == 3 and back["CO"]["spacing_fs"] == 0.5
     np.testing.assert_allclose(back["CO"]["xtb_energy"], t["xtb_energy"], atol=1e-5)
+    # jkstep train with them: the scale measured from the labels, the curvature in the history
+    from jkstep import cli
+    from jkstep.model.potential import read_potential_checkpoint
+
+    (tmp_path / "model.yaml").write_text("kind: potential\nfeatures: 8\nlayers: 1\ncutoff: 3.5\nn_rbf: 6\n"
+                                         "baseline: mmff\nnorm_eps: 0.01\n")
+    train_yaml = (f"total_steps: 2\nwarmup_steps: 1\nval_every: 2\nlog_every: 1\ncheckpoint_every: 2\n"
+                  f"w_force: 1.0\nw_energy: 0.05\nw_curvature: 1.0\ncurvature_triplets: 2\npatience: null\n"
+                  f"data:\n  frames: {tmp_path / 'frames.npz'}\n  triplets: {tmp_path / 'trip.npz'}\n"
+                  f"  batch_size: 2\n  val_molecules: [CC]\n")
+    (tmp_path / "train.yaml").write_text(train_yaml)
+    assert cli.main(["train", "--model-config", str(tmp_path / "model.yaml"), "--train-config",
+                     str(tmp_path / "train.yaml"), "--out", str(tmp_path / "net")]) == 0
+    _, meta, _ = read_potential_checkpoint(tmp_path / "net")
+    assert meta["train_config"]["scale_curvature"] == pytest.approx(meta["data_provenance"]["triplet_label_curvature_rms"])
+    assert meta["history"][-1]["rms_curvature"] > 0
+    (tmp_path / "train.yaml").write_text(train_yaml.replace("w_curvature: 1.0", "curvature_spacing_fs: 0.25\n"
+                                                                                 "w_curvature: 1.0"))
+    with pytest.raises(SystemExit):
+        cli.main(["train", "--model-config", str(tmp_path / "model.yaml"), "--train-config",
+                  str(tmp_path / "train.yaml"), "--out", str(tmp_path / "net2")])
+    assert "triplets are 0.5 fs apart: make them agree" in capsys.readouterr().err
     with pytest.raises(InputError, match="other triplet settings"):
         generate_triplets(dataclasses.replace(cfg, seed=1), executor=SerialExecutor())
     with pytest.raises(InputError, match="sources must be a list"):

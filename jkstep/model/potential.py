@@ -671,7 +671,8 @@ def potential_data(config: PotentialConfig, data: dict, seed: int = 0, triplets_
             wild = np.max(np.abs(m[f"{labels}_forces"]), axis=(1, 2)).reshape(3, t).max(0) > cap_force
             for key in ("positions", "xtb_forces", "mmff_forces", "xtb_energy", "mmff_energy", "source",
                         "delta_forces", "delta_energy"):
-                m[key] = np.concatenate([block[~wild] for block in np.split(m[key], 3)])
+                if key in m:
+                    m[key] = np.concatenate([block[~wild] for block in np.split(m[key], 3)])
         train_trip = [m for m in triplets if m["name"] in set(train_names) and len(m["positions"])]
         val_trip = [m for m in triplets if m["name"] in set(val_names) and len(m["positions"])]
         if not train_trip or not val_trip:
