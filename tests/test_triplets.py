@@ -1,6 +1,7 @@
 """Frame triplets along a thermal motion (jkstep.data.triplets) and the curvature term in training."""
 
 import dataclasses
+import os
 
 import jax
 import jax.numpy as jnp
@@ -186,3 +187,6 @@ def test_curvature_settings_of_jkstep_train():
         train(ModelConfig(), TrainConfig(w_curvature=1.0, scale_curvature=1e-3), [], [], "/nonexistent/x")
     with pytest.raises(InputError, match="go together"):
         potential_data(PotentialConfig(), {"frames": "any.npz"}, triplets_per_batch=16)
+    frames = os.path.join(os.path.dirname(__file__), "..", "data", "fast_frames.npz")
+    with pytest.raises(InputError, match="no triplet file nowhere.npz: make it with `jkstep generate-fast"):
+        potential_data(PotentialConfig(), {"frames": frames, "triplets": "nowhere.npz"}, triplets_per_batch=16)

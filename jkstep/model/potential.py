@@ -621,6 +621,10 @@ def potential_data(config: PotentialConfig, data: dict, seed: int = 0, triplets_
         raise InputError("data: triplets: (a triplet file) and the train config's w_curvature > 0 go together: "
                          "give both or neither")
     molecules = load_frames(data["frames"])
+    if data.get("triplets") and not os.path.isfile(data["triplets"]):
+        raise InputError(f"data: no triplet file {data['triplets']}: make it with `jkstep generate-fast --config "
+                         "configs/fast/triplets.yaml --triplets`, then the same command with --compact "
+                         f"{data['triplets']}")
     triplets = load_frames(data["triplets"]) if data.get("triplets") else []
     if any(m.get("blocks") != 3 for m in triplets):
         raise InputError(f"data: triplets: {data['triplets']} is not a triplet file (jkstep generate-fast --triplets)")
