@@ -251,11 +251,15 @@ def _xtb_langevin(pot, masses, x0, temperature, key, cfg: FastDataConfig):
 def label_xtb(pot, frames: np.ndarray):
     """xTB (energy (F,), forces (F, N, 3)) of frames through the potential's host side (the same
     tblite settings and SCF failure policy as under JAX, without a JAX dispatch per frame): one
-    request each, each restarting from the previous wavefunction; NaN where the SCF failed."""
+    request each, one after the other, each restarting from the previous wavefunction (one tblite
+    calculator, so never two frames at once, whatever the potential's ``workers``); NaN where the
+    SCF failed."""
     frames = np.asarray(frames, np.float64)
-    n = len(frames)
-    energy, forces, _ = pot._host(frames, np.ones(n, bool), np.zeros(n, np.int32))
-    return np.asarray(energy, np.float64).reshape(n), np.asarray(forces, np.float64).reshape(frames.shape)
+    energy, forces = np.empty(len(frames)), np.empty_like(frames)
+    for i, x in enumerate(frames):
+        e, f, _ = pot._host(x[None], np.ones(1, bool), np.zeros(1, np.int32))
+        energy[i], forces[i] = np.asarray(e).reshape(()), np.asarray(f).reshape(x.shape)
+    return energy, forces
 
 
 def molecule_frames(smiles: str, name: str, cfg: FastDataConfig, mm_sizes=None) -> dict:
