@@ -1,6 +1,7 @@
 """Frame triplets along a thermal motion (jkstep.data.triplets) and the curvature term in training."""
 
 import dataclasses
+import json
 import os
 
 import jax
@@ -83,13 +84,18 @@ def test_triplets_are_labelled_at_their_own_positions(tmp_path, capsys):
     stamp = {p.name: p.stat().st_mtime_ns for p in (tmp_path / "trip").glob("*.npz")}
     assert generate_triplets(cfg, executor=SerialExecutor())["xtb_calls"] == first["xtb_calls"]
     assert {p.name: p.stat().st_mtime_ns for p in (tmp_path / "trip").glob("*.npz")} == stamp
-    prov = fastforce.compact(tmp_path / "trip", tmp_path / "trip.npz", blocks=3)
-    assert "3 blocks" in prov["layout"]
+    (tmp_path / "trip.yaml").write_text(f"frames: {cfg.frames}\noutput: {cfg.output}\n")
+    from jkstep import cli
+
+    assert cli.main(["generate-fast", "--config", str(tmp_path / "trip.yaml"), "--triplets", "--compact",
+                     str(tmp_path / "trip.npz")]) == 0
+    prov = json.loads((tmp_path / "trip.provenance.json").read_text())
+    assert "3 blocks" in prov["layout"] and prov["command"].startswith(
+        f"jkstep generate-fast --config {tmp_path / 'trip.yaml'} --triplets && ")
     back = {b["name"]: b for b in fastforce.load_frames(tmp_path / "trip.npz")}
     assert back["CO"]["blocks"] == 3 and back["CO"]["spacing_fs"] == 0.5
     np.testing.assert_allclose(back["CO"]["xtb_energy"], t["xtb_energy"], atol=1e-5)
     # jkstep train with them: the scale measured from the labels, the curvature in the history
-    from jkstep import cli
     from jkstep.model.potential import read_potential_checkpoint
 
     (tmp_path / "model.yaml").write_text("kind: potential\nfeatures: 8\nlayers: 1\ncutoff: 3.5\nn_rbf: 6\n"
