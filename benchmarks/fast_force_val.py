@@ -24,7 +24,8 @@ import numpy as np
 import jkstep  # noqa: F401  (float64)
 from jkstep.data.fastforce import SOURCES, load_frames
 from jkstep.model.config import load_train_config
-from jkstep.model.potential import EnergyNet, energy_and_forces, read_potential_checkpoint, split_molecules
+from jkstep.model.potential import (EnergyNet, energy_and_forces, energy_error_curvature, read_potential_checkpoint,
+                                    split_molecules)
 
 
 def errors(name, molecules, cap: float) -> dict:
@@ -43,8 +44,7 @@ def errors(name, molecules, cap: float) -> dict:
             z = np.broadcast_to(m["numbers"], (3 * t, len(m["numbers"])))
             e, f = (np.asarray(a) for a in energy_and_forces(net, params, jnp.asarray(z), None,
                                                              jnp.asarray(m["positions"])))
-        err = (e - label_e).reshape(3, t)
-        curvature = (err[0] - 2 * err[1] + err[2]) / m["spacing_fs"] ** 2
+        curvature = np.asarray(energy_error_curvature(e - label_e, m["spacing_fs"]))
         df = (f - label_f)[t:2 * t]
         for code in np.unique(m["source"][:t]):
             keep = ok & (m["source"][:t] == code)

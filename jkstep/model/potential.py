@@ -424,6 +424,19 @@ def split_molecules(names, data: dict) -> tuple[list[str], list[str]]:
     return [n for n in names if n not in set(val)], val
 
 
+def padded_rows(m: dict, labels: str, width: int, frames=slice(None)) -> dict:
+    """The batch rows of one molecule's ``frames`` (a slice of its frame dict ``m``), its atoms
+    zero-padded to ``width``: numbers (F, width) int32, mask, positions and ``labels`` forces
+    (F, width, 3), energies (F,)."""
+    n = len(m["numbers"])
+    x = m["positions"][frames]
+    z = np.zeros((len(x), width), np.int32)
+    z[:, :n] = m["numbers"]
+    pos, frc = np.zeros((len(x), width, 3)), np.zeros((len(x), width, 3))
+    pos[:, :n], frc[:, :n] = x, m[f"{labels}_forces"][frames]
+    return {"numbers": z, "mask": z > 0, "positions": pos, "forces": frc, "energy": m[f"{labels}_energy"][frames]}
+
+
 class PotentialBatches:
     """Shuffled padded batches of labelled frames, one size bucket per batch, resumable
     (``get_state`` / ``set_state``, as ``jkstep.model.train.train`` uses).
@@ -447,14 +460,8 @@ class PotentialBatches:
                     continue
                 f = len(m["positions"]) if max_frames_per_molecule is None else min(len(m["positions"]),
                                                                                  int(max_frames_per_molecule))
-                z = np.zeros((f, b), np.int32)
-                z[:, :n] = m["numbers"]
-                x = np.zeros((f, b, 3))
-                x[:, :n] = m["positions"][:f]
-                frc = np.zeros((f, b, 3))
-                frc[:, :n] = m[f"{labels}_forces"][:f]
-                rows["numbers"].append(z), rows["positions"].append(x), rows["forces"].append(frc)
-                rows["mask"].append(z > 0), rows["energy"].append(m[f"{labels}_energy"][:f])
+                for k, v in padded_rows(m, labels, b, slice(f)).items():
+                    rows[k].append(v)
             if rows["numbers"]:
                 self.arrays[b] = {k: np.concatenate(v) for k, v in rows.items()}
         too_big = [m["name"] for m in molecules if len(m["numbers"]) > self.buckets[-1]]
@@ -527,15 +534,8 @@ class TripletBatches:
                 n = len(m["numbers"])
                 if not (lower < n <= b):
                     continue
-                t = len(m["positions"]) // 3
-                z = np.zeros((3, t, b), np.int32)
-                z[..., :n] = m["numbers"]
-                x = np.zeros((3, t, b, 3))
-                x[:, :, :n] = m["positions"].reshape(3, t, n, 3)
-                frc = np.zeros((3, t, b, 3))
-                frc[:, :, :n] = m[f"{labels}_forces"].reshape(3, t, n, 3)
-                rows["numbers"].append(z), rows["positions"].append(x), rows["forces"].append(frc)
-                rows["mask"].append(z > 0), rows["energy"].append(m[f"{labels}_energy"].reshape(3, t))
+                for k, v in padded_rows(m, labels, b).items():      # (3T, ...) → (3, T, ...): the blocks
+                    rows[k].append(v.reshape(3, -1, *v.shape[1:]))
             if rows["numbers"]:
                 self.arrays[b] = {k: np.concatenate(v, axis=1) for k, v in rows.items()}
         self.n_triplets = sum(a["energy"].shape[1] for a in self.arrays.values())
@@ -683,14 +683,15 @@ def potential_data(config: PotentialConfig, data: dict, seed: int = 0, triplets_
             raise InputError(f"data: triplets: {data['triplets']} has no triplets of the training or of the "
                              "validation molecules of the frame file")
         spacing = triplets[0]["spacing_fs"]
-        second = np.concatenate([np.diff(m[f"{labels}_energy"].reshape(3, -1), 2, axis=0)[0] for m in train_trip])
+        # the labels' own curvature: the energy error of a network that is zero
+        second = np.concatenate([energy_error_curvature(-m[f"{labels}_energy"], spacing) for m in train_trip])
         train = WithTriplets(train, TripletBatches(train_trip, labels, triplets_per_batch, seed=seed + 1))
         val_t = TripletBatches(val_trip, labels, triplets_per_batch, shuffle=False)
         val = [join_triplets(b, val_t) for b in val]
         trip_prov = {"triplets": os.fspath(data["triplets"]), "triplet_spacing_fs": spacing,
                      "train_triplets": int(sum(len(m["positions"]) // 3 for m in train_trip)),
                      "val_triplets": int(sum(len(m["positions"]) // 3 for m in val_trip)),
-                     "triplet_label_curvature_rms": float(np.sqrt(np.mean(second**2))) / spacing**2}
+                     "triplet_label_curvature_rms": float(np.sqrt(np.mean(second**2)))}
     # the force error of the other labels (for a Δ-potential: of MMFF94 alone) on the same frames
     other, mine = ("mmff", "xtb") if labels in ("xtb", "delta") else ("xtb", "mmff")
     diff = np.concatenate([(m[f"{other}_forces"] - m[f"{mine}_forces"]).ravel() for m in val_mols])
