@@ -577,6 +577,19 @@ def open_executor(workers: int | None = None, scheduler: str | None = None):
             executor.close()
 
 
+def run_tasks_on(executor, tasks: list[Task], on_task: Callable[[str, Any], None], workers: int | None = None,
+                 scheduler: str | None = None) -> None:
+    """Run ``tasks`` on an open ``executor`` (an ``Executor``, or ``SerialExecutor()`` for this
+    process) if one is given, else on a cluster of ``workers`` or the one at ``scheduler``
+    (``run_tasks``); ``on_task(key, result)`` as each finishes."""
+    if executor is None:
+        run_tasks(tasks, workers=None if scheduler else workers, scheduler=scheduler, on_task=on_task)
+        return
+    handles = [executor.submit(task) for task in tasks]
+    for task, handle in zip(tasks, handles):
+        on_task(task.key, handle.result())
+
+
 def run_tasks(tasks: list[Task], workers: int | None = None, scheduler: str | None = None, **options) -> dict:
     """``Executor.run`` on a cluster opened for these tasks (``open_executor``) and closed after;
     no cluster at all when the result cache (``results=``) holds every task's result."""

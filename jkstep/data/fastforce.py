@@ -390,12 +390,7 @@ def generate(cfg: FastDataConfig, progress: Callable[[str, int, int], None] | No
             progress(result["name"], done, len(molecules))
 
     if tasks:
-        if executor is not None:   # an open parallel.Executor, or parallel.SerialExecutor() (this process)
-            handles = [executor.submit(task) for task in tasks]
-            for task, handle in zip(tasks, handles):
-                finished(task.key, handle.result())
-        else:
-            parallel.run_tasks(tasks, workers=None if scheduler else workers, scheduler=scheduler, on_task=finished)
+        parallel.run_tasks_on(executor, tasks, finished, workers, scheduler)
     frames = calls = 0
     for _, name in molecules:
         with np.load(paths[name]) as d:

@@ -175,11 +175,8 @@ def generate_triplets(cfg: TripletConfig, progress: Callable[[str, int, int], No
 
     tasks = [parallel.Task(parallel.task_key(f"triplets-{m['name']}", os.fspath(out), m["name"]),
                            _molecule_task, m, cfg, paths[m["name"]]) for m in todo]
-    if tasks and executor is not None:
-        for task, handle in [(task, executor.submit(task)) for task in tasks]:
-            finished(task.key, handle.result())
-    elif tasks:
-        parallel.run_tasks(tasks, workers=None if scheduler else workers, scheduler=scheduler, on_task=finished)
+    if tasks:
+        parallel.run_tasks_on(executor, tasks, finished, workers, scheduler)
     triplets = calls = 0
     for m in molecules:
         with np.load(paths[m["name"]]) as d:
