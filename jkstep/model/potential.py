@@ -602,6 +602,11 @@ def join_triplets(batch: dict, triplets: TripletBatches) -> dict:
     return {k: np.concatenate([batch[k], more[k]]) for k in POTENTIAL_BATCH_KEYS}
 
 
+#: the per-frame arrays of a molecule's frame dict (``load_frames``, plus a Δ-potential's labels)
+FRAME_ARRAYS = ("positions", "xtb_forces", "mmff_forces", "xtb_energy", "mmff_energy", "source",
+                "delta_forces", "delta_energy")
+
+
 def potential_data(config: PotentialConfig, data: dict, seed: int = 0, triplets_per_batch: int | None = None):
     """(config with per-element energies fitted to the training molecules, train batches,
     validation batch list, provenance) from a train config's ``data:`` section: ``frames`` (the
@@ -650,8 +655,7 @@ def potential_data(config: PotentialConfig, data: dict, seed: int = 0, triplets_
         other_kind = ~np.isin(m["source"], codes)
         dropped, left_out = dropped + int(wild.sum()), left_out + int((other_kind & ~wild).sum())
         keep = ~wild & ~other_kind
-        for key in ("positions", "xtb_forces", "mmff_forces", "xtb_energy", "mmff_energy", "source",
-                    "delta_forces", "delta_energy"):
+        for key in FRAME_ARRAYS:
             if key in m:
                 m[key] = m[key][keep]
     molecules = [m for m in molecules if len(m["positions"])]
@@ -673,8 +677,7 @@ def potential_data(config: PotentialConfig, data: dict, seed: int = 0, triplets_
         for m in triplets:      # a triplet goes if any of its three frames has wild labels
             t = len(m["positions"]) // 3
             wild = np.max(np.abs(m[f"{labels}_forces"]), axis=(1, 2)).reshape(3, t).max(0) > cap_force
-            for key in ("positions", "xtb_forces", "mmff_forces", "xtb_energy", "mmff_energy", "source",
-                        "delta_forces", "delta_energy"):
+            for key in FRAME_ARRAYS:
                 if key in m:
                     m[key] = np.concatenate([block[~wild] for block in np.split(m[key], 3)])
         train_trip = [m for m in triplets if m["name"] in set(train_names) and len(m["positions"])]
