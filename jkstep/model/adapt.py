@@ -80,18 +80,21 @@ class AdaptConfig:
         if not self.learning_rate > 0:
             raise InputError(f"adaptation learning_rate must be > 0, got {self.learning_rate!r}")
 
-    def train_config(self, scale_curvature: float | None = None, spacing_fs: float | None = None) -> TrainConfig:
+    def train_config(self, scale_curvature: float | None = None, spacing_fs: float | None = None,
+                     curvature_triplets: int | None = None) -> TrainConfig:
         """The ``TrainConfig`` of these settings; ``scale_curvature`` (eV/fs²) and ``spacing_fs`` (fs,
-        default ``curvature_spacing_fs``): the curvature term's scale and its triplets' spacing."""
+        default ``curvature_spacing_fs``): the curvature term's scale and its triplets' spacing;
+        ``curvature_triplets``: the triplets at the end of each batch (None: the whole batch)."""
         return TrainConfig(learning_rate=self.learning_rate, warmup_steps=max(1, self.steps // 10),
                            total_steps=self.steps, end_lr_fraction=0.02, weight_decay=0.0, clip_norm=10.0,
                            ema_decay=self.ema_decay, w_force=1.0, w_energy=self.w_energy,
                            w_curvature=self.w_curvature, curvature_spacing_fs=spacing_fs or self.curvature_spacing_fs,
-                           scale_curvature=scale_curvature if self.w_curvature else None)
+                           scale_curvature=scale_curvature if self.w_curvature else None,
+                           curvature_triplets=curvature_triplets if self.w_curvature else None)
 
 
 def adapt_potential(fast: LearnedPotential, positions, energies, forces, config: AdaptConfig = AdaptConfig(),
-                    spacing_fs: float = ADAPT_EVERY_FS) -> tuple[LearnedPotential, dict]:
+                    spacing_fs: float = ADAPT_EVERY_FS, extra=None) -> tuple[LearnedPotential, dict]:
     """Fine-tune ``fast`` on reference frames of its own molecule.
 
     Args:
@@ -107,6 +110,11 @@ def adapt_potential(fast: LearnedPotential, positions, energies, forces, config:
             on any training frame, and the force and energy terms see all their frames; without it,
             a batch is ``batch_size`` of the frames every ``ADAPT_EVERY_FS``. At least
             ``MIN_FRAMES`` frames ``ADAPT_EVERY_FS`` apart must precede the holdout.
+        extra: None, or (positions (E, N, 3) Å, energies (E,) eV, forces (E, N, 3) eV/Å) of more
+            reference frames of the same molecule in any order, on the same energy scale (e.g. the
+            macro-step xTB frames a RESPA run has made so far: ``jkstep.respa_online``). They join
+            the force and energy terms; with the curvature term each batch is then ``batch_size``
+            frames drawn from the training frames and these, followed by ``batch_size`` triplets.
 
     Returns (the adapted ``LearnedPotential`` for the same molecule, report): ``frames``,
     ``train_frames``, ``holdout_frames``, ``steps``, ``force_rmse_before_ev_a`` and
@@ -130,6 +138,15 @@ def adapt_potential(fast: LearnedPotential, positions, energies, forces, config:
         raise InputError("adaptation frames must be finite (a frame of a failed SCF?)")
     if not (isinstance(spacing_fs, (int, float)) and spacing_fs > 0):
         raise InputError(f"adaptation frame spacing_fs must be a time in fs > 0, got {spacing_fs!r}")
+    n_extra = 0
+    if extra is not None:
+        xe, ee, fe = (np.asarray(a, np.float64) for a in extra)
+        if xe.ndim != 3 or xe.shape[1:] != (n, 3) or fe.shape != xe.shape or ee.shape != xe.shape[:1]:
+            raise InputError(f"extra adaptation frames must be positions (E, {n}, 3) Å, energies (E,) eV and "
+                             f"forces (E, {n}, 3) eV/Å; got {xe.shape}, {ee.shape}, {fe.shape}")
+        if not (np.isfinite(xe).all() and np.isfinite(ee).all() and np.isfinite(fe).all()):
+            raise InputError("extra adaptation frames must be finite (a frame of a failed SCF?)")
+        n_extra = xe.shape[0]
     stride = max(1, round(ADAPT_EVERY_FS / spacing_fs))              # frames of the force and energy terms
     gap = max(1, round(config.curvature_spacing_fs / spacing_fs))    # triplets of the curvature term
     s_fs = gap * spacing_fs
@@ -140,39 +157,49 @@ def adapt_potential(fast: LearnedPotential, positions, energies, forces, config:
         raise InputError(f"adaptation needs at least {MIN_FRAMES} training frames ({ADAPT_EVERY_FS:g} fs apart), got "
                          f"{len(train_idx)} of {n_frames} frames {spacing_fs:g} fs apart: thermalise longer")
 
+    plain_idx = train_idx
+    if n_extra:     # appended after the frames, so every index of the frames stays what it was
+        plain_idx = np.concatenate([train_idx, n_frames + np.arange(n_extra)])
+        x, e, f = np.concatenate([x, xe]), np.concatenate([e, ee]), np.concatenate([f, fe])
     if fast.baseline is not None:       # a Δ-potential learns the reference minus its baseline
         e_b, f_b = jax.vmap(fast.baseline)(jnp.asarray(x))
         e, f = e - np.asarray(e_b), f - np.asarray(f_b)
     model = fast.model
     z = np.broadcast_to(fast.numbers, x.shape[:2]).astype(np.int32)
-    e_net = np.asarray(energy_and_forces(model, fast.params, jnp.asarray(z[train_idx]), None,
-                                         jnp.asarray(x[train_idx]))[0])
-    e = e - e[train_idx].mean() + e_net.mean()    # energies are matched up to a constant
+    e_net = np.asarray(energy_and_forces(model, fast.params, jnp.asarray(z[plain_idx]), None,
+                                         jnp.asarray(x[plain_idx]))[0])
+    e = e - e[plain_idx].mean() + e_net.mean()    # energies are matched up to a constant
 
     def batch(idx):
         return {"numbers": jnp.asarray(z[idx]), "mask": jnp.asarray(z[idx] > 0), "positions": jnp.asarray(x[idx]),
                 "energy": jnp.asarray(e[idx]), "forces": jnp.asarray(f[idx])}
 
     scales = scale_array(estimate_potential_scales(
-        {"numbers": z[train_idx], "mask": z[train_idx] > 0, "energy": e[train_idx], "forces": f[train_idx]},
+        {"numbers": z[plain_idx], "mask": z[plain_idx] > 0, "energy": e[plain_idx], "forces": f[plain_idx]},
         fast.config, None))
     scale_curvature = None
     if config.w_curvature:     # the scale: the labels' own curvature (the network's error at zero)
         centres = np.arange(gap, n_train - gap)
         scale_curvature = max(_rms(energy_error_curvature(-e[triplets_of(centres, gap)], s_fs)), 1e-6)
-    train_config = config.train_config(scale_curvature, s_fs)
+    with_plain = bool(n_extra and config.w_curvature)     # batches: plain frames, then triplets
+    n_trip = min(config.batch_size, len(centres)) if config.w_curvature else 0
+    train_config = config.train_config(scale_curvature, s_fs, n_trip if with_plain else None)
     fns = compile_steps(fast.config, train_config, config.learning_rate, ())
     state = create_train_state(fast.params, fns.tx, fns.model.apply)
     rng = np.random.default_rng(config.seed)
     for _ in range(config.steps):
         if config.w_curvature:
-            idx = triplets_of(rng.choice(centres, min(config.batch_size, len(centres)), replace=False), gap)
+            idx = triplets_of(rng.choice(centres, n_trip, replace=False), gap)
+            if with_plain:
+                idx = np.concatenate([rng.choice(plain_idx, config.batch_size, replace=len(plain_idx) < config.batch_size),
+                                      idx])
         else:
-            idx = rng.choice(train_idx, min(config.batch_size, len(train_idx)), replace=False)
+            idx = rng.choice(plain_idx, min(config.batch_size, len(plain_idx)), replace=False)
         state, _ = fns.train_step(state, batch(idx), scales)
     params = state.ema_params
 
     report = {"frames": int(n_frames), "train_frames": int(n_train), "holdout_frames": int(n_frames - n_train),
+              "extra_frames": int(n_extra),
               "steps": int(config.steps), "force_rmse_before_ev_a": None, "force_rmse_after_ev_a": None,
               "curvature_rms_before": None, "curvature_rms_after": None}
     if n_train < n_frames:     # held-out errors (the network's against the labels: the full force's too)
