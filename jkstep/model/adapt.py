@@ -112,9 +112,10 @@ def adapt_potential(fast: LearnedPotential, positions, energies, forces, config:
             ``MIN_FRAMES`` frames ``ADAPT_EVERY_FS`` apart must precede the holdout.
         extra: None, or (positions (E, N, 3) Å, energies (E,) eV, forces (E, N, 3) eV/Å) of more
             reference frames of the same molecule in any order, on the same energy scale (e.g. the
-            macro-step xTB frames a RESPA run has made so far: ``jkstep.respa_online``). They join
-            the force and energy terms; with the curvature term each batch is then ``batch_size``
-            frames drawn from the training frames and these, followed by ``batch_size`` triplets.
+            macro-step xTB frames a RESPA run has made so far: benchmarks/respa_online_adapt.py).
+            They join the force and energy terms; with the curvature term each batch is then
+            ``batch_size`` frames drawn from the training frames and these, followed by
+            ``batch_size`` triplets.
 
     Returns (the adapted ``LearnedPotential`` for the same molecule, report): ``frames``,
     ``train_frames``, ``holdout_frames``, ``steps``, ``force_rmse_before_ev_a`` and
@@ -191,8 +192,8 @@ def adapt_potential(fast: LearnedPotential, positions, energies, forces, config:
         if config.w_curvature:
             idx = triplets_of(rng.choice(centres, n_trip, replace=False), gap)
             if with_plain:
-                idx = np.concatenate([rng.choice(plain_idx, config.batch_size, replace=len(plain_idx) < config.batch_size),
-                                      idx])
+                few = len(plain_idx) < config.batch_size
+                idx = np.concatenate([rng.choice(plain_idx, config.batch_size, replace=few), idx])
         else:
             idx = rng.choice(plain_idx, min(config.batch_size, len(plain_idx)), replace=False)
         state, _ = fns.train_step(state, batch(idx), scales)
