@@ -47,12 +47,11 @@ DT = 0.25
 
 
 def segmented_run(mol, pot, fasts, starts, k, segment_ps, fast_every):
-    """RESPA from ``starts`` over ``len(fasts)`` segments of ``segment_ps`` ps, segment i with the fast
-    force ``fasts(i, frames so far)`` (frames: positions, energy, forces, each (R, T, ...) over the
-    run so far, the start included). Returns (frames of the whole run, xTB calls, fallbacks)."""
-    state, chunks, calls, fallbacks = None, [], 0, 0
-    n_segments = fasts.n_segments
-    for i in range(n_segments):
+    """RESPA from ``starts`` over ``fasts.n_segments`` segments of ``segment_ps`` ps, segment i with
+    the fast force ``fasts(i, frames so far)`` (``Frames`` of the run so far, the start included,
+    each array (R, T, ...)). Returns (frames of the whole run, xTB calls, fallbacks)."""
+    state, chunks, calls = None, [], 0
+    for i in range(fasts.n_segments):
         so_far = None if not chunks else jax.tree.map(lambda *a: np.concatenate(a, axis=1), *chunks)
         fast = fasts(i, so_far)
         init, apply = jkstep.respa(fast, pot, mol.masses, k, DT, **three_levels(mol, fast, fast_every))
@@ -70,8 +69,7 @@ def segmented_run(mol, pot, fasts, starts, k, segment_ps, fast_every):
         fr = fr if not chunks else jax.tree.map(lambda a: a[:, 1:], fr)   # its first frame ends the last segment
         chunks.append(fr)
     frames = jax.tree.map(lambda *a: np.concatenate(a, axis=1), *chunks)
-    fallbacks = int(np.sum(state.fallbacks))
-    return frames, calls, fallbacks
+    return frames, calls, int(np.sum(state.fallbacks))
 
 
 class Once:
