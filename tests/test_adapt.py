@@ -11,23 +11,39 @@ from jkstep.errors import InputError
 from jkstep.model.adapt import AdaptConfig, adapt_potential
 
 
-@pytest.fixture(scope="module")
-def setup():
-    mol = jkstep.Molecule.from_smiles("CCO", seed=0)
-    fast = jkstep.learned_potential("gfn2-fast", mol)
-    # a "reference" the fast force does not know: itself plus a stiffer C–O bond (invariant, smooth)
+def stiffer_co_bond(mol, fast):
+    """A reference the fast force does not know: itself plus a stiffer C–O bond (invariant, smooth;
+    κ = 4 eV/Å²) in ethanol (atoms 0, 1, 2 are C, C, O). Returns (reference: positions (N, 3) Å →
+    (energy eV, forces eV/Å), the C→O unit vector of the start geometry)."""
     x0 = np.asarray(mol.positions)
-    i, j = 1, 2      # C and O of CCO (atoms 0, 1, 2 are C, C, O)
+    i, j = 1, 2
     assert mol.numbers[i] == 6 and mol.numbers[j] == 8
     d0 = float(np.linalg.norm(x0[i] - x0[j]))
 
     def reference(x):
         e, f = fast(x)
-        extra = lambda y: 2.0 * (jnp.linalg.norm(y[i] - y[j]) - d0) ** 2     # eV, κ = 4 eV/Å²
-        return e + extra(x), f - jax.grad(extra)(x)
+        bond = lambda y: 2.0 * (jnp.linalg.norm(y[i] - y[j]) - d0) ** 2     # eV
+        return e + bond(x), f - jax.grad(bond)(x)
 
+    return reference, (x0[j] - x0[i]) / d0
+
+
+def smooth_path(x0, n: int, amplitude: float, seed: int):
+    """(n, N, 3) Å: x0 plus a sine per coordinate (periods 9–30 fs, X–H-like to slower modes,
+    random phases), frames 0.5 fs apart."""
+    rng = np.random.default_rng(seed)
+    t = np.arange(n) * 0.5
+    return x0 + amplitude * np.sin(2 * np.pi * t[:, None, None] / rng.uniform(9.0, 30.0, x0.shape)
+                                   + rng.uniform(0, 2 * np.pi, x0.shape))
+
+
+@pytest.fixture(scope="module")
+def setup():
+    mol = jkstep.Molecule.from_smiles("CCO", seed=0)
+    fast = jkstep.learned_potential("gfn2-fast", mol)
+    reference, _ = stiffer_co_bond(mol, fast)
     rng = np.random.default_rng(0)
-    x = x0 + 0.04 * rng.standard_normal((120,) + x0.shape)
+    x = np.asarray(mol.positions) + 0.04 * rng.standard_normal((120,) + np.asarray(mol.positions).shape)
     e, f = jax.vmap(reference)(jnp.asarray(x))
     return mol, fast, x, np.asarray(e) - 123.0, np.asarray(f)     # any constant energy offset
 
@@ -102,20 +118,8 @@ def test_curvature_term_lowers_the_energy_errors_curvature_along_a_trajectory():
     and the report's figures are the direct computation's."""
     mol = jkstep.Molecule.from_smiles("CCO", seed=0)
     fast = jkstep.learned_potential("gfn2-fast", mol)
-    x0 = np.asarray(mol.positions)
-    i, j = 1, 2
-    d0 = float(np.linalg.norm(x0[i] - x0[j]))
-
-    def reference(x):
-        e, f = fast(x)
-        extra = lambda y: 2.0 * (jnp.linalg.norm(y[i] - y[j]) - d0) ** 2
-        return e + extra(x), f - jax.grad(extra)(x)
-
-    rng = np.random.default_rng(1)
-    t = np.arange(240) * 0.5                                      # fs
-    period = rng.uniform(9.0, 30.0, x0.shape)                     # fs: X–H-like to slower modes
-    phase = rng.uniform(0, 2 * np.pi, x0.shape)
-    x = x0 + 0.03 * np.sin(2 * np.pi * t[:, None, None] / period + phase)
+    reference, _ = stiffer_co_bond(mol, fast)
+    x = smooth_path(np.asarray(mol.positions), 240, 0.03, seed=1)
     e, f = jax.vmap(reference)(jnp.asarray(x))
     e, f = np.asarray(e), np.asarray(f)
     reports = {}
@@ -135,22 +139,12 @@ def test_extra_frames_teach_the_region_the_frames_did_not_reach(setup):
     other stretched frames is far below the adaptation's without them (with the curvature term:
     batches of plain frames, then triplets); bad extra frames get one line."""
     mol, fast, _, _, _ = setup
+    reference, u = stiffer_co_bond(mol, fast)
     x0 = np.asarray(mol.positions)
-    i, j = 1, 2
-    d0 = float(np.linalg.norm(x0[i] - x0[j]))
-
-    def reference(x):
-        e, f = fast(x)
-        bond = lambda y: 2.0 * (jnp.linalg.norm(y[i] - y[j]) - d0) ** 2
-        return e + bond(x), f - jax.grad(bond)(x)
-
+    x = smooth_path(x0, 120, 0.02, seed=2)
     rng = np.random.default_rng(2)
-    t = np.arange(120) * 0.5
-    x = x0 + 0.02 * np.sin(2 * np.pi * t[:, None, None] / rng.uniform(9.0, 30.0, x0.shape)
-                           + rng.uniform(0, 2 * np.pi, x0.shape))
-    u = (x0[j] - x0[i]) / d0
     stretched = x0.copy()
-    stretched[j] += 0.15 * u
+    stretched[2] += 0.15 * u                                  # the O moved along the C–O bond
     far = stretched + 0.02 * rng.standard_normal((80,) + x0.shape)
     e, f = (np.asarray(a) for a in jax.vmap(reference)(jnp.asarray(x)))
     ef, ff = (np.asarray(a) for a in jax.vmap(reference)(jnp.asarray(far)))
