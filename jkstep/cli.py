@@ -141,6 +141,24 @@ def _add_fast_every_arg(parser):
                              f"divides --k, else 1)")
 
 
+def _add_adapt_steps_arg(parser):
+    from jkstep.model.adapt import AdaptConfig
+
+    parser.add_argument("--adapt-steps", type=int, default=None, metavar="N",
+                        help=f"with --adapt: optimiser steps of the fine-tuning (default {AdaptConfig.steps}; "
+                             f"fewer is quicker and fits less, docs/results.md)")
+
+
+def _adapt_steps(args) -> int:
+    """--adapt-steps, or its default; given without --adapt it is an error (it would do nothing)."""
+    from jkstep.errors import InputError
+    from jkstep.model.adapt import AdaptConfig
+
+    if args.adapt_steps is not None and not args.adapt:
+        raise InputError("--adapt-steps sets the fine-tuning of --adapt: give --adapt too")
+    return AdaptConfig.steps if args.adapt_steps is None else args.adapt_steps
+
+
 def _fast_every(args, k: int, fast=None) -> int:
     """--fast-every, or its default for the fast force named by --fast (``fast``: that force, where
     it is loaded already): DEFAULT_FAST_EVERY for a Δ-potential on MMFF94 where it divides k, else 1
@@ -178,6 +196,7 @@ def _run_parser(sub):
     run.add_argument("--adapt", action="store_true",
                      help="respa with a learned --fast: fine-tune it on the Langevin equilibration's own xTB frames "
                           "before the run (no extra xTB call; 25-60 s of CPU; needs --equilibrate-ps ≥ 0.1)")
+    _add_adapt_steps_arg(run)
     run.add_argument("--model", help=f"kstep: a shipped model name (`jkstep models` lists them) or the path of an "
                                      f"Orbax checkpoint directory (default {DEFAULT_MODEL})")
     run.add_argument("--ensemble", default=None, choices=["nve", "nvt"],
@@ -256,6 +275,7 @@ def _evaluate_parser(sub):
     ev.add_argument("--adapt", action="store_true",
                     help="with --fast: also run respa_adapted, the fast force fine-tuned on the thermalisation's "
                          "own xTB frames (no extra xTB call; 25-60 s of CPU, counted in its wall_s)")
+    _add_adapt_steps_arg(ev)
     ev.add_argument("--summary", help="write the evaluation as JSON to this path")
     ev.add_argument("--plots", help="directory for the energy, spectrum and distribution plots")
     _add_parallel_args(ev, "one task per contender and replica")
@@ -427,7 +447,7 @@ def cmd_run(args) -> int:
                        equilibrate_dt=args.equilibrate_dt,
                        save_every=args.save_every, seed=args.seed, fast=args.fast or "mmff",
                        fast_every=_fast_every(args, k, fast) if args.integrator == "respa" else 1,
-                       adapt=args.adapt, kstep_options=options)
+                       adapt=args.adapt, adapt_steps=_adapt_steps(args), kstep_options=options)
     if args.replicas != 1 or args.workers is not None or args.scheduler is not None:
         return _run_replicas(args, molecule, config, k, velocities)
     pot = xtb_potential(molecule, method=args.method, fallback_method=args.fallback_method,
@@ -599,7 +619,7 @@ def cmd_evaluate(args) -> int:
                         energy_window=args.energy_window if bundle is not None else None,
                         reversal_correction=_reversal_correction(args), fallback_steps=args.fallback_steps,
                         equal_cost=args.equal_cost, fast=args.fast, mollify=args.mollify, adapt=args.adapt,
-                        fast_every=_fast_every(args, args.k))
+                        adapt_steps=_adapt_steps(args), fast_every=_fast_every(args, args.k))
     accuracy = DEFAULT_ACCURACY if args.accuracy is None else args.accuracy
     xtb_potential(molecule, method=args.method, accuracy=accuracy)  # bad input fails here, before any run
     bars = {}

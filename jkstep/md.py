@@ -23,7 +23,7 @@ from jkstep.errors import (MAX_STEPS, MAX_TEMPERATURE_K, InputError, SimulationE
 from jkstep.integrate import ENSEMBLES, fallback_step_count
 from jkstep.kstep import KStepOptions, kstep_integrator
 from jkstep.respa import check_fast_every, respa
-from jkstep.model.adapt import adapt_potential, check_adapt_length
+from jkstep.model.adapt import AdaptConfig, adapt_potential, check_adapt
 from jkstep.molecule import Molecule, check_seed
 from jkstep.rollout import Frames, concat, frames_of, run_steps, runner
 
@@ -42,7 +42,7 @@ class RunConfig:
     MMFF94 every inner step and the rest of the (learned) fast force as kicks every ``fast_every``
     inner steps (``jkstep.respa``'s ``inner``/``fast_every``); ``adapt`` fine-tunes the learned fast
     force on the Langevin equilibration's own xTB frames (every step) before the run
-    (``jkstep.model.adapt``; reported under ``fast_adaptation``). ``equilibrate_dt``: time step of the Langevin
+    (``jkstep.model.adapt``, ``adapt_steps`` optimiser steps; reported under ``fast_adaptation``). ``equilibrate_dt``: time step of the Langevin
     thermalisation (None: ``dt``); give the same one to runs with different time steps to start
     them from the same state (e.g. Verlet at the hybrid's equal-cost step and the hybrid itself).
     ``settle`` (NVE runs after a Langevin thermalisation): then run NVE velocity Verlet at that
@@ -70,6 +70,7 @@ class RunConfig:
     fast: str = "mmff"
     fast_every: int = 1
     adapt: bool = False
+    adapt_steps: int = AdaptConfig.steps
 
     def __post_init__(self):
         if self.integrator not in INTEGRATORS:
@@ -107,7 +108,7 @@ class RunConfig:
             raise InputError("adapt (--adapt) fine-tunes a learned fast force: it needs --integrator respa with a "
                              f"learned --fast, not {self.fast if self.integrator == 'respa' else self.integrator}")
         if self.adapt:
-            check_adapt_length(self.equilibrate_ps)
+            check_adapt(self.equilibrate_ps, self.adapt_steps)
         if self.integrator == "verlet" and self.ensemble == "nvt":
             raise InputError("velocity Verlet is NVE; for NVT use the langevin integrator "
                              "(or kstep with ensemble nvt)")
@@ -257,7 +258,8 @@ def run_md(molecule: Molecule, potential: Callable, config: RunConfig, jump=None
     adaptation = None
     if config.adapt:
         fast, adaptation = adapt_potential(fast, np.asarray(eq_frames.positions), np.asarray(eq_frames.energy),
-                                           np.asarray(eq_frames.forces), spacing_fs=dt_eq)
+                                           np.asarray(eq_frames.forces), AdaptConfig(steps=config.adapt_steps),
+                                           spacing_fs=dt_eq)
     calls_before = calls()
     if config.integrator == "verlet":
         init, apply = integrate.verlet(potential, masses, config.dt)

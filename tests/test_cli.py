@@ -141,14 +141,14 @@ def test_run_respa_learned_fast_force_in_three_levels(tmp_path):
 @pytest.mark.slow
 def test_run_respa_adapted_fast_force(tmp_path):
     """`jkstep run --adapt`: gfn2-fast fine-tuned on the equilibration's frames (0.1 ps at 0.5 fs, every
-    step) before the run; the run itself is still one xTB call per macro-step."""
+    step; --adapt-steps 300) before the run; the run itself is still one xTB call per macro-step."""
     summary = tmp_path / "run.json"
     assert cli.main(["run", "--smiles", "CCO", "--integrator", "respa", "--fast", "gfn2-fast", "--adapt",
-                     "--ps", "0.02", "--equilibrate-ps", "0.1", "--equilibrate-dt", "0.5", "--save-every", "8",
+                     "--adapt-steps", "300", "--ps", "0.02", "--equilibrate-ps", "0.1", "--equilibrate-dt", "0.5", "--save-every", "8",
                      "--summary", str(summary)]) == 0
     s = json.loads(summary.read_text())
     a = s["fast_adaptation"]
-    assert (a["frames"], a["train_frames"], a["holdout_frames"]) == (200, 160, 40)
+    assert (a["frames"], a["train_frames"], a["holdout_frames"], a["steps"]) == (200, 160, 40, 300)
     assert a["force_rmse_after_ev_a"] < a["force_rmse_before_ev_a"]
     # over the 20 fs held out here the curvature is too noisy to be sure to fall (docs/results.md)
     assert 0 < a["curvature_rms_after"] < 1.0 and 0 < a["curvature_rms_before"] < 1.0
@@ -161,6 +161,10 @@ def test_run_respa_adapted_fast_force(tmp_path):
     (["run", "--smiles", "CCO", "--integrator", "respa", "--fast", "gfn2-fast", "--adapt", "--equilibrate-ps", "0.05"],
      "of at least 0.1 ps, got 0.05"),
     (["evaluate", "--smiles", "CCO", "--adapt"], "give one too (fast=NAME, --fast NAME)"),
+    (["run", "--smiles", "CCO", "--integrator", "respa", "--fast", "gfn2-fast", "--adapt-steps", "300"],
+     "--adapt-steps sets the fine-tuning of --adapt: give --adapt too"),
+    (["evaluate", "--smiles", "CCO", "--fast", "gfn2-fast", "--adapt", "--adapt-steps", "0"],
+     "adapt_steps (--adapt-steps) must be a whole number ≥ 1"),
     (["run", "--smiles", "C1CC"], "cannot parse SMILES 'C1CC'"),
     (["run", "--file", "/no/such.xyz"], "no such file: /no/such.xyz"),
     (["run", "--smiles", "CCO", "--dt", "0"], "dt must be a finite value > 0, got 0.0"),

@@ -53,14 +53,15 @@ def test_equal_cost_and_exact_call_counts(evaluation):
 
 @pytest.mark.slow
 def test_evaluate_adapt_runs_respa_adapted_beside_respa(tmp_path):
-    """--adapt: gfn2-fast fine-tuned on the thermalisation's frames (0.1 ps, every 0.5 fs step) runs as
-    respa_adapted from the same starts, one xTB call per macro-step; the report's held-out error falls."""
+    """--adapt: gfn2-fast fine-tuned on the thermalisation's frames (0.1 ps, every 0.5 fs step;
+    --adapt-steps 300) runs as respa_adapted from the same starts, one xTB call per macro-step; the
+    report's held-out error falls."""
     summary = tmp_path / "eval.json"
     assert cli.main(["evaluate", "--smiles", "CCO", "--ps", "0.04", "--replicas", "2", "--equilibrate-ps", "0.1",
-                     "--fast", "gfn2-fast", "--adapt", "--summary", str(summary)]) == 0
+                     "--fast", "gfn2-fast", "--adapt", "--adapt-steps", "300", "--summary", str(summary)]) == 0
     r = json.loads(summary.read_text())
     c, a = r["contenders"], r["fast_adaptation"]
-    assert (a["frames"], a["train_frames"], a["holdout_frames"], a["steps"]) == (200, 160, 40, 2000)
+    assert (a["frames"], a["train_frames"], a["holdout_frames"], a["steps"]) == (200, 160, 40, 300)
     assert a["force_rmse_after_ev_a"] < a["force_rmse_before_ev_a"]
     assert 0 < a["curvature_rms_after"] < 1.0 and 0 < a["curvature_rms_before"] < 1.0   # 20 fs: noisy
     assert CONTENDER_KEYS <= set(c["respa_adapted"])

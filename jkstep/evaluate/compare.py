@@ -51,7 +51,7 @@ from jkstep.integrate import equal_cost_dt
 from jkstep.kstep import (REVERSAL_CORRECTION, Guards, KStepOptions, ballistic_jump, fallback_step_count,
                           kstep_integrator, model_jump)
 from jkstep.md import three_levels
-from jkstep.model.adapt import adapt_potential, check_adapt_length
+from jkstep.model.adapt import AdaptConfig, adapt_potential, check_adapt
 from jkstep.molecule import Molecule, check_seed
 from jkstep.potentials.mmff import mmff_potential
 from jkstep.respa import check_fast_every, respa, xh_mollifier
@@ -96,7 +96,9 @@ class EvalConfig:
     contender in three levels (MMFF94 every inner step, the rest of the fast force as kicks every
     ``fast_every`` inner steps; 1: two levels); ``mollify``: that
     contender mollified on the X–H bonds (``jkstep.respa.xh_mollifier``; its energy figures are then
-    the modified energy's, which the summary's ``mollified`` says; ``mmff_respa`` stays impulse)."""
+    the modified energy's, which the summary's ``mollified`` says; ``mmff_respa`` stays impulse);
+    ``adapt``: also run ``respa_adapted``, that force fine-tuned (``adapt_steps`` optimiser steps) on
+    the thermalisation's frames."""
 
     k: int = 8
     dt: float = 0.25
@@ -119,6 +121,7 @@ class EvalConfig:
     fast_every: int = 1
     mollify: bool = False
     adapt: bool = False
+    adapt_steps: int = AdaptConfig.steps
 
     def __post_init__(self):
         if not is_integer(self.k, 1):
@@ -146,7 +149,7 @@ class EvalConfig:
             raise InputError("adapt (--adapt) fine-tunes the learned fast force of the respa contender: give one "
                              "too (fast=NAME, --fast NAME)")
         if self.adapt:
-            check_adapt_length(self.equilibrate_ps)
+            check_adapt(self.equilibrate_ps, self.adapt_steps)
         if self.mollify and self.fast is None:
             raise InputError("mollify (--mollify) applies to the respa contender: give a learned fast force too "
                              "(fast=NAME, --fast NAME)")
@@ -358,7 +361,8 @@ def evaluate_ks(molecule: Molecule, potential_factory: Callable[[], object], con
     if config.adapt:    # the fast force fine-tuned on the thermalisation's frames
         fr = start["frames"]
         fasts["respa_adapted"], adaptation = adapt_potential(fasts["respa"], fr["positions"], fr["energy"],
-                                                             fr["forces"], spacing_fs=THERMALISE_DT_FS)
+                                                             fr["forces"], AdaptConfig(steps=config.adapt_steps),
+                                                             spacing_fs=THERMALISE_DT_FS)
     terms = metrics.internal_coordinates(molecule.numbers, starts[0][0], molecule.mol_block)
     rotatable = metrics.rotatable_dihedrals(molecule.numbers, starts[0][0], molecule.mol_block)
 

@@ -38,12 +38,16 @@ MIN_FRAMES = 10
 MIN_ADAPT_PS = 0.1       # the shortest thermalisation a run or an evaluation adapts on (50 frames)
 
 
-def check_adapt_length(equilibrate_ps) -> None:
-    """InputError unless a thermalisation of ``equilibrate_ps`` ps is long enough to adapt on."""
+def check_adapt(equilibrate_ps, steps) -> None:
+    """InputError unless a thermalisation of ``equilibrate_ps`` ps is long enough to adapt on and
+    ``steps`` (a run's or an evaluation's ``adapt_steps``) is a whole number ≥ 1."""
     if not equilibrate_ps >= MIN_ADAPT_PS:
         raise InputError(f"adapt (--adapt) trains on the Langevin thermalisation's frames (one every "
                          f"{ADAPT_EVERY_FS:g} fs): give equilibrate_ps (--equilibrate-ps) of at least "
                          f"{MIN_ADAPT_PS:g} ps, got {equilibrate_ps!r}")
+    if isinstance(steps, bool) or not is_integer(steps, 1):
+        raise InputError(f"adapt_steps (--adapt-steps) must be a whole number ≥ 1 (optimiser steps of the "
+                         f"adaptation, default {AdaptConfig.steps}), got {steps!r}")
 
 
 @dataclasses.dataclass(frozen=True)
