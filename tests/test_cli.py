@@ -164,7 +164,7 @@ def test_run_respa_adapted_fast_force(tmp_path):
     (["run", "--smiles", "CCO", "--integrator", "respa", "--fast", "gfn2-fast", "--adapt-steps", "300"],
      "--adapt-steps sets the fine-tuning of --adapt: give --adapt too"),
     (["evaluate", "--smiles", "CCO", "--fast", "gfn2-fast", "--adapt", "--adapt-steps", "0"],
-     "adapt_steps (--adapt-steps) must be a whole number ≥ 1"),
+     "adapt_steps (--adapt-steps): adaptation steps must be a whole number ≥ 1, got 0"),
     (["run", "--smiles", "C1CC"], "cannot parse SMILES 'C1CC'"),
     (["run", "--file", "/no/such.xyz"], "no such file: /no/such.xyz"),
     (["run", "--smiles", "CCO", "--dt", "0"], "dt must be a finite value > 0, got 0.0"),

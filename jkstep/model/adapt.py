@@ -45,9 +45,10 @@ def check_adapt(equilibrate_ps, steps) -> None:
         raise InputError(f"adapt (--adapt) trains on the Langevin thermalisation's frames (one every "
                          f"{ADAPT_EVERY_FS:g} fs): give equilibrate_ps (--equilibrate-ps) of at least "
                          f"{MIN_ADAPT_PS:g} ps, got {equilibrate_ps!r}")
-    if isinstance(steps, bool) or not is_integer(steps, 1):
-        raise InputError(f"adapt_steps (--adapt-steps) must be a whole number ≥ 1 (optimiser steps of the "
-                         f"adaptation, default {AdaptConfig.steps}), got {steps!r}")
+    try:
+        AdaptConfig(steps=steps)
+    except InputError as exc:     # the same check, named as the run's and the command line's setting
+        raise InputError(f"adapt_steps (--adapt-steps): {exc}") from None
 
 
 @dataclasses.dataclass(frozen=True)
