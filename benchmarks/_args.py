@@ -1,5 +1,6 @@
-"""argparse types of the benchmark scripts: a count or a length that cannot make a measurement is
-refused with a usage line instead of a traceback or a silent empty result."""
+"""argparse types of the benchmark scripts (a count or a length that cannot make a measurement is
+refused with a usage line instead of a traceback or a silent empty result), and the test and
+validation molecules by name, started as ``jkstep evaluate`` starts them."""
 
 import argparse
 import math
@@ -45,3 +46,17 @@ def qm_smiles(parser: argparse.ArgumentParser, names) -> dict:
     if unknown:
         parser.error(f"not in data/qm_molecules.smi: {unknown}")
     return smiles
+
+
+def evaluation_start(smiles: str, record: bool = False):
+    """A molecule started as ``jkstep evaluate`` starts it (seed 0: a 1 ps Langevin thermalisation at
+    300 K, then 4 same-energy replicas): (Molecule, its xTB potential, start positions (4, N, 3) Å,
+    velocities (4, N, 3) Å/fs, the thermalisation's frames with ``record`` (every 0.5 fs step:
+    positions, energy, forces), else None)."""
+    import jkstep
+    from jkstep.evaluate.compare import EvalConfig, thermalise
+
+    mol = jkstep.Molecule.from_smiles(smiles)
+    pot = jkstep.xtb_potential(mol)
+    x, v, frames = thermalise(mol, pot, EvalConfig(n_replicas=4, seed=0), 1 if record else None)
+    return mol, pot, x, v, frames

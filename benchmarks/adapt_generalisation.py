@@ -26,12 +26,12 @@ import numpy as np  # noqa: E402
 
 import jkstep  # noqa: E402
 from jkstep.data.store import write_json  # noqa: E402
-from jkstep.evaluate.compare import THERMALISE_DT_FS, EvalConfig, thermalise  # noqa: E402
+from jkstep.evaluate.compare import THERMALISE_DT_FS  # noqa: E402
 from jkstep.model.adapt import AdaptConfig, adapt_potential, triplets_of  # noqa: E402
 from jkstep.model.potential import energy_error_curvature  # noqa: E402
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from _args import positive_int, qm_smiles  # noqa: E402
+from _args import evaluation_start, positive_int, qm_smiles  # noqa: E402
 
 
 def curvature_rms(fast, x, e, centres) -> float:
@@ -65,9 +65,7 @@ def main(argv=None) -> int:
     print("|---|---|---|---|---|")
     rows = []
     for name in args.molecules:
-        mol = jkstep.Molecule.from_smiles(smiles[name])
-        pot = jkstep.xtb_potential(mol)
-        _, _, therm = thermalise(mol, pot, EvalConfig(k=8, dt=0.25, ps=2.0, n_replicas=4, seed=0), 1)
+        mol, _, _, _, therm = evaluation_start(smiles[name], record=True)
         x, e, f = (np.asarray(therm[key], np.float64) for key in ("positions", "energy", "forces"))
         n_train = len(e) - int(round(AdaptConfig.holdout * len(e)))
         train, held = np.arange(1, n_train - 1), np.arange(n_train + 1, len(e) - 1)

@@ -39,13 +39,13 @@ import numpy as np  # noqa: E402
 import jkstep  # noqa: E402
 from jkstep import analysis  # noqa: E402
 from jkstep.data.store import write_json  # noqa: E402
-from jkstep.evaluate.compare import THERMALISE_DT_FS, EvalConfig, run_contender, thermalise  # noqa: E402
+from jkstep.evaluate.compare import THERMALISE_DT_FS, EvalConfig, run_contender  # noqa: E402
 from jkstep.md import three_levels  # noqa: E402
 from jkstep.model.adapt import adapt_potential  # noqa: E402
 from jkstep.respa import xh_mollifier  # noqa: E402
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from _args import positive_float, positive_int, qm_smiles  # noqa: E402
+from _args import evaluation_start, positive_float, positive_int, qm_smiles  # noqa: E402
 
 
 class averaged:
@@ -89,10 +89,7 @@ def main(argv=None) -> int:
     print("|---|---|---|---|---|---|---|---|")
     rows = []
     for name in args.molecules:
-        mol = jkstep.Molecule.from_smiles(smiles[name])
-        pot = jkstep.xtb_potential(mol)
-        x0, v0, therm = thermalise(mol, pot, EvalConfig(k=8, dt=0.25, ps=args.ps, n_replicas=4, seed=0),
-                                   1 if args.adapt else None)
+        mol, pot, x0, v0, therm = evaluation_start(smiles[name], record=args.adapt)
         starts = (x0, v0)
         fasts = {} if args.no_mmff else {"MMFF94": jkstep.mmff_potential(mol)}
         learned = jkstep.learned_potential(args.fast, mol)
