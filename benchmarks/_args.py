@@ -1,6 +1,7 @@
 """argparse types of the benchmark scripts (a count or a length that cannot make a measurement is
-refused with a usage line instead of a traceback or a silent empty result), and the test and
-validation molecules by name, started as ``jkstep evaluate`` starts them."""
+refused with a usage line instead of a traceback or a silent empty result), the test and
+validation molecules by name, started as ``jkstep evaluate`` starts them, and the NVE figures of
+their runs."""
 
 import argparse
 import math
@@ -60,3 +61,16 @@ def evaluation_start(smiles: str, record: bool = False):
     pot = jkstep.xtb_potential(mol)
     x, v, frames = thermalise(mol, pot, EvalConfig(n_replicas=4, seed=0), 1 if record else None)
     return mol, pot, x, v, frames
+
+
+def replica_energies(frames, masses, frame_fs: float):
+    """NVE figures of a batch of runs: (total energy (R, T) eV, kinetic + the potential energy of
+    ``frames``; its E std per replica, kJ/mol; its drift per replica, kJ/mol/ps), frames
+    ``frame_fs`` fs apart (``jkstep.analysis.energy_std`` and ``energy_drift``)."""
+    import numpy as np
+
+    from jkstep import analysis
+
+    total = np.asarray(frames.energy) + analysis.kinetic_energy(frames.velocities, masses)
+    t = np.arange(total.shape[1]) * frame_fs
+    return total, [analysis.energy_std(e) for e in total], [analysis.energy_drift(t, e) for e in total]

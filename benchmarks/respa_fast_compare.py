@@ -45,7 +45,7 @@ from jkstep.model.adapt import adapt_potential  # noqa: E402
 from jkstep.respa import xh_mollifier  # noqa: E402
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from _args import evaluation_start, positive_float, positive_int, qm_smiles  # noqa: E402
+from _args import evaluation_start, positive_float, positive_int, qm_smiles, replica_energies  # noqa: E402
 
 
 class averaged:
@@ -120,10 +120,7 @@ def main(argv=None) -> int:
             cfg = EvalConfig(k=k, dt=0.25, ps=args.ps, n_replicas=4, seed=0)
             run = run_contender(lambda x, v, init=init: init(x, v), apply, 1, starts_k, cfg, lambda: pot.calls)
             frames = run["frames"]
-            total = np.asarray(frames.energy) + analysis.kinetic_energy(frames.velocities, masses)
-            t = np.arange(total.shape[1]) * k * 0.25
-            std = [analysis.energy_std(e) for e in total]
-            drift = [analysis.energy_drift(t, e) for e in total]
+            total, std, drift = replica_energies(frames, masses, k * 0.25)
             temp = float(np.mean(analysis.temperature(frames.velocities, masses)))
             fallbacks = int(np.sum(getattr(run["state"], "fallbacks", 0)))
             true_std = None

@@ -19,12 +19,11 @@ os.environ.setdefault("OMP_NUM_THREADS", "1")
 import numpy as np  # noqa: E402
 
 import jkstep  # noqa: E402
-from jkstep import analysis  # noqa: E402
 from jkstep.data.generate import read_molecules  # noqa: E402
 from jkstep.evaluate.compare import EvalConfig, run_contender, thermalised_starts  # noqa: E402
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from _args import positive_float  # noqa: E402
+from _args import positive_float, replica_energies  # noqa: E402
 
 
 def mixed(mm, other, a: float):
@@ -63,10 +62,7 @@ def main(argv=None) -> int:
         init, apply = jkstep.respa(fast, pot, mol.masses, 8, 0.25)
         run = run_contender(lambda x, v: init(x, v), apply, 1, starts, cfg, lambda: pot.calls)
         frames = run["frames"]
-        total = np.asarray(frames.energy) + analysis.kinetic_energy(frames.velocities, mol.masses)
-        t = np.arange(total.shape[1]) * 2.0
-        std = [analysis.energy_std(e) for e in total]
-        drift = [analysis.energy_drift(t, e) for e in total]
+        _, std, drift = replica_energies(frames, mol.masses, 2.0)
         print(f"| {label} | {' '.join(f'{s:.3f}' for s in std)} | {np.mean(std):.3f} | "
               f"{' '.join(f'{d:+.3f}' for d in drift)} |", flush=True)
     return 0

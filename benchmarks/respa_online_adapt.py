@@ -41,7 +41,7 @@ from jkstep.md import three_levels  # noqa: E402
 from jkstep.model.adapt import adapt_potential  # noqa: E402
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from _args import evaluation_start, positive_float, positive_int, qm_smiles  # noqa: E402
+from _args import evaluation_start, positive_float, positive_int, qm_smiles, replica_energies  # noqa: E402
 
 DT = 0.25
 
@@ -132,10 +132,7 @@ def main(argv=None) -> int:
             frames, calls, fallbacks = segmented_run(mol, pot, fasts, (x0, v0), args.k, args.segment_ps,
                                                      args.fast_every)
             wall = time.perf_counter() - t0
-            total = np.asarray(frames.energy) + analysis.kinetic_energy(frames.velocities, mol.masses)
-            t = np.arange(total.shape[1]) * args.k * DT
-            std = [analysis.energy_std(e) for e in total]
-            drift = [analysis.energy_drift(t, e) for e in total]
+            total, std, drift = replica_energies(frames, mol.masses, args.k * DT)
             per = (total.shape[1] - 1) // n_segments
             seg = [float(np.mean([analysis.energy_std(e[i * per:(i + 1) * per + 1]) for e in total]))
                    for i in range(n_segments)]
